@@ -1,0 +1,188 @@
+"""The one request path shared by generation, rating and judging.
+
+`run_requests` sends chat requests with a bounded window in flight, retries what may
+succeed on a second try (429 honouring Retry-After, 5xx, timeouts, dropped connections)
+with exponential backoff and jitter, and appends every outcome to a journal as it arrives.
+Requests whose key is already in the journal are not sent again, so a killed run resumes
+where it stopped and pays nothing twice. A usage meter stops new requests once a token or
+money budget is reached; requests already in flight finish and are kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from backends.base import BackendError, ChatBackend, ChatRequest
+from distill.records import Journal
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prices:
+    """USD per million tokens."""
+
+    input_per_mtok: float = 0.0
+    output_per_mtok: float = 0.0
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.input_per_mtok + completion_tokens * self.output_per_mtok) / 1e6
+
+
+@dataclass
+class UsageMeter:
+    """Tokens and money spent, against optional limits shared by every stage of a run."""
+
+    max_tokens: int | None = None
+    max_cost_usd: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+
+    def add(self, prompt_tokens: int, completion_tokens: int, prices: Prices) -> None:
+        self.prompt_tokens += prompt_tokens
+        self.completion_tokens += completion_tokens
+        self.cost_usd += prices.cost(prompt_tokens, completion_tokens)
+
+    @property
+    def exhausted(self) -> bool:
+        """True once a limit is reached: no new request may start."""
+        if self.max_tokens is not None and self.prompt_tokens + self.completion_tokens >= self.max_tokens:
+            return True
+        return self.max_cost_usd is not None and self.cost_usd >= self.max_cost_usd
+
+
+@dataclass
+class RetryPolicy:
+    max_retries: int = 5
+    base_delay_s: float = 0.5
+    max_delay_s: float = 30.0
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(retry_after, self.max_delay_s * 4)
+        backoff = min(self.max_delay_s, self.base_delay_s * (2 ** (attempt - 1)))
+        return backoff * (0.5 + random.random() / 2)
+
+
+@dataclass
+class RunStats:
+    """What one call of run_requests did."""
+
+    sent: int = 0
+    reused: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    retries: int = 0
+    skipped_for_budget: int = 0
+    errors: dict = field(default_factory=dict)
+    wall_s: float = 0.0
+
+
+def outcome_entry(request: ChatRequest, reply, attempts: int, latency_s: float, error: str | None) -> dict:
+    """The journal line for one request."""
+    entry = {"key": request.key, "meta": request.meta, "attempts": attempts, "latency_s": round(latency_s, 4)}
+    if reply is None:
+        entry.update(ok=False, error=error)
+    else:
+        entry.update(
+            ok=True,
+            text=reply.text,
+            finish_reason=reply.finish_reason,
+            prompt_tokens=reply.prompt_tokens,
+            completion_tokens=reply.completion_tokens,
+            endpoint=reply.endpoint,
+        )
+    return entry
+
+
+async def _send_with_retries(backend: ChatBackend, request: ChatRequest, policy: RetryPolicy, stats: RunStats):
+    attempt = 0
+    started = time.perf_counter()
+    while True:
+        attempt += 1
+        try:
+            reply = await backend.chat(request)
+            return reply, attempt, time.perf_counter() - started, None
+        except BackendError as exc:
+            kind = f"HTTP {exc.status}" if exc.status else str(exc).split(": ", 1)[-1]
+            stats.errors[kind] = stats.errors.get(kind, 0) + 1
+            if not exc.retryable or attempt > policy.max_retries:
+                return None, attempt, time.perf_counter() - started, str(exc)
+            stats.retries += 1
+            await asyncio.sleep(policy.delay(attempt, exc.retry_after))
+
+
+async def run_requests_async(
+    backend: ChatBackend,
+    requests: Iterable[ChatRequest],
+    journal: Journal,
+    max_in_flight: int = 4,
+    policy: RetryPolicy | None = None,
+    meter: UsageMeter | None = None,
+    prices: Prices | None = None,
+    on_outcome: Callable[[dict], None] | None = None,
+) -> tuple[list[dict], RunStats]:
+    """Send requests not yet in the journal; return every outcome (old and new) in request order."""
+    policy = policy or RetryPolicy()
+    meter = meter or UsageMeter()
+    prices = prices or Prices()
+    stats = RunStats()
+    started = time.perf_counter()
+    requests = list(requests)
+    outcomes: dict[str, dict] = {}
+    for request in requests:
+        # Failures cost nothing and may succeed now: only successes are reused.
+        if request.key in journal:
+            entry = journal.get(request.key)
+            if entry.get("ok"):
+                outcomes[request.key] = entry
+                stats.reused += 1
+    pending = [r for r in requests if r.key not in outcomes]
+
+    async def one(request: ChatRequest) -> None:
+        if meter.exhausted:
+            stats.skipped_for_budget += 1
+            return
+        stats.sent += 1
+        reply, attempts, latency, error = await _send_with_retries(backend, request, policy, stats)
+        if reply is not None:
+            meter.add(reply.prompt_tokens, reply.completion_tokens, prices)
+            stats.succeeded += 1
+        else:
+            stats.failed += 1
+        entry = outcome_entry(request, reply, attempts, latency, error)
+        journal.append(entry)
+        outcomes[request.key] = entry
+        if on_outcome:
+            on_outcome(entry)
+
+    # A fixed pool of workers pulls from one iterator: at most max_in_flight requests are in
+    # flight, and memory does not grow with one coroutine per request.
+    queue = iter(pending)
+
+    async def worker() -> None:
+        for request in queue:
+            await one(request)
+
+    workers = [asyncio.create_task(worker()) for _ in range(min(max_in_flight, len(pending)))]
+    try:
+        await asyncio.gather(*workers)
+    finally:
+        for task in workers:
+            task.cancel()
+        await backend.aclose()
+    stats.wall_s = time.perf_counter() - started
+    if stats.skipped_for_budget:
+        log.warning("budget reached: %d requests not sent", stats.skipped_for_budget)
+    return [outcomes[r.key] for r in requests if r.key in outcomes], stats
+
+
+def run_requests(backend: ChatBackend, requests: Iterable[ChatRequest], journal: Journal, **kwargs):
+    """Synchronous wrapper around run_requests_async."""
+    return asyncio.run(run_requests_async(backend, requests, journal, **kwargs))

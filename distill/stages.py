@@ -1,0 +1,263 @@
+"""The four stages as plain functions over a run directory.
+
+Each stage reads the files earlier stages wrote, writes its own (atomically), and records
+a summary in `stages/<name>.json`. Requests to models go through `send_shard`, which the
+Prefect flow replaces with a task so that every shard is a task run; called directly, as
+the CLI's single-stage commands do, the stages need no orchestrator.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Callable
+
+from backends.base import ChatBackend, ChatRequest
+from backends.factory import prices_of
+from backends.runner import RetryPolicy, UsageMeter, run_requests
+from distill.config import ModelEndpoint, PipelineConfig, check_base_model
+from distill.records import Journal, read_records, read_seed_tasks, write_json, write_jsonl
+from distill.rundir import RunDir
+
+log = logging.getLogger(__name__)
+
+
+class StageInputError(ValueError):
+    """A stage cannot start: its input is missing or unusable."""
+
+
+class RequestPath:
+    """Sends shards of requests through the shared runner, journaled under the run directory."""
+
+    def __init__(self, rundir: RunDir, meter: UsageMeter):
+        self.rundir = rundir
+        self.meter = meter
+        self._journals: dict[str, Journal] = {}
+
+    def journal(self, name: str) -> Journal:
+        if name not in self._journals:
+            self._journals[name] = Journal(self.rundir.journal(name))
+        return self._journals[name]
+
+    def send(self, backend: ChatBackend, endpoint: ModelEndpoint, journal_name: str,
+             requests: list[ChatRequest]) -> list[dict]:
+        """Send one shard; return its outcomes (reused from the journal where present)."""
+        outcomes, stats = run_requests(
+            backend, requests, self.journal(journal_name),
+            max_in_flight=endpoint.max_in_flight,
+            policy=RetryPolicy(max_retries=endpoint.max_retries),
+            meter=self.meter, prices=prices_of(endpoint),
+        )
+        log.info("%s shard: %d sent, %d reused, %d failed, %d retries", journal_name,
+                 stats.sent, stats.reused, stats.failed, stats.retries)
+        return outcomes
+
+    def close(self) -> None:
+        for journal in self._journals.values():
+            journal.close()
+        self._journals.clear()
+
+
+SendShard = Callable[[RequestPath, ChatBackend, ModelEndpoint, str, list[ChatRequest]], list[dict]]
+
+
+def send_shard(path: RequestPath, backend: ChatBackend, endpoint: ModelEndpoint, journal_name: str,
+               requests: list[ChatRequest]) -> list[dict]:
+    """The plain (orchestrator-free) way to send a shard."""
+    return path.send(backend, endpoint, journal_name, requests)
+
+
+def usage_so_far(rundir: RunDir, config: PipelineConfig) -> UsageMeter:
+    """A meter holding the tokens and money already spent by this run (read from its journals)."""
+    meter = UsageMeter(config.budget.max_tokens, config.budget.max_cost_usd)
+    endpoints = {"generate": config.teacher, "rate": config.judge_endpoint,
+                 "teacher_answers": config.teacher, "judge": config.judge_endpoint}
+    for name, endpoint in endpoints.items():
+        path = rundir.journal(name)
+        if path.is_file():
+            with Journal(path) as journal:
+                for entry in journal.entries():
+                    if entry.get("ok"):
+                        meter.add(entry.get("prompt_tokens", 0), entry.get("completion_tokens", 0), prices_of(endpoint))
+    return meter
+
+
+def _tokens(outcomes: list[dict]) -> dict:
+    ok = [o for o in outcomes if o.get("ok")]
+    return {"prompt_tokens": sum(o.get("prompt_tokens", 0) for o in ok),
+            "completion_tokens": sum(o.get("completion_tokens", 0) for o in ok)}
+
+
+def generate_stage(config: PipelineConfig, rundir: RunDir, teacher: ChatBackend, path: RequestPath,
+                   send: SendShard = send_shard) -> dict:
+    """Self-instruct from the seed tasks into generated.jsonl (drops into rejected.jsonl)."""
+    from selfinstruct.generate import SelfInstructRun, run_self_instruct
+    from selfinstruct.prompt import load_template
+
+    started = time.perf_counter()
+    seeds = read_seed_tasks(config.seed_tasks)
+    run = SelfInstructRun(config.generate, seeds, load_template(), lambda: path.meter.exhausted)
+    run_self_instruct(run, lambda shard: send(path, teacher, config.teacher, "generate", shard))
+    write_jsonl(rundir.generated, run.kept)
+    rundir.write_rejections("generate", run.rejected)
+    summary = {**run.summary(), "seconds": round(time.perf_counter() - started, 2), "teacher": teacher.identity}
+    rundir.mark_done("generate", summary)
+    return summary
+
+
+def filter_stage(config: PipelineConfig, rundir: RunDir, judge: ChatBackend, path: RequestPath,
+                 send: SendShard = send_shard) -> dict:
+    """Rate every generated pair 0-5 and keep those at or over the threshold."""
+    from quality.rate import RATING_TEMPLATE, apply_ratings, rating_requests
+
+    started = time.perf_counter()
+    records = read_records(rundir.generated, required=("instruction", "output"), optional=("input",))
+    requests = rating_requests(records, RATING_TEMPLATE.read_text(encoding="utf-8"), config.filter)
+    size = config.generate.requests_per_shard
+    outcomes = []
+    for begin in range(0, len(requests), size):
+        if path.meter.exhausted:
+            break
+        outcomes += send(path, judge, config.judge_endpoint, "rate", requests[begin:begin + size])
+    result = apply_ratings(records, outcomes, config.filter.threshold)
+    write_jsonl(rundir.rated, result["rated"])
+    write_jsonl(rundir.filtered, result["kept"])
+    rundir.write_rejections("filter", result["rejected"])
+    summary = {
+        "input": len(records), "rated": sum(1 for r in result["rated"] if r["score"] is not None),
+        "kept": len(result["kept"]), "threshold": config.filter.threshold, "counts": result["counts"],
+        **_tokens(outcomes), "seconds": round(time.perf_counter() - started, 2), "judge": judge.identity,
+    }
+    rundir.mark_done("filter", summary)
+    return summary
+
+
+def split_heldout(records: list[dict], count: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """A seeded split into (train, held out); at least one record always stays for training."""
+    count = min(count, max(0, len(records) - 1))
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    held = set(order[:count])
+    train = [r for i, r in enumerate(records) if i not in held]
+    heldout = [r for i, r in enumerate(records) if i in held]
+    return train, heldout
+
+
+def student_base_dir(config: PipelineConfig, cache_dir: Path) -> Path:
+    """The student's base model directory (the embedded one is built once into the cache)."""
+    if config.finetune.base_model == "embedded":
+        from finetune.embedded_student import ensure_plain_student
+
+        return ensure_plain_student(cache_dir)
+    return Path(config.finetune.base_model)
+
+
+def finetune_stage(config: PipelineConfig, rundir: RunDir, cache_dir: Path) -> dict:
+    """Split off held-out prompts, then LoRA-tune the student on the rest."""
+    from finetune.train import train_lora
+
+    check_base_model(config)
+    started = time.perf_counter()
+    try:
+        records = read_records(rundir.filtered, required=("instruction", "output"), optional=("input",))
+    except ValueError as exc:
+        raise StageInputError(f"finetune has nothing to learn from: {exc}; lower filter.threshold "
+                              "or generate more records") from None
+    train, heldout = split_heldout(records, config.finetune.heldout_records, config.finetune.seed)
+    write_jsonl(rundir.train, train)
+    write_jsonl(rundir.heldout, heldout)
+    base_dir = student_base_dir(config, cache_dir)
+    result = train_lora(train, base_dir, rundir.root / "finetune", config.finetune)
+    summary = {
+        "train_records": len(train), "heldout_records": len(heldout), "base_model": str(base_dir),
+        "adapter": str(result.adapter_dir), "steps": result.steps, "train_loss": result.train_loss,
+        "tokens_seen": result.tokens_seen, "trainable_params": result.trainable_params,
+        "total_params": result.total_params, "seconds": round(time.perf_counter() - started, 2),
+    }
+    rundir.mark_done("finetune", summary)
+    return summary
+
+
+def evaluate_stage(config: PipelineConfig, rundir: RunDir, teacher: ChatBackend, judge: ChatBackend,
+                   path: RequestPath, cache_dir: Path, send: SendShard = send_shard) -> dict:
+    """Student and teacher answer held-out prompts; the judge compares them in both orders."""
+    from eval.efficiency import gguf_parameter_count, latency_summary, size_on_disk
+    from eval.judge import PAIRWISE_TEMPLATE, judgments, pairwise_requests, prompt_text
+    from eval.stats import win_rate_ci
+    from eval.student import answer_prompts, load_student
+    from backends.embedded_server import find_embedded_gguf
+
+    started = time.perf_counter()
+    finetuned = rundir.stage_summary("finetune")
+    if finetuned is None:
+        raise StageInputError(f"{rundir.root}: evaluate needs a finished finetune stage (stages/finetune.json)")
+    items = read_records(rundir.heldout, required=("instruction",), optional=("input", "output"))
+    items = [{**item, "id": item.get("id") or f"heldout-{i:04d}"} for i, item in enumerate(items)]
+    items = items[: config.evaluate.max_prompts]
+    if not items:
+        raise StageInputError(f"{rundir.heldout}: no held-out prompts; set finetune.heldout_records above 0")
+    rundir.eval_dir.mkdir(parents=True, exist_ok=True)
+
+    # Student: base + adapter, local transformers, one prompt at a time.
+    base_dir = Path(finetuned["base_model"])
+    adapter_dir = Path(finetuned["adapter"])
+    model, tokenizer = load_student(base_dir, adapter_dir, config.finetune.trust_remote_code)
+    student_answers = answer_prompts(model, tokenizer, items, config.finetune.prompt_format,
+                                     config.evaluate.max_new_tokens)
+    student_params = sum(p.numel() for p in model.parameters())
+    del model
+    write_jsonl(rundir.eval_dir / "student_answers.jsonl", student_answers)
+
+    # Teacher: the same prompts through its backend.
+    teacher_requests = [
+        ChatRequest(key=f"answer-{item['id']}", messages=[{"role": "user", "content": prompt_text(item)}],
+                    max_tokens=config.evaluate.max_new_tokens, temperature=0.0, meta={"id": item["id"]})
+        for item in items
+    ]
+    teacher_outcomes = send(path, teacher, config.teacher, "teacher_answers", teacher_requests)
+    teacher_answers = [
+        {"id": o["meta"]["id"], "answer": (o.get("text") or "").strip() if o.get("ok") else "",
+         "completion_tokens": o.get("completion_tokens", 0), "latency_s": o["latency_s"], "ok": o.get("ok", False)}
+        for o in teacher_outcomes
+    ]
+    write_jsonl(rundir.eval_dir / "teacher_answers.jsonl", teacher_answers)
+
+    # Judge both orders.
+    answered = {a["id"] for a in teacher_answers if a["ok"]}
+    judged_items = [item for item in items if item["id"] in answered]
+    requests = pairwise_requests(
+        judged_items, {a["id"]: a["answer"] for a in student_answers},
+        {a["id"]: a["answer"] for a in teacher_answers}, PAIRWISE_TEMPLATE.read_text(encoding="utf-8"),
+        config.evaluate.judge_max_tokens,
+    )
+    judge_outcomes = send(path, judge, config.judge_endpoint, "judge", requests)
+    verdicts = judgments(judged_items, judge_outcomes)
+    write_jsonl(rundir.eval_dir / "judgments.jsonl", verdicts)
+    rate = win_rate_ci([v["outcome"] for v in verdicts])
+
+    teacher_model = {"identity": teacher.identity}
+    if config.teacher.backend == "embedded" and not config.teacher.base_urls:
+        gguf = find_embedded_gguf()
+        teacher_model.update(parameters=gguf_parameter_count(gguf), size_on_disk_bytes=size_on_disk(gguf))
+    student_model = {
+        "identity": f"{base_dir.name}+lora", "parameters": student_params,
+        "size_on_disk_bytes": size_on_disk(base_dir) + size_on_disk(adapter_dir),
+        "adapter_size_bytes": size_on_disk(adapter_dir),
+    }
+    teacher_ok = [a for a in teacher_answers if a["ok"]]
+    summary = {
+        "prompts": len(items), "judged": len(verdicts),
+        "wins": rate.wins, "ties": rate.ties, "losses": rate.losses, "invalid": rate.invalid,
+        "win_rate": rate.win_rate, "win_rate_ci95": [rate.ci_low, rate.ci_high],
+        "student": {**student_model, **latency_summary([a["latency_s"] for a in student_answers],
+                                                        [a["completion_tokens"] for a in student_answers])},
+        "teacher": {**teacher_model, **latency_summary([a["latency_s"] for a in teacher_ok],
+                                                        [a["completion_tokens"] for a in teacher_ok])},
+        **_tokens(teacher_outcomes + judge_outcomes),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    write_json(rundir.eval_dir / "summary.json", summary)
+    rundir.mark_done("evaluate", summary)
+    return summary

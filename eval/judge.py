@@ -1,0 +1,62 @@
+"""Pairwise judging: the judge sees both answers to a prompt twice, once in each order.
+
+A verdict that changes with the order is position bias, not preference; `combine_orders`
+(eval.verdict) turns the two verdicts into win / tie / loss from the student's side.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from backends.base import ChatRequest
+from eval.verdict import combine_orders, parse_verdict
+
+PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
+PAIRWISE_TEMPLATE = PROMPTS_DIR / "judge_pairwise.txt"
+
+
+def prompt_text(item: dict) -> str:
+    """The request as a user sees it: the instruction, then its input if any."""
+    if item.get("input", "").strip():
+        return f"{item['instruction'].strip()}\n\n{item['input'].strip()}"
+    return item["instruction"].strip()
+
+
+def pairwise_requests(items: list[dict], student: dict, teacher: dict, template: str, max_tokens: int) -> list[ChatRequest]:
+    """Two requests per item: student as A then teacher as A. `student`/`teacher` map item id to answer."""
+    requests = []
+    for item in items:
+        pairs = {"student_first": (student[item["id"]], teacher[item["id"]]),
+                 "teacher_first": (teacher[item["id"]], student[item["id"]])}
+        for order, (answer_a, answer_b) in pairs.items():
+            prompt = template.format(instruction=prompt_text(item), answer_a=answer_a, answer_b=answer_b)
+            requests.append(ChatRequest(
+                key=f"judge-{item['id']}-{order}",
+                messages=[{"role": "user", "content": prompt}],
+                max_tokens=max_tokens,
+                temperature=0.0,
+                json_mode=True,
+                meta={"id": item["id"], "order": order},
+            ))
+    return requests
+
+
+def judgments(items: list[dict], outcomes: list[dict]) -> list[dict]:
+    """One record per item: both raw verdicts and the combined outcome for the student."""
+    by_key = {outcome["key"]: outcome for outcome in outcomes}
+    records = []
+    for item in items:
+        verdicts = {}
+        for order in ("student_first", "teacher_first"):
+            outcome = by_key.get(f"judge-{item['id']}-{order}")
+            text = outcome.get("text") if outcome and outcome.get("ok") else None
+            verdicts[order] = (parse_verdict(text) if text is not None else None, text)
+        first, first_text = verdicts["student_first"]
+        second, second_text = verdicts["teacher_first"]
+        records.append({
+            "id": item["id"],
+            "student_first": {"winner": first.winner if first else None, "reply": first_text},
+            "teacher_first": {"winner": second.winner if second else None, "reply": second_text},
+            "outcome": combine_orders(first.winner if first else None, second.winner if second else None),
+        })
+    return records

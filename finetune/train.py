@@ -1,0 +1,453 @@
+"""LoRA fine-tuning of the student on instruction records, with trl's SFTTrainer.
+
+Reading order: :func:`train_lora` is the entry point; it
+
+1. validates the records and the base model directory (:func:`validate_records`), before
+   anything heavy is loaded;
+2. turns the records into prompt/completion pairs in the configured prompt format and
+   drops those longer than ``max_length`` tokens (:func:`prepare_examples`);
+3. builds the trainer (:func:`build_trainer`): a ``datasets.Dataset`` of the pairs, an
+   ``SFTConfig`` with CPU-friendly settings (:func:`build_sft_config`) and a peft
+   ``LoraConfig``. For a prompt/completion dataset trl computes the loss on the completion
+   tokens only (``completion_only_loss``, set explicitly here) and appends the tokenizer's
+   end-of-sequence token to every completion;
+4. trains, resuming from the last complete checkpoint under ``output_dir/checkpoints`` when
+   one exists from an interrupted run of the same data and settings;
+5. saves the adapter (``adapter_model.safetensors`` + ``adapter_config.json``) and the
+   tokenizer to ``output_dir/adapter`` and writes ``output_dir/training_summary.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from distill.config import FinetuneConfig
+from finetune.prompt_format import to_prompt_completion
+
+logger = logging.getLogger(__name__)
+
+REQUIRED_FIELDS = ("instruction", "input", "output")
+# A field that may be an empty string; the others must hold some text.
+OPTIONAL_TEXT_FIELDS = ("input",)
+DEFAULT_SAVE_STEPS = 50
+CHECKPOINTS_DIR = "checkpoints"
+ADAPTER_DIR = "adapter"
+SUMMARY_FILE = "training_summary.json"
+FINGERPRINT_FILE = "run_fingerprint.json"
+# Settings that only change how long a run goes on; a checkpoint stays valid when they change.
+_DURATION_SETTINGS = {"epochs", "max_steps", "heldout_records", "base_model"}
+_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+class TrainingDataError(ValueError):
+    """The records cannot be trained on; the message names the record and field at fault."""
+
+
+@dataclass
+class TrainResult:
+    """What one call of :func:`train_lora` produced."""
+
+    adapter_dir: Path
+    train_records: int  # examples trained on (after dropping those longer than max_length)
+    steps: int  # optimizer steps of the whole run, resumed ones included
+    train_loss: float  # mean training loss over all logged steps of the run
+    final_loss: float  # loss of the last logged step
+    runtime_s: float  # wall time of this call's training loop
+    tokens_seen: int  # non-padding input tokens over the whole run
+    trainable_params: int
+    total_params: int
+    dropped_records: int = 0  # records whose prompt + completion exceed max_length
+    resumed_from: str | None = None  # checkpoint this call resumed from, if any
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON-able data."""
+        data = asdict(self)
+        data["adapter_dir"] = str(self.adapter_dir)
+        return data
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def validate_records(records: Any) -> None:
+    """Raise :class:`TrainingDataError` unless ``records`` is a non-empty list of complete records.
+
+    Every record must be a dict whose ``instruction``, ``input`` and ``output`` are strings;
+    ``instruction`` and ``output`` must not be blank (``input`` may be empty).
+    """
+    if not isinstance(records, list | tuple):
+        raise TrainingDataError(f"records must be a list of dicts, got {type(records).__name__}")
+    if not records:
+        raise TrainingDataError("no records to train on (the list is empty)")
+    for index, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise TrainingDataError(f"record {index}: expected a dict, got {type(record).__name__}")
+        for field in REQUIRED_FIELDS:
+            if field not in record:
+                raise TrainingDataError(f"record {index}: missing field '{field}'")
+            value = record[field]
+            if not isinstance(value, str):
+                raise TrainingDataError(
+                    f"record {index}: field '{field}' must be a string, got {type(value).__name__}"
+                )
+            if field not in OPTIONAL_TEXT_FIELDS and not value.strip():
+                raise TrainingDataError(f"record {index}: field '{field}' is empty")
+
+
+def _check_base_model_dir(base_model_dir: Path) -> Path:
+    base_model_dir = Path(base_model_dir)
+    if not base_model_dir.is_dir():
+        raise FileNotFoundError(f"base model directory not found: {base_model_dir}")
+    if not (base_model_dir / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{base_model_dir} is not a Hugging Face model directory (it has no config.json)"
+        )
+    return base_model_dir
+
+
+# --------------------------------------------------------------------------- data
+
+
+def prepare_examples(
+    records: list[dict], tokenizer: Any, settings: FinetuneConfig
+) -> tuple[list[dict[str, str]], list[int]]:
+    """Prompt/completion pairs that fit ``settings.max_length``, and the indices of those dropped.
+
+    The length counted is the one trl trains on: the tokenized prompt + completion +
+    end-of-sequence token. Overlong examples are dropped rather than truncated, so the
+    student never learns answers that stop mid-way without an end token.
+    """
+    eos = tokenizer.eos_token or ""
+    kept: list[dict[str, str]] = []
+    dropped: list[int] = []
+    for index, record in enumerate(records):
+        pair = to_prompt_completion(record, settings.prompt_format, tokenizer)
+        length = len(tokenizer(text=pair["prompt"] + pair["completion"] + eos)["input_ids"])
+        if length > settings.max_length:
+            dropped.append(index)
+        else:
+            kept.append(pair)
+    if not kept:
+        raise TrainingDataError(
+            f"none of the {len(records)} records fits max_length={settings.max_length} tokens "
+            "(prompt + completion + end token); raise finetune.max_length or shorten the records"
+        )
+    if dropped:
+        logger.warning(
+            "dropped %d of %d records longer than max_length=%d tokens (first: record %d)",
+            len(dropped), len(records), settings.max_length, dropped[0],
+        )
+    return kept, dropped
+
+
+def _fingerprint(pairs: list[dict[str, str]], base_model_dir: Path, settings: FinetuneConfig) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed from: the data and every non-duration setting."""
+    digest = hashlib.sha256()
+    for pair in pairs:
+        digest.update(json.dumps(pair, sort_keys=True, ensure_ascii=False).encode("utf-8"))
+        digest.update(b"\n")
+    kept_settings = settings.model_dump(mode="json", exclude=_DURATION_SETTINGS)
+    return {"data_sha256": digest.hexdigest(), "base_model_dir": str(base_model_dir.resolve()), "settings": kept_settings}
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _complete_checkpoints(checkpoints_dir: Path) -> list[Path]:
+    """Checkpoint folders that were written to the end (trainer_state.json is saved last)."""
+    if not checkpoints_dir.is_dir():
+        return []
+    found = []
+    for path in checkpoints_dir.iterdir():
+        match = _CHECKPOINT_RE.match(path.name)
+        if match and path.is_dir() and (path / "trainer_state.json").is_file():
+            found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found)]
+
+
+def _resume_checkpoint(checkpoints_dir: Path, fingerprint: dict[str, Any]) -> Path | None:
+    """The checkpoint to resume from, or None; clears checkpoints that cannot be resumed.
+
+    Checkpoints of a different run (other data or settings) and half-written ones are
+    removed, so that neither resuming nor the trainer's checkpoint rotation picks them up.
+    """
+    if not checkpoints_dir.is_dir():
+        return None
+    fingerprint_file = checkpoints_dir / FINGERPRINT_FILE
+    previous = None
+    if fingerprint_file.is_file():
+        with contextlib.suppress(ValueError, OSError):
+            previous = json.loads(fingerprint_file.read_text(encoding="utf-8"))
+    complete = set(_complete_checkpoints(checkpoints_dir))
+    stale = previous != fingerprint
+    for path in checkpoints_dir.iterdir():
+        if _CHECKPOINT_RE.match(path.name) and path.is_dir() and (stale or path not in complete):
+            why = "from a run with other data or settings" if stale else "incomplete"
+            logger.warning("removing checkpoint %s (%s)", path, why)
+            shutil.rmtree(path)
+    if stale:
+        return None
+    remaining = _complete_checkpoints(checkpoints_dir)
+    return remaining[-1] if remaining else None
+
+
+# --------------------------------------------------------------------------- trainer
+
+
+def _use_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def build_sft_config(checkpoints_dir: Path, settings: FinetuneConfig, *, save_steps: int, progress: bool):
+    """trl ``SFTConfig`` for ``settings``, with settings that work (and are fast enough) on CPU."""
+    import torch
+    from trl import SFTConfig
+
+    cuda = _use_cuda()
+    bf16 = cuda and torch.cuda.is_bf16_supported()
+    return SFTConfig(
+        output_dir=str(checkpoints_dir),
+        # Optimisation
+        learning_rate=settings.learning_rate,
+        num_train_epochs=settings.epochs,
+        max_steps=settings.max_steps,
+        per_device_train_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.gradient_accumulation_steps,
+        seed=settings.seed,
+        data_seed=settings.seed,
+        # Data: prompt/completion pairs, loss on the completion only, no packing.
+        max_length=settings.max_length,
+        completion_only_loss=True,
+        packing=False,
+        padding_free=False,
+        dataset_num_proc=None,
+        # Hardware: trl defaults to bf16 and gradient checkpointing, both unwanted on CPU.
+        # (transformers 5 renamed gradient_checkpointing to activation_checkpointing.)
+        use_cpu=not cuda,
+        bf16=bf16,
+        fp16=False,
+        activation_checkpointing=cuda,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=cuda,
+        # Checkpoints for crash recovery (peft models save only the adapter, as safetensors).
+        save_strategy="steps",
+        save_steps=save_steps,
+        save_total_limit=2,
+        save_only_model=False,
+        # Bookkeeping
+        logging_strategy="steps",
+        logging_steps=1,
+        include_num_input_tokens_seen="non_padding",
+        report_to="none",
+        disable_tqdm=not progress,
+        trust_remote_code=settings.trust_remote_code,
+    )
+
+
+def build_lora_config(settings: FinetuneConfig):
+    """peft ``LoraConfig`` for a causal language model."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        task_type="CAUSAL_LM",
+        r=settings.lora_r,
+        lora_alpha=settings.lora_alpha,
+        lora_dropout=settings.lora_dropout,
+        target_modules=settings.target_modules,
+        bias="none",
+    )
+
+
+def _log_progress_callback():
+    """A trainer callback that reports each logged step through ``logging`` instead of print."""
+    from transformers import TrainerCallback
+
+    class LogProgress(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not logs or not state.is_local_process_zero:
+                return
+            if "loss" in logs:
+                logger.info(
+                    "step %d/%d loss %.4f lr %.3g",
+                    state.global_step, state.max_steps, logs["loss"], logs.get("learning_rate", float("nan")),
+                )
+            elif "train_runtime" in logs:
+                logger.info("training loop finished in %.1f s", logs["train_runtime"])
+
+    return LogProgress()
+
+
+def load_tokenizer(base_model_dir: Path, settings: FinetuneConfig):
+    """The base model's tokenizer, with a padding token (the end token when it has none)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_model_dir, trust_remote_code=settings.trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(base_model_dir: Path, settings: FinetuneConfig):
+    """The base model in float32 (mixed precision, where used, is the trainer's business)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(
+        base_model_dir, dtype=torch.float32, trust_remote_code=settings.trust_remote_code
+    )
+
+
+def build_trainer(
+    pairs: list[dict[str, str]],
+    model: Any,
+    tokenizer: Any,
+    checkpoints_dir: Path,
+    settings: FinetuneConfig,
+    *,
+    save_steps: int = DEFAULT_SAVE_STEPS,
+    progress: bool = True,
+):
+    """An ``SFTTrainer`` wrapping ``model`` in a fresh LoRA adapter, over the prompt/completion ``pairs``."""
+    from datasets import Dataset
+    from transformers import PrinterCallback
+    from trl import SFTTrainer
+
+    args = build_sft_config(checkpoints_dir, settings, save_steps=save_steps, progress=progress)
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(pairs),
+        processing_class=tokenizer,
+        peft_config=build_lora_config(settings),
+        callbacks=[_log_progress_callback()],
+    )
+    if not progress:
+        trainer.remove_callback(PrinterCallback)  # it prints every log line to stdout
+    return trainer
+
+
+@contextlib.contextmanager
+def _datasets_progress(enabled: bool):
+    """Show or hide the datasets library's progress bars for the duration of the block."""
+    from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    was_disabled = are_progress_bars_disabled()
+    if enabled:
+        yield
+        return
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            enable_progress_bars()
+
+
+def _losses(log_history: list[dict]) -> list[float]:
+    return [entry["loss"] for entry in log_history if "loss" in entry]
+
+
+def _save_adapter(trainer: Any, tokenizer: Any, adapter_dir: Path) -> None:
+    """Write the adapter and tokenizer to ``adapter_dir``, replacing an older one only when done."""
+    tmp = adapter_dir.with_name(f".{adapter_dir.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    trainer.model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    for required in ("adapter_model.safetensors", "adapter_config.json"):
+        if not (tmp / required).is_file():
+            raise RuntimeError(f"saving the adapter did not write {required} in {tmp}")
+    if adapter_dir.exists():
+        shutil.rmtree(adapter_dir)
+    tmp.rename(adapter_dir)
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def train_lora(
+    records: list[dict],
+    base_model_dir: Path,
+    output_dir: Path,
+    settings: FinetuneConfig,
+    progress: bool = True,
+    *,
+    save_steps: int = DEFAULT_SAVE_STEPS,
+) -> TrainResult:
+    """LoRA-fine-tune the model in ``base_model_dir`` on ``records``; save the adapter under ``output_dir``.
+
+    Everything is checked before training starts: :class:`TrainingDataError` for an empty
+    list, an incomplete record (the message names its index and field) or records none of
+    which fit ``settings.max_length``; :class:`FileNotFoundError` for a missing base model.
+
+    ``output_dir`` receives ``checkpoints/`` (one every ``save_steps`` optimizer steps and
+    at the end, the last two kept), ``adapter/`` (``adapter_model.safetensors``,
+    ``adapter_config.json`` and the tokenizer) and ``training_summary.json``. When
+    ``checkpoints/`` holds a complete checkpoint of the same data and settings (say, after
+    a crash), training resumes from it; only ``epochs`` and ``max_steps`` may differ.
+    ``progress`` shows progress bars; per-step losses always go to this module's logger.
+    """
+    validate_records(records)
+    base_model_dir = _check_base_model_dir(base_model_dir)
+    if save_steps < 1:
+        raise ValueError(f"save_steps must be at least 1, got {save_steps}")
+    output_dir = Path(output_dir)
+    checkpoints_dir = output_dir / CHECKPOINTS_DIR
+    adapter_dir = output_dir / ADAPTER_DIR
+
+    tokenizer = load_tokenizer(base_model_dir, settings)
+    pairs, dropped = prepare_examples(records, tokenizer, settings)
+    model = load_model(base_model_dir, settings)
+    fingerprint = _fingerprint(pairs, base_model_dir, settings)
+    resume_from = _resume_checkpoint(checkpoints_dir, fingerprint)
+    checkpoints_dir.mkdir(parents=True, exist_ok=True)
+    (checkpoints_dir / FINGERPRINT_FILE).write_text(json.dumps(fingerprint, indent=2) + "\n", encoding="utf-8")
+
+    with _datasets_progress(progress):
+        trainer = build_trainer(
+            pairs, model, tokenizer, checkpoints_dir, settings, save_steps=save_steps, progress=progress
+        )
+    trainable, total = trainer.model.get_nb_trainable_parameters()
+    logger.info(
+        "training a LoRA adapter on %s: %d examples, %d trainable of %d parameters%s",
+        base_model_dir, len(pairs), trainable, total, f", resuming from {resume_from}" if resume_from else "",
+    )
+
+    started = time.monotonic()
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    runtime = time.monotonic() - started
+
+    _save_adapter(trainer, tokenizer, adapter_dir)
+    losses = _losses(trainer.state.log_history)
+    result = TrainResult(
+        adapter_dir=adapter_dir,
+        train_records=len(pairs),
+        steps=trainer.state.global_step,
+        train_loss=sum(losses) / len(losses) if losses else math.nan,
+        final_loss=losses[-1] if losses else math.nan,
+        runtime_s=round(runtime, 3),
+        tokens_seen=int(trainer.state.num_input_tokens_seen),
+        trainable_params=int(trainable),
+        total_params=int(total),
+        dropped_records=len(dropped),
+        resumed_from=str(resume_from) if resume_from else None,
+    )
+    summary = {**result.to_json(), "base_model_dir": str(base_model_dir), "settings": settings.model_dump(mode="json")}
+    (output_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    logger.info(
+        "adapter saved to %s: %d steps, mean loss %.4f, final loss %.4f, %.1f s",
+        adapter_dir, result.steps, result.train_loss, result.final_loss, runtime,
+    )
+    return result

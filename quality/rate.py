@@ -1,0 +1,89 @@
+"""The filter stage: an LLM judge rates every pair 0-5, AlpaGasus-style, and the pairs
+rated at or above the threshold are kept.
+
+Requests are keyed by a hash of the record's content, so a rerun (or a later run over the
+same records with the same judge journal) reuses every score already paid for. A reply
+without a readable score in range is counted and kept out, with the reply saved; it is
+never read as 0 or 5.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from pathlib import Path
+
+from backends.base import ChatRequest
+from distill.config import FilterConfig
+from quality.score_parse import parse_rating
+
+PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
+RATING_TEMPLATE = PROMPTS_DIR / "rate_pair.txt"
+
+
+def record_key(record: dict) -> str:
+    """A stable key for a record's content (instruction, input, output)."""
+    content = json.dumps([record["instruction"], record.get("input", ""), record.get("output", "")])
+    return hashlib.sha256(content.encode("utf-8")).hexdigest()[:20]
+
+
+def render_rating_prompt(template: str, record: dict) -> str:
+    """The judge's prompt for one record."""
+    return template.format(
+        instruction=record["instruction"],
+        input=record.get("input", "").strip() or "(none)",
+        output=record.get("output", ""),
+    )
+
+
+def rating_requests(records: list[dict], template: str, settings: FilterConfig) -> list[ChatRequest]:
+    """One rating request per record, in JSON mode."""
+    return [
+        ChatRequest(
+            key=f"rate-{record_key(record)}",
+            messages=[{"role": "user", "content": render_rating_prompt(template, record)}],
+            max_tokens=settings.max_tokens,
+            temperature=settings.temperature,
+            json_mode=True,
+            meta={"id": record.get("id")},
+        )
+        for record in records
+    ]
+
+
+def apply_ratings(records: list[dict], outcomes: list[dict], threshold: float) -> dict:
+    """Join records with their ratings; split them into kept and rejected, with counts."""
+    by_key = {outcome["key"]: outcome for outcome in outcomes}
+    rated, kept, rejected = [], [], []
+    counts: Counter = Counter()
+    for record in records:
+        outcome = by_key.get(f"rate-{record_key(record)}")
+        if outcome is None:
+            counts["not_rated_budget"] += 1
+            rejected.append({"id": record.get("id"), "stage": "filter", "reason": "not_rated:budget", "record": record})
+            continue
+        if not outcome.get("ok"):
+            counts["request_failed"] += 1
+            rejected.append({"id": record.get("id"), "stage": "filter", "reason": "request_failed",
+                             "error": outcome.get("error"), "record": record})
+            continue
+        parsed = parse_rating(outcome["text"])
+        entry = {**record, "score": parsed.score, "explanation": parsed.explanation}
+        if parsed.score is None:
+            counts[f"unscored:{parsed.problem}"] += 1
+            entry["rating_problem"] = parsed.problem
+            entry["judge_reply"] = outcome["text"]
+            rated.append(entry)
+            rejected.append({"id": record.get("id"), "stage": "filter", "reason": f"unscored:{parsed.problem}",
+                             "judge_reply": outcome["text"], "record": record})
+            continue
+        rated.append(entry)
+        counts[f"score:{parsed.score:g}"] += 1
+        if parsed.score >= threshold:
+            kept.append(record)
+        else:
+            counts["below_threshold"] += 1
+            rejected.append({"id": record.get("id"), "stage": "filter", "reason": "below_threshold",
+                             "score": parsed.score, "threshold": threshold, "record": record})
+    return {"rated": rated, "kept": kept, "rejected": rejected, "counts": dict(sorted(counts.items()))}

@@ -1,0 +1,39 @@
+"""Stanford Alpaca's heuristic filters for generated instructions.
+
+Each filter returns the reason a task is dropped, or None to keep it. The word list and the
+rules follow Alpaca's published procedure: a text-only model cannot act on images, files,
+sound or places, and very short or very long instructions are rarely good tasks.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+
+# Words that point at things a text-only model cannot see, make or do.
+BLOCKED_WORDS = (
+    "image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map", "maps",
+    "draw", "plot", "go to", "video", "audio", "music", "flowchart", "diagram",
+)
+_BLOCKED = [(word, re.compile(r"\b" + re.escape(word) + r"\b", re.IGNORECASE)) for word in BLOCKED_WORDS]
+
+
+def heuristic_rejection(instruction: str, output: str) -> str | None:
+    """Why Alpaca's filters drop this task, or None if it passes."""
+    words = instruction.split()
+    if len(words) <= 3:
+        return "too_short"
+    if len(words) > 150:
+        return "too_long"
+    for word, pattern in _BLOCKED:
+        if pattern.search(instruction):
+            return f"blocked_word:{word}"
+    if instruction.startswith("Write a program"):
+        return "write_a_program"
+    if instruction[0] in string.punctuation:
+        return "starts_with_punctuation"
+    if not instruction[0].isascii():
+        return "starts_with_non_ascii"
+    if not output.strip():
+        return "empty_output"
+    return None

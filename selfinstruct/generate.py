@@ -1,0 +1,142 @@
+"""The generate stage: self-instruct, Stanford Alpaca's procedure.
+
+Each request shows a few seed tasks and asks the teacher for more; the reply is parsed,
+Alpaca's heuristic filters drop unsuitable tasks, and a task whose instruction is a
+ROUGE-L near-duplicate of a seed or of an earlier kept instruction is dropped. Requests are
+sent in shards; everything is decided in request order, from the journal of replies, so a
+resumed run keeps exactly what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Callable
+
+from backends.base import ChatRequest
+from distill.config import GenerateConfig
+from selfinstruct.dedup import RougeLDeduplicator
+from selfinstruct.filters import heuristic_rejection
+from selfinstruct.parse import parse_generated_tasks
+from selfinstruct.prompt import render_generation_prompt, sample_examples
+
+log = logging.getLogger(__name__)
+
+SendShard = Callable[[list[ChatRequest]], list[dict]]
+
+
+class SelfInstructRun:
+    """State of one generation run: what is kept, what was dropped and why, what to ask next."""
+
+    def __init__(self, settings: GenerateConfig, seeds: list[dict], template: str, budget_exhausted=lambda: False):
+        self.settings = settings
+        self.seeds = seeds
+        self.template = template
+        self.budget_exhausted = budget_exhausted
+        self.dedup = RougeLDeduplicator(settings.rouge_threshold)
+        for seed in seeds:
+            self.dedup.add_seed(seed["instruction"])
+        self.kept: list[dict] = []
+        self.rejected: list[dict] = []
+        self.counts: Counter = Counter()
+        self.next_request = 0
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.stop_reason: str | None = None
+
+    def request(self, index: int) -> ChatRequest:
+        """Generation request number `index`: the same prompt on every rerun."""
+        examples = sample_examples(self.seeds, self.settings.seeds_per_prompt, self.settings.seed, index)
+        prompt = render_generation_prompt(self.template, examples, self.settings.tasks_per_request)
+        return ChatRequest(
+            key=f"gen-{index:06d}",
+            messages=[{"role": "user", "content": prompt}],
+            max_tokens=self.settings.max_tokens,
+            temperature=self.settings.temperature,
+            top_p=self.settings.top_p,
+            seed=self.settings.seed * 1_000_003 + index,
+            meta={"request": index, "next_index": len(examples) + 1},
+        )
+
+    @property
+    def done(self) -> bool:
+        if self.stop_reason is None:
+            if len(self.kept) >= self.settings.target_records:
+                self.stop_reason = "target_reached"
+            elif self.next_request >= self.settings.max_requests:
+                self.stop_reason = "max_requests"
+            elif self.budget_exhausted():
+                self.stop_reason = "budget"
+        return self.stop_reason is not None
+
+    def next_shard(self) -> list[ChatRequest]:
+        """The next shard of requests to send."""
+        end = min(self.next_request + self.settings.requests_per_shard, self.settings.max_requests)
+        shard = [self.request(i) for i in range(self.next_request, end)]
+        self.next_request = end
+        return shard
+
+    def _reject(self, record_id: str, reason: str, **detail) -> None:
+        self.counts[":".join(reason.split(":")[:2])] += 1
+        self.rejected.append({"id": record_id, "stage": "generate", "reason": reason, **detail})
+
+    def absorb(self, outcomes: list[dict]) -> None:
+        """Parse, filter and dedup a shard's replies, in request order."""
+        for outcome in sorted(outcomes, key=lambda o: o["key"]):
+            self.counts["requests"] += 1
+            if not outcome.get("ok"):
+                self._reject(outcome["key"], "request_failed", error=outcome.get("error"))
+                continue
+            self.prompt_tokens += outcome.get("prompt_tokens", 0)
+            self.completion_tokens += outcome.get("completion_tokens", 0)
+            tasks, problems = parse_generated_tasks(
+                outcome["text"], outcome["meta"]["next_index"], outcome.get("finish_reason")
+            )
+            for number, problem in enumerate(problems):
+                self._reject(f"{outcome['key']}-p{number:02d}", f"parse:{problem.reason}", text=problem.text[:2000])
+            for number, task in enumerate(tasks):
+                record_id = f"{outcome['key']}-{number:02d}"
+                self.counts["parsed"] += 1
+                if len(self.kept) >= self.settings.target_records:
+                    self.counts["beyond_target"] += 1
+                    continue
+                record = {"id": record_id, "instruction": task.instruction, "input": task.input, "output": task.output}
+                reason = heuristic_rejection(task.instruction, task.output)
+                if reason:
+                    self._reject(record_id, f"filter:{reason}", record=record)
+                    continue
+                decision = self.dedup.add(task.instruction)
+                if not decision.kept:
+                    self._reject(
+                        record_id, "near_duplicate", record=record,
+                        nearest=decision.nearest, rouge_l=round(decision.score, 4),
+                    )
+                    continue
+                self.kept.append(record)
+
+    def summary(self) -> dict:
+        """Counts at every step of the stage."""
+        return {
+            "requests": self.counts["requests"],
+            "requests_failed": self.counts["request_failed"],
+            "tasks_parsed": self.counts["parsed"],
+            "dropped": {reason: n for reason, n in sorted(self.counts.items())
+                        if reason not in ("requests", "parsed", "beyond_target")},
+            "beyond_target": self.counts["beyond_target"],
+            "kept": len(self.kept),
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "stop_reason": self.stop_reason,
+        }
+
+
+def run_self_instruct(run: SelfInstructRun, send_shard: SendShard, on_shard=None) -> SelfInstructRun:
+    """Send shards until the target, the request limit or the budget is reached."""
+    while not run.done:
+        shard = run.next_shard()
+        outcomes = send_shard(shard)
+        run.absorb(outcomes)
+        if on_shard:
+            on_shard(run)
+        log.info("generate: %d requests, %d kept", run.counts["requests"], len(run.kept))
+    return run

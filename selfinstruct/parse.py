@@ -1,0 +1,93 @@
+"""Parse a teacher's reply into instruction / input / output tasks.
+
+The reply continues a numbered list ("N. Instruction: ... N. Input: ... N. Output: ...")
+whose blocks are separated by "###". A completion-style teacher starts right after the
+opening "N. Instruction:" of the prompt; a chat teacher often repeats the marker; both are
+read. Blocks that lack a field are reported, not guessed at; when the reply was cut off by
+the length limit its last block is dropped, as in Alpaca.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from selfinstruct.prompt import NO_INPUT
+
+# "3. Instruction:", "3) Input:", "**Output:**", "Instruction:" (number optional, markdown tolerated)
+_FIELD = re.compile(
+    r"^[ \t]*(?:\*\*)?[ \t]*(?:(\d+)[ \t]*[.)][ \t]*)?(?:\*\*)?[ \t]*(Instruction|Input|Output)[ \t]*(?:\*\*)?[ \t]*:(?:\*\*)?",
+    re.IGNORECASE | re.MULTILINE,
+)
+
+
+@dataclass(frozen=True)
+class ParsedTask:
+    instruction: str
+    input: str
+    output: str
+
+
+@dataclass(frozen=True)
+class ParseProblem:
+    reason: str  # "missing_field", "truncated", "no_tasks"
+    text: str
+
+
+def _blocks(text: str) -> list[str]:
+    """Split on '###' separators, and also where a new 'Instruction:' field starts."""
+    blocks = []
+    for chunk in re.split(r"^[ \t]*#{3,}[ \t]*$|#{3,}", text, flags=re.MULTILINE):
+        starts = [m.start() for m in _FIELD.finditer(chunk) if m.group(2).lower() == "instruction"]
+        if not starts or starts[0] != 0:
+            starts = [0] + starts
+        for begin, end in zip(starts, starts[1:] + [len(chunk)]):
+            if chunk[begin:end].strip():
+                blocks.append(chunk[begin:end])
+    return blocks
+
+
+def _parse_block(block: str) -> ParsedTask | None:
+    fields: dict[str, str] = {}
+    matches = list(_FIELD.finditer(block))
+    for match, following in zip(matches, matches[1:] + [None]):
+        name = match.group(2).lower()
+        end = following.start() if following else len(block)
+        if name in fields:  # a second field of the same name: the block is malformed
+            return None
+        fields[name] = block[match.end():end].strip()
+    if set(fields) != {"instruction", "input", "output"}:
+        return None
+    task_input = fields["input"]
+    if task_input.strip().lower() in {NO_INPUT, "<no input>", "none", "n/a", ""}:
+        task_input = ""
+    return ParsedTask(fields["instruction"], task_input, fields["output"])
+
+
+def parse_generated_tasks(
+    reply: str, next_index: int, finish_reason: str | None
+) -> tuple[list[ParsedTask], list[ParseProblem]]:
+    """Tasks read from a reply, and a problem for every block that could not be read."""
+    text = reply
+    # The prompt ended with "N. Instruction:"; a reply that does not open with a field
+    # marker (after any "###") continues that instruction.
+    first = _FIELD.search(text)
+    opening = text[: first.start()] if first else text
+    if first is None or first.group(2).lower() != "instruction" or opening.replace("#", "").strip():
+        text = f"{next_index}. Instruction: " + text
+    tasks: list[ParsedTask] = []
+    problems: list[ParseProblem] = []
+    blocks = _blocks(text)
+    for position, block in enumerate(blocks):
+        is_last = position == len(blocks) - 1
+        if is_last and finish_reason == "length":
+            problems.append(ParseProblem("truncated", block.strip()))
+            continue
+        task = _parse_block(block)
+        if task is None:
+            problems.append(ParseProblem("missing_field", block.strip()))
+        else:
+            tasks.append(task)
+    if not blocks:
+        problems.append(ParseProblem("no_tasks", reply.strip()))
+    return tasks, problems

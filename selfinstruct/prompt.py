@@ -1,0 +1,43 @@
+"""The self-instruct generation prompt: a template file plus in-context seed tasks.
+
+As in Stanford Alpaca, a few seed tasks are shown as numbered instruction / input / output
+blocks separated by "###", and the prompt ends by opening the next block, so the teacher
+continues the list.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
+GENERATION_TEMPLATE = PROMPTS_DIR / "self_instruct.txt"
+NO_INPUT = "<noinput>"
+
+
+def load_template(path: Path = GENERATION_TEMPLATE) -> str:
+    """The template text; it holds {num_tasks}, {examples} placeholders."""
+    return path.read_text(encoding="utf-8")
+
+
+def format_task(index: int, task: dict) -> str:
+    """One numbered task block in the layout the teacher is asked to follow."""
+    task_input = task.get("input", "").strip() or NO_INPUT
+    return (
+        f"###\n{index}. Instruction: {task['instruction'].strip()}\n"
+        f"{index}. Input:\n{task_input}\n"
+        f"{index}. Output:\n{task['output'].strip()}\n"
+    )
+
+
+def render_generation_prompt(template: str, examples: list[dict], num_tasks: int) -> str:
+    """The full prompt: guidelines, the in-context examples, and the opening of the next task."""
+    blocks = "".join(format_task(i, task) for i, task in enumerate(examples, start=1))
+    blocks += f"###\n{len(examples) + 1}. Instruction:"
+    return template.format(num_tasks=num_tasks, examples=blocks)
+
+
+def sample_examples(seeds: list[dict], count: int, seed: int, request_index: int) -> list[dict]:
+    """The seed tasks shown in request `request_index`; the same every rerun."""
+    rng = random.Random(f"{seed}:{request_index}")
+    return rng.sample(seeds, min(count, len(seeds)))

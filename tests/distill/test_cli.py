@@ -1,0 +1,59 @@
+"""The `distill` command's handling of bad input: a clear message, exit 2, nothing written."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def distill(*args, cwd=REPO):
+    return subprocess.run([str(Path(sys.executable).parent / "distill"), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_unknown_key_stops_before_any_work(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text(f"name: bad\nseed_tasks: {REPO / 'data' / 'seed_tasks.jsonl'}\ngenerate:\n  temprature: 0.5\n")
+    run_dir = tmp_path / "run"
+    result = distill("run", str(config), "--run-dir", str(run_dir))
+    assert result.returncode == 2
+    assert str(config) in result.stderr and "generate.temprature" in result.stderr
+    assert not run_dir.exists()
+
+
+def test_malformed_seed_line_is_named(tmp_path):
+    seeds = tmp_path / "seeds.jsonl"
+    good = json.dumps({"instruction": "Say hello.", "instances": [{"input": "", "output": "Hello"}]})
+    seeds.write_text(good + "\n" + good + "\n{broken\n")
+    config = tmp_path / "c.yaml"
+    config.write_text("name: c\nseed_tasks: seeds.jsonl\n")
+    result = distill("generate", str(config), "--run-dir", str(tmp_path / "run"))
+    assert result.returncode == 2
+    assert f"{seeds}:3: malformed JSON" in result.stderr
+
+
+def test_dedup_command_on_real_records(tmp_path):
+    records = json.loads((REPO.parent / "shared" / "data" / "alpaca_5000.json").read_text())[:200]
+    doubled = records + [dict(r, instruction=r["instruction"] + " Please.") for r in records[:50]]
+    source = tmp_path / "in.json"
+    source.write_text(json.dumps(doubled))
+    out, rejected = tmp_path / "out.jsonl", tmp_path / "rejected.jsonl"
+    result = distill("dedup", str(source), "-o", str(out), "--seeds", str(REPO / "data" / "seed_tasks.jsonl"),
+                     "--rejected", str(rejected))
+    assert result.returncode == 0, result.stderr
+    kept = [json.loads(line) for line in out.read_text().splitlines()]
+    dropped = [json.loads(line) for line in rejected.read_text().splitlines()]
+    assert len(kept) + len(dropped) == len(doubled)
+    assert len(dropped) >= 50  # every edited copy is a near-duplicate of its original
+    assert all(d["rouge_l"] > 0.7 and d["nearest"] for d in dropped)
+    assert kept == [r for r in doubled if r in kept]  # input order, records unchanged
+
+
+def test_dedup_bad_input(tmp_path):
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"instruction": "ok"}\n{"output": "no instruction"}\n')
+    result = distill("dedup", str(source), "-o", str(tmp_path / "out.jsonl"))
+    assert result.returncode == 2 and f"{source}:2: missing field 'instruction'" in result.stderr
+    assert not (tmp_path / "out.jsonl").exists()

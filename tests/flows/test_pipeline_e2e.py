@@ -1,0 +1,143 @@
+"""The whole pipeline, end to end, through the real `distill` command: real Prefect (ephemeral),
+the real embedded teacher (llama.cpp serving SmolLM2-135M), real trl/peft training steps.
+
+Sizes are small so CI stays within its time; every file of the run directory is checked, and
+the counts must add up from stage to stage.
+"""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.server]
+
+REPO = Path(__file__).resolve().parents[2]
+SMALL = [
+    "--set", "generate.max_requests=12",
+    "--set", "generate.target_records=24",
+    "--set", "generate.requests_per_shard=4",
+    "--set", "finetune.max_steps=3",
+    "--set", "finetune.heldout_records=3",
+    "--set", "evaluate.max_prompts=3",
+    "--set", "evaluate.max_new_tokens=48",
+]
+
+
+def distill(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    command = [str(Path(sys.executable).parent / "distill"), *args]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=1500, env=os.environ.copy())
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and "logs" not in p.parts}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, student_cache_dir):
+    run_dir = tmp_path_factory.mktemp("e2e") / "run"
+    result = distill("run", "configs/demo.yaml", "--run-dir", str(run_dir), "--cache-dir", str(student_cache_dir),
+                     *SMALL)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return run_dir, result
+
+
+def test_every_file_is_written(finished_run):
+    run_dir, result = finished_run
+    for name in ("generated.jsonl", "rejected.jsonl", "rated.jsonl", "filtered.jsonl", "train.jsonl",
+                 "heldout.jsonl", "report.json", "report.md", "manifest.json"):
+        assert (run_dir / name).is_file(), name
+    adapter = run_dir / "finetune" / "adapter"
+    assert (adapter / "adapter_model.safetensors").is_file() and (adapter / "adapter_config.json").is_file()
+    for name in ("student_answers.jsonl", "teacher_answers.jsonl", "judgments.jsonl"):
+        assert (run_dir / "eval" / name).is_file(), name
+    assert "report.md" in result.stdout and "win rate" in result.stdout
+
+
+def test_counts_add_up(finished_run):
+    run_dir, _ = finished_run
+    report = json.loads((run_dir / "report.json").read_text())
+    generated, rated, filtered = (lines(run_dir / n) for n in ("generated.jsonl", "rated.jsonl", "filtered.jsonl"))
+    rejected = lines(run_dir / "rejected.jsonl")
+    counts = report["counts"]
+    gen_summary = json.loads((run_dir / "stages" / "generate.json").read_text())
+
+    # generate: every parsed task is kept, dropped with a reason, or beyond the target.
+    gen_rejected = [r for r in rejected if r["stage"] == "generate"]
+    assert all(r["reason"] for r in gen_rejected)
+    task_drops = [r for r in gen_rejected if not r["reason"].startswith(("parse:", "request_failed"))]
+    assert counts["generated"] == len(generated) == gen_summary["kept"]
+    assert gen_summary["tasks_parsed"] == len(generated) + len(task_drops) + gen_summary["beyond_target"]
+    assert sum(gen_summary["dropped"].values()) == len(gen_rejected)
+    assert len({r["id"] for r in generated}) == len(generated)
+    assert gen_summary["requests"] == 12 or gen_summary["stop_reason"] == "target_reached"
+
+    # filter: every generated record is rated (or unscored), and kept iff score >= threshold.
+    assert len(rated) == len(generated)
+    threshold = json.loads((run_dir / "manifest.json").read_text())["config"]["filter"]["threshold"]
+    assert len(filtered) == sum(1 for r in rated if r["score"] is not None and r["score"] >= threshold)
+    assert counts["filtered"] == len(filtered)
+    filter_rejected = [r for r in rejected if r["stage"] == "filter"]
+    assert len(filtered) + len(filter_rejected) == len(generated)
+
+    # finetune: train + held out = filtered, with no overlap.
+    train, heldout = lines(run_dir / "train.jsonl"), lines(run_dir / "heldout.jsonl")
+    assert len(train) + len(heldout) == len(filtered) and len(train) >= 1
+    assert not {r["instruction"] for r in train} & {r["instruction"] for r in heldout}
+
+    # evaluate: every judged prompt has both orders and one outcome.
+    judgments = lines(run_dir / "eval" / "judgments.jsonl")
+    quality = report["quality"]
+    assert quality["wins"] + quality["ties"] + quality["losses"] + quality["invalid"] == len(judgments)
+    assert all(j["outcome"] in ("win", "tie", "loss", "invalid") for j in judgments)
+    assert all("student_first" in j and "teacher_first" in j for j in judgments)
+    for role in ("student", "teacher"):
+        efficiency = report["efficiency"][role]
+        assert efficiency["parameters"] > 100_000_000
+        assert efficiency["size_on_disk_bytes"] > 0 and efficiency["mean_latency_s"] > 0
+
+    # tokens and time are reported for every stage.
+    assert report["tokens"]["generate"]["prompt"] > 0 and report["tokens"]["filter"]["prompt"] > 0
+    assert all(seconds is not None for seconds in report["seconds"].values())
+
+
+def test_manifest_records_config_prompts_versions_and_models(finished_run, repo_root):
+    run_dir, _ = finished_run
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    prompts = sorted(p.name for p in (repo_root / "prompts").glob("*.txt"))
+    assert sorted(manifest["prompts_sha256"]) == prompts
+    assert manifest["config"]["name"] == "demo" and manifest["config"]["generate"]["max_requests"] == 12
+    assert manifest["packages"]["prefect"].startswith("3.8") and manifest["packages"]["trl"]
+    assert "SmolLM2-135M-Instruct" in manifest["teacher"] and manifest["student"]
+
+
+def test_rerun_skips_finished_stages_and_changes_nothing(finished_run, student_cache_dir):
+    run_dir, _ = finished_run
+    before = digest(run_dir)
+    result = distill("run", "configs/demo.yaml", "--run-dir", str(run_dir), "--cache-dir", str(student_cache_dir),
+                     *SMALL)
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    for stage in ("generate", "filter", "finetune", "evaluate"):
+        assert f"{stage}: already finished" in output
+    after = digest(run_dir)
+    data_files = [name for name in before if name.endswith(".jsonl") or name == "report.json"]
+    assert all(before[name] == after[name] for name in data_files)
+
+
+def test_a_different_config_is_refused_and_the_run_is_untouched(finished_run):
+    run_dir, _ = finished_run
+    before = digest(run_dir)
+    result = distill("run", "configs/demo.yaml", "--run-dir", str(run_dir), "--set", "filter.threshold=1")
+    assert result.returncode == 2
+    assert "different config" in result.stderr
+    assert digest(run_dir) == before

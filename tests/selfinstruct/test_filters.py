@@ -1,0 +1,32 @@
+import pytest
+
+from selfinstruct.filters import heuristic_rejection
+
+GOOD_OUTPUT = "A fitting answer."
+
+
+@pytest.mark.parametrize(
+    "instruction, reason",
+    [
+        ("Name three fruits.", "too_short"),  # 3 words
+        ("Name three red fruits.", None),  # 4 words
+        (" ".join(["word"] * 151), "too_long"),
+        (" ".join(["word"] * 150), None),
+        ("Describe the image of a cat on a mat.", "blocked_word:image"),
+        ("Plot the sales figures for each month.", "blocked_word:plot"),
+        ("Tell me how to go to the station from here.", "blocked_word:go to"),
+        ("Summarize this MUSIC review in one line.", "blocked_word:music"),
+        ("Draw a picture of the sunset for me.", "blocked_word:picture"),
+        ("Explain what a profile is in two sentences.", None),  # 'file' only as part of a word
+        ("Write a program that sorts a list of numbers.", "write_a_program"),
+        ("Write a poem that sorts feelings into kinds.", None),
+        ('"Quote" this sentence back to me please.', "starts_with_punctuation"),
+        ("Éxplique the meaning of this French phrase.", "starts_with_non_ascii"),
+    ],
+)
+def test_alpaca_filters(instruction, reason):
+    assert heuristic_rejection(instruction, GOOD_OUTPUT) == reason
+
+
+def test_empty_output_is_dropped():
+    assert heuristic_rejection("Give an example of a mammal.", "   ") == "empty_output"
