@@ -21,6 +21,7 @@ class ChatRequest:
     temperature: float = 0.0
     top_p: float = 1.0
     json_mode: bool = False
+    json_schema: dict | None = None  # constrain the reply to this JSON schema (structured output)
     seed: int | None = None
     meta: dict = field(default_factory=dict)
 

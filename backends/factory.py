@@ -26,7 +26,7 @@ def open_chat_backend(endpoint: ModelEndpoint, log_dir: Path | None = None) -> I
         with EmbeddedServer(context_length=endpoint.context_length, log_path=log_path) as server:
             yield OpenAICompatibleBackend(
                 EMBEDDED_MODEL_ALIAS, [server.base_url], timeout_s=endpoint.timeout_s,
-                max_connections=endpoint.max_in_flight, api=endpoint.api,
+                max_connections=endpoint.max_in_flight, api=endpoint.api, schema_style="llama.cpp",
             )
         return
     if endpoint.backend == "vllm":

@@ -38,6 +38,7 @@ class OpenAICompatibleBackend:
         timeout_s: float = 120.0,
         max_connections: int = 64,
         api: str = "chat",
+        schema_style: str = "openai",
     ):
         api_key = os.environ.get(api_key_env, "") if api_key_env else ""
         if api_key_env and not api_key:
@@ -52,6 +53,8 @@ class OpenAICompatibleBackend:
         self._next = itertools.cycle(range(len(self._urls)))
         self.model = model
         self.api = api
+        # llama.cpp's server takes a schema inside json_object; OpenAI and vLLM take json_schema.
+        self.schema_style = schema_style
         self.identity = f"openai-compatible:{model}@" + ",".join(self._urls)
 
     def _client(self, url: str) -> openai.AsyncOpenAI:
@@ -72,7 +75,12 @@ class OpenAICompatibleBackend:
         url = self._urls[next(self._next)]
         client = self._client(url)
         extra = {}
-        if request.json_mode:
+        if request.json_schema is not None and self.schema_style == "llama.cpp":
+            extra["response_format"] = {"type": "json_object", "schema": request.json_schema}
+        elif request.json_schema is not None:
+            extra["response_format"] = {"type": "json_schema",
+                                        "json_schema": {"name": "reply", "schema": request.json_schema}}
+        elif request.json_mode:
             extra["response_format"] = {"type": "json_object"}
         if request.seed is not None:
             extra["seed"] = request.seed

@@ -11,7 +11,8 @@ from pathlib import Path
 # Prefect reads these when it is imported: no telemetry, and our own loggers in its logs.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
-os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "backends,selfinstruct,quality,finetune,eval,distill")
+OUR_LOGGERS = ("backends", "selfinstruct", "quality", "finetune", "eval", "distill")
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", ",".join(OUR_LOGGERS))
 os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -42,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     dedup.add_argument("--seeds", type=Path, help="seed tasks JSONL, or records with 'instruction'")
     dedup.add_argument("--threshold", type=float, default=0.7)
     dedup.add_argument("--rejected", type=Path, help="write the dropped records here, with their nearest match")
+    export = commands.add_parser("export", help="write records as Alpaca JSON, chat JSONL or a datasets folder")
+    export.add_argument("input", type=Path, help="records (JSONL or a JSON list), e.g. a run's filtered.jsonl")
+    export.add_argument("--format", choices=("alpaca", "chat", "hf"), required=True)
+    export.add_argument("-o", "--output", type=Path, required=True)
+    export.add_argument("--system-prompt", default=None, help="system turn for the chat format")
     report = commands.add_parser("report", help="rebuild report.json and report.md of a run directory")
     report.add_argument("--run-dir", type=Path, required=True)
     return parser
@@ -101,6 +107,8 @@ def _run_dedup(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    for name in OUR_LOGGERS:  # progress lines are INFO; Prefect leaves extra loggers at WARNING
+        logging.getLogger(name).setLevel(logging.INFO)
     from distill.config import ConfigError
     from distill.records import RecordError
     from distill.stages import StageInputError
@@ -120,6 +128,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\nReport: {Path(report['run_dir']) / 'report.md'}\n{headline(report)}")
         elif args.command == "dedup":
             _run_dedup(args)
+        elif args.command == "export":
+            from distill.records import read_records
+            from selfinstruct.export import export_records
+
+            records = read_records(args.input, required=("instruction", "output"), optional=("input",))
+            count = export_records(records, args.format, args.output, system_prompt=args.system_prompt)
+            print(f"wrote {count} records -> {args.output}")
         elif args.command == "report":
             from distill.report import headline, write_report
             from distill.rundir import RunDir

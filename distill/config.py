@@ -60,6 +60,11 @@ class GenerateConfig(_Strict):
     max_requests: int = Field(10_000, ge=1, description="Never send more generation requests than this.")
     seeds_per_prompt: int = Field(3, ge=1, le=20, description="Seed tasks shown in context (Alpaca: 3).")
     tasks_per_request: int = Field(20, ge=1, le=100, description="Tasks asked for per request (Alpaca: 20).")
+    reply_format: Literal["numbered", "json"] = Field(
+        "numbered",
+        description="numbered: Alpaca's numbered instruction / input / output list; json: a "
+        "{\"tasks\": [...]} object, with decoding constrained to its schema where the server can.",
+    )
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int = Field(3072, ge=16, description="Completion token limit per request.")
@@ -108,6 +113,17 @@ class EvaluateConfig(_Strict):
     judge_max_tokens: int = Field(128, ge=8)
 
 
+class ExportConfig(_Strict):
+    """Dataset files written from the filtered records when the filter stage ends."""
+
+    formats: list[Literal["alpaca", "chat", "hf"]] = Field(
+        default_factory=lambda: ["alpaca", "chat"],
+        description="alpaca: Alpaca's JSON list; chat: messages JSONL (trl's conversational layout); "
+        "hf: a datasets.Dataset saved to disk.",
+    )
+    chat_system_prompt: str | None = Field(None, description="System turn for the chat format.")
+
+
 class BudgetConfig(_Strict):
     """Limits that stop requests cleanly; everything so far is kept."""
 
@@ -126,6 +142,7 @@ class PipelineConfig(_Strict):
     filter: FilterConfig = Field(default_factory=FilterConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
 
     @property

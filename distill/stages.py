@@ -98,7 +98,8 @@ def generate_stage(config: PipelineConfig, rundir: RunDir, teacher: ChatBackend,
 
     started = time.perf_counter()
     seeds = read_seed_tasks(config.seed_tasks)
-    run = SelfInstructRun(config.generate, seeds, load_template(), lambda: path.meter.exhausted)
+    run = SelfInstructRun(config.generate, seeds, load_template(config.generate.reply_format),
+                          lambda: path.meter.exhausted)
     run_self_instruct(run, lambda shard: send(path, teacher, config.teacher, "generate", shard))
     write_jsonl(rundir.generated, run.kept)
     rundir.write_rejections("generate", run.rejected)
@@ -121,17 +122,33 @@ def filter_stage(config: PipelineConfig, rundir: RunDir, judge: ChatBackend, pat
         if path.meter.exhausted:
             break
         outcomes += send(path, judge, config.judge_endpoint, "rate", requests[begin:begin + size])
+        log.info("filter: %d/%d records rated", len(outcomes), len(requests))
     result = apply_ratings(records, outcomes, config.filter.threshold)
     write_jsonl(rundir.rated, result["rated"])
     write_jsonl(rundir.filtered, result["kept"])
     rundir.write_rejections("filter", result["rejected"])
+    exports = export_filtered(config, rundir, result["kept"])
     summary = {
         "input": len(records), "rated": sum(1 for r in result["rated"] if r["score"] is not None),
         "kept": len(result["kept"]), "threshold": config.filter.threshold, "counts": result["counts"],
         **_tokens(outcomes), "seconds": round(time.perf_counter() - started, 2), "judge": judge.identity,
+        "exports": exports,
     }
     rundir.mark_done("filter", summary)
     return summary
+
+
+def export_filtered(config: PipelineConfig, rundir: RunDir, records: list[dict]) -> dict[str, str]:
+    """Write the kept records in every format the config asks for; return format -> path."""
+    from selfinstruct.export import DEFAULT_FILENAMES, export_records
+
+    written = {}
+    for fmt in config.export.formats:
+        target = rundir.root / "export" / DEFAULT_FILENAMES[fmt]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        export_records(records, fmt, target, system_prompt=config.export.chat_system_prompt)
+        written[fmt] = str(target)
+    return written
 
 
 def split_heldout(records: list[dict], count: int, seed: int) -> tuple[list[dict], list[dict]]:
@@ -154,7 +171,7 @@ def student_base_dir(config: PipelineConfig, cache_dir: Path) -> Path:
     return Path(config.finetune.base_model)
 
 
-def finetune_stage(config: PipelineConfig, rundir: RunDir, cache_dir: Path) -> dict:
+def finetune_stage(config: PipelineConfig, rundir: RunDir, cache_dir: Path, progress: bool = True) -> dict:
     """Split off held-out prompts, then LoRA-tune the student on the rest."""
     from finetune.train import train_lora
 
@@ -169,9 +186,11 @@ def finetune_stage(config: PipelineConfig, rundir: RunDir, cache_dir: Path) -> d
     write_jsonl(rundir.train, train)
     write_jsonl(rundir.heldout, heldout)
     base_dir = student_base_dir(config, cache_dir)
-    result = train_lora(train, base_dir, rundir.root / "finetune", config.finetune)
+    result = train_lora(train, base_dir, rundir.root / "finetune", config.finetune, progress=progress)
     summary = {
-        "train_records": len(train), "heldout_records": len(heldout), "base_model": str(base_dir),
+        "train_records": result.train_records, "dropped_too_long": result.dropped_records,
+        "resumed_from": str(result.resumed_from) if result.resumed_from else None,
+        "heldout_records": len(heldout), "base_model": str(base_dir),
         "adapter": str(result.adapter_dir), "steps": result.steps, "train_loss": result.train_loss,
         "tokens_seen": result.tokens_seen, "trainable_params": result.trainable_params,
         "total_params": result.total_params, "seconds": round(time.perf_counter() - started, 2),

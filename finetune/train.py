@@ -36,16 +36,17 @@ from finetune.prompt_format import to_prompt_completion
 
 logger = logging.getLogger(__name__)
 
-REQUIRED_FIELDS = ("instruction", "input", "output")
-# A field that may be an empty string; the others must hold some text.
-OPTIONAL_TEXT_FIELDS = ("input",)
+REQUIRED_FIELDS = ("instruction", "output")  # strings with some text in them
+OPTIONAL_FIELDS = ("input",)  # a string when present, possibly empty; missing means ""
 DEFAULT_SAVE_STEPS = 50
 CHECKPOINTS_DIR = "checkpoints"
 ADAPTER_DIR = "adapter"
 SUMMARY_FILE = "training_summary.json"
 FINGERPRINT_FILE = "run_fingerprint.json"
-# Settings that only change how long a run goes on; a checkpoint stays valid when they change.
-_DURATION_SETTINGS = {"epochs", "max_steps", "heldout_records", "base_model"}
+# Settings left out of a run's fingerprint: a checkpoint stays resumable when they change.
+# epochs/max_steps only say how long to go on; base_model is recorded as the resolved directory
+# and heldout_records as the data itself.
+_NOT_FINGERPRINTED = {"epochs", "max_steps", "heldout_records", "base_model"}
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -61,11 +62,11 @@ class TrainResult:
     train_records: int  # examples trained on (after dropping those longer than max_length)
     steps: int  # optimizer steps of the whole run, resumed ones included
     train_loss: float  # mean training loss over all logged steps of the run
-    final_loss: float  # loss of the last logged step
     runtime_s: float  # wall time of this call's training loop
     tokens_seen: int  # non-padding input tokens over the whole run
     trainable_params: int
     total_params: int
+    final_loss: float = math.nan  # loss of the last logged step
     dropped_records: int = 0  # records whose prompt + completion exceed max_length
     resumed_from: str | None = None  # checkpoint this call resumed from, if any
 
@@ -80,10 +81,10 @@ class TrainResult:
 
 
 def validate_records(records: Any) -> None:
-    """Raise :class:`TrainingDataError` unless ``records`` is a non-empty list of complete records.
+    """Raise :class:`TrainingDataError` unless ``records`` is a non-empty list of usable records.
 
-    Every record must be a dict whose ``instruction``, ``input`` and ``output`` are strings;
-    ``instruction`` and ``output`` must not be blank (``input`` may be empty).
+    Every record must be a dict with non-blank string ``instruction`` and ``output``;
+    ``input`` is optional (as everywhere in the pipeline) but must be a string when present.
     """
     if not isinstance(records, list | tuple):
         raise TrainingDataError(f"records must be a list of dicts, got {type(records).__name__}")
@@ -92,15 +93,17 @@ def validate_records(records: Any) -> None:
     for index, record in enumerate(records):
         if not isinstance(record, dict):
             raise TrainingDataError(f"record {index}: expected a dict, got {type(record).__name__}")
-        for field in REQUIRED_FIELDS:
+        for field in REQUIRED_FIELDS + OPTIONAL_FIELDS:
             if field not in record:
+                if field in OPTIONAL_FIELDS:
+                    continue
                 raise TrainingDataError(f"record {index}: missing field '{field}'")
             value = record[field]
             if not isinstance(value, str):
                 raise TrainingDataError(
                     f"record {index}: field '{field}' must be a string, got {type(value).__name__}"
                 )
-            if field not in OPTIONAL_TEXT_FIELDS and not value.strip():
+            if field in REQUIRED_FIELDS and not value.strip():
                 raise TrainingDataError(f"record {index}: field '{field}' is empty")
 
 
@@ -156,7 +159,7 @@ def _fingerprint(pairs: list[dict[str, str]], base_model_dir: Path, settings: Fi
     for pair in pairs:
         digest.update(json.dumps(pair, sort_keys=True, ensure_ascii=False).encode("utf-8"))
         digest.update(b"\n")
-    kept_settings = settings.model_dump(mode="json", exclude=_DURATION_SETTINGS)
+    kept_settings = settings.model_dump(mode="json", exclude=_NOT_FINGERPRINTED)
     return {"data_sha256": digest.hexdigest(), "base_model_dir": str(base_model_dir.resolve()), "settings": kept_settings}
 
 
@@ -436,11 +439,11 @@ def train_lora(
         train_records=len(pairs),
         steps=trainer.state.global_step,
         train_loss=sum(losses) / len(losses) if losses else math.nan,
-        final_loss=losses[-1] if losses else math.nan,
         runtime_s=round(runtime, 3),
         tokens_seen=int(trainer.state.num_input_tokens_seen),
         trainable_params=int(trainable),
         total_params=int(total),
+        final_loss=losses[-1] if losses else math.nan,
         dropped_records=len(dropped),
         resumed_from=str(resume_from) if resume_from else None,
     )

@@ -12,46 +12,53 @@ keeps the instruction.
 How it is fast while staying exact
 ----------------------------------
 * Tokens are rouge_score's default tokens (lower-case, maximal runs of ``[a-z0-9]``),
-  integer-encoded, and each token sequence is stored as a ``str`` with one code point per
-  token id so that the LCS is computed by rapidfuzz's compiled bit-parallel
-  ``LCSseq.similarity``.
+  integer-encoded; each token sequence is stored as a ``str`` with one code point per
+  token id, so the LCS is computed by rapidfuzz's compiled bit-parallel
+  ``LCSseq.similarity`` instead of rouge_score's pure-Python dynamic programme.
 * With ``L`` the LCS length and ``la``, ``lb`` the token counts, rouge_score's F is
-  (mathematically) ``2L / (la + lb)``.  Since ``L <= min(la, lb)`` and ``L`` is at most the
-  multiset overlap ``|A n B|``, a pool item can only exceed the threshold if
-
-  - its length lies in a window around the query's length (length filter), and
-  - it shares at least ``alpha(la, lb)`` token occurrences with the query, where
-    ``alpha`` is the least integer with ``2 * alpha / (la + lb) > t``.
-
-* Prefix filtering: token occurrences (``(token, k-th occurrence)``, so that multiset
-  overlap becomes set overlap) are sorted by a global order (rarest first).  If two
-  multisets share at least ``alpha`` elements, then the first ``la - alpha + 1`` elements
-  of one and the first ``lb - alpha + 1`` of the other must share an element.  Taking the
-  smallest ``alpha`` over the admissible lengths gives, per length, a prefix length
-  ``pi(l)``; every pool item indexes only its ``pi`` rarest elements in an inverted index
-  and a query probes only its ``pi`` rarest elements.  Very frequent tokens ("the",
-  "a", ...) therefore almost never get probed.
-* The global order is the document frequency of each element.  The incremental
-  deduplicator re-derives it from the pool and rebuilds the index whenever the pool has
-  doubled (amortised linear); :func:`rouge_l_dedup`, which sees all instructions up front,
-  fixes the order once from the whole input.  Any fixed order is correct, the frequency
-  order only makes it fast.
-* Filters use a safety margin of ``1e-9`` below the threshold (floating point error of the
-  F formula is ~1e-15), so they never discard a pair that rouge_score would score above
-  the threshold.  The final keep/drop decision for each surviving candidate uses the very
-  same float expression as ``rouge_score`` (``p = lcs / len(prediction)``,
-  ``r = lcs / len(target)``, ``f = 2 * p * r / (p + r)``), so boundary cases such as an F
-  of exactly the threshold decide identically.  (This expression is exactly symmetric in
-  its two arguments in IEEE arithmetic: ``2 * p`` is exact and ``+``/``*`` commute.)
+  (mathematically) ``2L / (la + lb)``.  ``L`` is at most the multiset token overlap, so a
+  pool item can only exceed the threshold ``t`` if it shares at least ``alpha(la, lb)``
+  token occurrences with the query, ``alpha`` being the least integer with
+  ``2 * alpha > t * (la + lb)``; since ``alpha <= min(la, lb)`` this also bounds the
+  length ratio (length filter).
+* Prefix filtering (PPJoin-style, exact): token occurrences -- ``(token, k-th
+  occurrence)``, so multiset overlap becomes set overlap -- are sorted by one global
+  order, rarest first.  If two sequences share >= alpha elements, their first two shared
+  elements lie within the first ``l - alpha + 2`` elements of each, and each of them
+  leaves room for the rest: ``alpha - 1 <= min(la - i, lb - j)`` at positions i, j.
+  Every pool item indexes only its ``pi(l) = l - alpha_min(l) + 2`` rarest elements
+  (``alpha_min`` over all admissible partner lengths); a query probes its ``pi`` rarest
+  elements, keeps the postings that pass the length/position test (vectorised with
+  numpy) and computes the LCS only for pool items met at least twice (or once, when
+  ``alpha < 2``, i.e. for very short texts).  Frequent tokens ("the", "a", ...) are at the
+  end of the order and are almost never probed.
+* The global order is the document frequency of each element.  :func:`rouge_l_dedup`,
+  which sees all instructions up front, fixes it from the whole input; the incremental
+  :class:`RougeLDeduplicator` re-derives it from the pool and rebuilds the index each time
+  the pool doubles (amortised linear).  Any fixed order gives exact results; frequency
+  order only makes it fast.  Tokens a query has that no pool item has rank first (they
+  can only shorten the useful part of the prefix).
+* All filters use ``t - 1e-9`` instead of ``t`` (the float error of the F formula is
+  ~1e-15), so they never discard a pair that rouge_score would score above ``t``.  The
+  keep/drop decision itself uses the same float expression as rouge_score
+  (``p = lcs / len(prediction)``, ``r = lcs / len(target)``, ``f = 2 * p * r / (p + r)``,
+  dropped iff ``f > t``), so boundary cases decide identically -- F exactly equal to the
+  threshold is kept, and e.g. lengths 8 and 12 with LCS 7, which is "exactly" 0.7 in
+  rationals but 0.7000000000000001 in rouge_score's floats, is dropped, as in Alpaca.
+  (This expression is exactly symmetric in its arguments in IEEE arithmetic: ``2 * p``
+  is exact and ``+``/``*`` commute.)
 """
 
 from __future__ import annotations
 
+import gc
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable
 
+import numpy as np
 from rapidfuzz.distance import LCSseq
 
 __all__ = ["rouge_tokenize", "rouge_l_fmeasure", "DedupDecision", "RougeLDeduplicator", "rouge_l_dedup"]
@@ -67,7 +74,9 @@ _OCC_STRIDE = 1 << 21  # element key = token_id + k * _OCC_STRIDE for the k-th r
 _UNKNOWN_CHAR = "\x00"  # token id 0: a token absent from the pool (never stored in the pool)
 _MAX_CHAR_ID = 0x10FFFF - 0x800  # token ids encodable as one code point (surrogates skipped)
 _FIRST_REBUILD = 256
-_ELL = 2  # l-prefix filter: similar pairs share >= min(_ELL, alpha) elements of the prefixes
+_MAX_INDEXED_LEN = 1 << 15  # posting codes hold the length in 15 bits (and pool ids in 32)
+_NO_CODES = np.empty(0, np.int64)
+_ELL = 2  # l-prefix filter: a similar pair shares >= min(2, alpha) prefix elements
 
 
 def rouge_tokenize(text: str) -> list[str]:
@@ -117,7 +126,7 @@ def _validate_threshold(threshold: float) -> float:
     return t
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DedupDecision:
     """Outcome for one instruction.
 
@@ -137,12 +146,76 @@ class DedupDecision:
 
 
 class _Order(dict):
-    """element -> (frequency when the order was fixed, element): the global prefix order.
-    Elements unseen at that time rank first (frequency 0), ties broken by element key, so
+    """element -> sort key ``frequency << 36 | element`` (frequency when the order was
+    fixed): the global prefix order, rarest first.  Elements unseen at that time rank first
+    (frequency 0), ties are broken by the element key (< 2**36 for the indexed lengths), so
     the order is total and fixed until the next rebuild."""
 
-    def __missing__(self, e: int) -> tuple[int, int]:
-        return (0, e)
+    def __missing__(self, e: int) -> int:
+        return e
+
+    @classmethod
+    def from_counts(cls, counts) -> "_Order":
+        return cls({e: (f << 36) | e for e, f in counts.items()})
+
+
+class _Postings:
+    """The postings of one element, as int64 codes ``lp << 48 | (lp - j) << 32 | pid``
+    (pool id, the pool item's length lp and the element's position j in its prefix).
+
+    ``main`` is sorted -- hence grouped by length, ``offs[lp]`` being the number of codes
+    with length < lp -- so a query slices out just the lengths it can use; new codes go
+    to the unsorted ``tail``, merged into ``main`` when it outgrows 1/8 of it (amortised
+    O(log n) sorting work per posting)."""
+
+    __slots__ = ("main", "offs", "tail", "n_tail")
+
+    def __init__(self, codes: list[int]) -> None:
+        if len(codes) == 1:  # the common case while indexing: stay cheap
+            self.main, self.offs = _NO_CODES, [0]
+            self.tail = np.empty(16, np.int64)
+            self.tail[0] = codes[0]
+            self.n_tail = 1
+        else:
+            self._set_main(np.sort(np.array(codes, np.int64)))
+            self.tail = np.empty(self._tail_cap(), np.int64)
+            self.n_tail = 0
+
+    def _set_main(self, main) -> None:
+        self.main = main
+        lengths = main >> 48
+        self.offs = np.searchsorted(lengths, np.arange(int(lengths[-1]) + 2)).tolist() if main.size else [0]
+
+    def _tail_cap(self) -> int:
+        return max(16, self.main.size >> 3)
+
+    def append(self, code: int) -> None:
+        n = self.n_tail
+        if n == self.tail.size:
+            merged = np.concatenate([self.main, self.tail])
+            merged.sort()
+            self._set_main(merged)
+            self.tail = np.empty(self._tail_cap(), np.int64)
+            n = 0
+        self.tail[n] = code
+        self.n_tail = n + 1
+
+
+class _QueryTables:
+    """Filter tables for one query length lq.  need[lp] (numpy, lp = 0..cap) is
+    alpha(lq, lp) - (ELL - 1) for admissible partner lengths (alpha <= min(lq, lp)), huge
+    otherwise; lo is the least admissible length and hi[i] the largest one still useful
+    at query prefix position i (need[lp] <= lq - i; < lo if none); some_single tells
+    whether some admissible lp has alpha < ELL."""
+
+    __slots__ = ("cap", "need", "lo", "hi", "some_single")
+
+    def __init__(self, cap: int, need, lo: int, hi: list[int], some_single: bool) -> None:
+        self.cap = cap
+        self.need = need
+        self.lo = lo
+        self.hi = hi
+        self.some_single = some_single
 
 
 class RougeLDeduplicator:
@@ -166,16 +239,13 @@ class RougeLDeduplicator:
         self._texts: list[str] = []
         self._seqs: list[str] = []  # token sequences, one code point per token
         self._lens: list[int] = []
-        self._elems: list[list[int]] = []  # element keys of each pool item (for rebuilds)
-        self._max_len = 0
+        self._long: list[int] = []  # pool ids too long for the index (checked directly)
+        self._max_len = 0  # longest indexed pool item
         self._df: dict[int, int] | None = {}  # element -> pool items containing it (None: fixed order)
         self._order: _Order = _Order()
-        # element -> pool item length -> bucket [pids, cuts]: the ids of the pool items of
-        # that length whose prefix holds the element, sorted by the element's position j
-        # in that prefix; cuts[k] = number of them with j < k (last entry = len(pids)).
-        self._index: dict[int, dict[int, list[list[int]]]] = {}
+        self._index: dict[int, _Postings] = {}  # element -> pool items with it in their prefix
         self._prefix_len: dict[int, int] = {}
-        self._plans: dict[int, tuple[float, tuple[dict[int, int], ...]]] = {}
+        self._tables: dict[int, _QueryTables] = {}
         self._next_rebuild: float = _FIRST_REBUILD
         self.n_candidates = 0  # pool items whose LCS was computed (diagnostics)
         self.n_rebuilds = 0
@@ -198,8 +268,8 @@ class RougeLDeduplicator:
         ids = self._ids(tokens, assign=False)
         decision, ranked = self._decide(ids)
         if decision.kept:
-            if 0 in ids:  # tokens new to the pool: give them ids, rank again
-                ids, ranked = self._ids(tokens, assign=True), None
+            if ranked is None:  # tokens new to the pool: give them ids first
+                ids = self._ids(tokens, assign=True)
             self._insert(instruction, ids, ranked)
         return decision
 
@@ -224,16 +294,6 @@ class RougeLDeduplicator:
             m += 1
         return m
 
-    def _hi(self, n: int) -> float:
-        """Longest admissible partner length for length n (alpha(n, m) <= n), or inf."""
-        te = self._teff
-        if te <= 0.0:
-            return math.inf
-        m = max(n, int(2.0 * n / te - n) + 2)
-        while self._alpha(n, m) > n:
-            m -= 1
-        return m
-
     def _prefix_length(self, n: int) -> int:
         """pi(n) = min(n, n - alpha_min(n) + ELL), alpha_min(n) being the least alpha over
         admissible partners (at the shortest one).  Pool items index their first pi
@@ -243,38 +303,47 @@ class RougeLDeduplicator:
             pi = self._prefix_len[n] = min(n, n - self._alpha(n, self._lo(n)) + _ELL)
         return pi
 
-    def _plan(self, lq: int) -> tuple[dict[int, tuple[int, int]], ...]:
-        """For each query prefix position i: {partner length lp: (number of partner
-        prefix positions j to scan, required number of shared prefix elements)}.
+    def _query_tables(self, lq: int) -> _QueryTables:
+        """Filter table for query length lq (see _QueryTables).
 
-        For a similar pair (overlap >= alpha = alpha(lq, lp)) the first r = min(ELL, alpha)
-        shared elements in the global order lie at positions i < lq - alpha + r and
-        j < lp - alpha + r, and the k-th of them satisfies alpha <= k + min(lq-1-i,
-        lp-1-j) (at least alpha - k shared elements follow it on both sides), so it is
-        met at a (i, lp, j) listed here; r such meetings make the pair a candidate."""
-        cached = self._plans.get(lq)
-        if cached is not None and cached[0] >= self._max_len:
-            return cached[1]
-        # Lengths beyond the longest pool item are useless; plan up to twice that (capped
-        # by the true maximum), so plans get rebuilt only O(log) times.
-        hi = self._hi(lq)
-        cap = min(hi, max(2 * self._max_len, 64))
+        Take a similar pair: overlap >= alpha = alpha(lq, lp) (> 0).  Its first
+        r = min(ELL, alpha) shared elements in the global order sit at query positions
+        i < lq - alpha + r <= pi(lq) and pool-item positions j < lp - alpha + r <= pi(lp),
+        so each is met while probing.  For the k-th of them (k <= r) at least alpha - k
+        shared elements follow on both sides: alpha - k <= min(lq - 1 - i, lp - 1 - j),
+        hence alpha - (ELL - 1) <= min(lq - i, lp - j), which is the test applied to
+        each posting (``need[lp] <= min(lq - i, lp - j)``).  So r postings of the pair pass,
+        and the pair is a candidate when r >= ELL, or when some alpha < ELL
+        (``some_single``: then every pool item passing once is a candidate)."""
+        tab = self._tables.get(lq)
+        if tab is not None and tab.cap >= self._max_len:
+            return tab
+        # Indexed lengths are <= max_len; tabulate up to twice that so that the tables
+        # get rebuilt only O(log) times.
+        cap = max(2 * self._max_len, 64)
+        need = np.full(cap + 1, 1 << 30, np.int32)
         lo = self._lo(lq)
-        plan = []
+        some_single = False
+        admissible = []  # (lp, need[lp]) with need non-decreasing
+        for lp in range(lo, cap + 1):
+            a = self._alpha(lq, lp)
+            if a > lq:
+                break  # alpha is non-decreasing in lp: no admissible lp beyond
+            if a <= lp:
+                need[lp] = a - (_ELL - 1)
+                admissible.append((lp, a - (_ELL - 1)))
+                some_single = some_single or a < _ELL
+        hi = []
         for i in range(self._prefix_length(lq)):
-            row = {}
-            lp = lo
-            while lp <= cap:
-                a = self._alpha(lq, lp)
-                if a > lq or a > _ELL + lq - 1 - i:
-                    break  # alpha is non-decreasing in lp
-                if a <= lp:
-                    row[lp] = (lp - a + _ELL, min(_ELL, a))
-                lp += 1
-            plan.append(row)
-        plan = tuple(plan)
-        self._plans[lq] = (cap if cap < hi else math.inf, plan)
-        return plan
+            h = lo - 1
+            for lp, nd in admissible:
+                if nd > lq - i:
+                    break
+                h = lp
+            hi.append(h)
+        tab = _QueryTables(cap, need, lo, hi, some_single)
+        self._tables[lq] = tab
+        return tab
 
     # ------------------------------------------------------------------ internals
     def _ids(self, tokens: list[str], assign: bool) -> list[int]:
@@ -306,62 +375,84 @@ class RougeLDeduplicator:
             out.append(tid + k * _OCC_STRIDE if k else tid)
         return out
 
+    def _candidates(self, ranked: list[int], n_unknown: int, n_probe: int, lq: int) -> list[int]:
+        """Pool ids passing the length, prefix and positional filters, in ascending order.
+
+        A posting met at query position i passes iff need[lp] <= min(lq - i, lp - j)
+        (see _query_tables).  ``lq - i`` is enforced by slicing the sorted part of the
+        postings to the lengths lo..hi[i]; for the small unsorted tails only the weaker
+        lo..hi[0] holds -- letting extra postings through only adds LCS checks, never
+        changes a decision."""
+        index = self._index
+        tab = self._query_tables(lq)
+        lo, his = tab.lo, tab.hi
+        parts = []
+        for i, e in enumerate(ranked[:n_probe], n_unknown):
+            post = index.get(e)
+            if post is None:
+                continue
+            hi = his[i]
+            if hi < lo:
+                break  # hi[i] is non-increasing in i: nothing further can be similar
+            offs = post.offs
+            top = len(offs) - 1
+            a = offs[lo if lo < top else top]
+            b = offs[hi + 1 if hi < top else top]
+            if b > a:
+                parts.append(post.main[a:b])
+            if post.n_tail:
+                parts.append(post.tail[: post.n_tail])
+        if not parts:
+            return []
+        codes = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        hits = codes[tab.need[codes >> 48] <= ((codes >> 32) & 0xFFFF)] & 0xFFFFFFFF
+        if tab.some_single:
+            return list(dict.fromkeys(np.sort(hits).tolist()))  # every hit is a candidate
+        if hits.size < _ELL:
+            return []
+        hits.sort()
+        k = _ELL - 1  # pool ids occurring >= _ELL times in the sorted hits:
+        return list(dict.fromkeys(hits[k:][hits[k:] == hits[:-k]].tolist()))
+
     def _decide(self, ids: list[int]) -> tuple[DedupDecision, list[int] | None]:
         """Decision for a token-id sequence (0 = token absent from the pool), plus the
-        ranked element list when it can be reused for indexing."""
+        ranked element list when it can be reused for indexing (no unknown tokens)."""
         lq = len(ids)
         if lq == 0:
             return DedupDecision(True, 0.0, None), None  # F = 0 against everything
         n_unknown = ids.count(0)
+        ranked = sorted(self._elements([i for i in ids if i] if n_unknown else ids), key=self._order.__getitem__)
         # Tokens absent from the pool rank before every pool element (they are in no pool
         # item, so their place in the order is free): they use up the first prefix
         # slots.  If they fill the whole prefix, nothing in the pool can be similar.
         n_probe = self._prefix_length(lq) - n_unknown
-        if n_probe <= 0:
-            return DedupDecision(True, 0.0, None), None
-        ranked = sorted(self._elements([i for i in ids if i] if n_unknown else ids), key=self._order.__getitem__)
-        chars = self._chars
-        sq = "".join([chars[i] for i in ids])
-        plan = self._plan(lq)
+        if lq >= _MAX_INDEXED_LEN:  # absurdly long query: no filtering, check everything
+            cands = list(range(len(self._texts)))
+        else:
+            cands = self._candidates(ranked, n_unknown, n_probe, lq) if n_probe > 0 else []
+            if self._long:
+                cands += self._long
+        ranked_out = None if n_unknown else ranked
+        if not cands:
+            return DedupDecision(True, 0.0, None), ranked_out
 
-        index, seqs = self._index, self._seqs
+        chars, seqs, lens = self._chars, self._seqs, self._lens
+        sq = "".join([chars[i] for i in ids])
         te = self._teff
         lcs_fn = LCSseq.similarity
-        counts: dict[int, int] = {}
         best_lcs, best_den = 0, 1
-        n_cand = 0
-        # Scan the query prefix in the global order; count, per pool item, the shared
-        # elements met at plan-admissible (i, lp, j); an item becomes a candidate (LCS
-        # computed) when its count reaches the plan's requirement -- see _plan.
-        for i, e in enumerate(ranked[:n_probe], n_unknown):
-            by_len = index.get(e)
-            if by_len is None:
-                continue
-            row = plan[i]
-            if len(by_len) <= len(row):
-                buckets = [(lp, row[lp], b) for lp, b in by_len.items() if lp in row]
-            else:
-                buckets = [(lp, r, by_len[lp]) for lp, r in row.items() if lp in by_len]
-            for lp, (n_pos, req), (pids, cuts) in buckets:
-                if n_pos + 1 < len(cuts):
-                    pids = pids[: cuts[n_pos]]
-                for pid in pids:
-                    k = counts.get(pid, 0) + 1
-                    counts[pid] = k
-                    if k != req:
-                        continue
-                    lcs = lcs_fn(sq, seqs[pid])
-                    n_cand += 1
-                    if 2 * lcs > te * (lq + lp):
-                        f = _fmeasure(lcs, lq, lp)
-                        if f > self.threshold:
-                            self.n_candidates += n_cand
-                            return DedupDecision(False, f, self._texts[pid]), None
-                    if lcs * best_den > best_lcs * (lq + lp):
-                        best_lcs, best_den = lcs, lq + lp
-        self.n_candidates += n_cand
+        self.n_candidates += len(cands)
+        for pid in cands:
+            lp = lens[pid]
+            lcs = lcs_fn(sq, seqs[pid])
+            if 2 * lcs > te * (lq + lp):
+                f = _fmeasure(lcs, lq, lp)
+                if f > self.threshold:
+                    return DedupDecision(False, f, self._texts[pid]), None
+            if lcs * best_den > best_lcs * (lq + lp):
+                best_lcs, best_den = lcs, lq + lp
         best = _fmeasure(best_lcs, lq, best_den - lq) if best_lcs else 0.0
-        return DedupDecision(True, best, None), (None if n_unknown else ranked)
+        return DedupDecision(True, best, None), ranked_out
 
     def _insert(self, text: str, ids: list[int], ranked: list[int] | None = None) -> None:
         """Append to the pool.  ``ids`` must be assigned ids (no 0); ``ranked`` is the
@@ -372,51 +463,46 @@ class RougeLDeduplicator:
         self._texts.append(text)
         self._seqs.append("".join([chars[i] for i in ids]))
         self._lens.append(n)
-        if n > self._max_len:
-            self._max_len = n
         df = self._df
         if df is not None:
-            elems = self._elements(ids)
-            self._elems.append(elems)
-            for e in elems:
+            for e in self._elements(ids):
                 df[e] = df.get(e, 0) + 1
-        if n:
+        if n >= _MAX_INDEXED_LEN:
+            self._long.append(pid)  # absurdly long: verified directly by every query
+        elif n:
+            if n > self._max_len:
+                self._max_len = n
             if ranked is None:
                 ranked = sorted(self._elements(ids), key=self._order.__getitem__)
-            self._index_item(pid, n, ranked)
+            index = self._index
+            code = (n << 48) | (n << 32) | pid
+            for j, e in enumerate(ranked[: self._prefix_length(n)]):
+                post = index.get(e)
+                if post is None:
+                    index[e] = _Postings([code - (j << 32)])
+                else:
+                    post.append(code - (j << 32))
         if len(self._texts) >= self._next_rebuild:
             self._rebuild()
 
-    def _index_item(self, pid: int, n: int, ranked: list[int]) -> None:
-        index = self._index
-        for j, e in enumerate(ranked[: self._prefix_length(n)]):
-            by_len = index.get(e)
-            if by_len is None:
-                index[e] = {n: [[pid], [0] * (j + 1) + [1]]}
-                continue
-            bucket = by_len.get(n)
-            if bucket is None:
-                by_len[n] = [[pid], [0] * (j + 1) + [1]]
-                continue
-            pids, cuts = bucket
-            while len(cuts) < j + 2:
-                cuts.append(len(pids))
-            pids.insert(cuts[j + 1], pid)
-            for k in range(j + 1, len(cuts)):
-                cuts[k] += 1
-
     def _reindex(self, order: _Order) -> None:
         self._order = order
-        self._index = {}
-        key = order.__getitem__
-        for pid, n in enumerate(self._lens):
-            if n:
-                ranked = sorted(self._elements([ord(c) - (0x800 if ord(c) > 0xD800 else 0) for c in self._seqs[pid]]), key=key)
-                self._index_item(pid, n, ranked)
+        sort_key = order.__getitem__
+        codes: dict[int, list[int]] = {}
+        for pid, (n, seq) in enumerate(zip(self._lens, self._seqs)):
+            if 0 < n < _MAX_INDEXED_LEN:
+                ids = [c if c < 0xD800 else c - 0x800 for c in map(ord, seq)]
+                code = (n << 48) | (n << 32) | pid
+                for j, e in enumerate(sorted(self._elements(ids), key=sort_key)[: self._prefix_length(n)]):
+                    if e in codes:
+                        codes[e].append(code - (j << 32))
+                    else:
+                        codes[e] = [code - (j << 32)]
+        self._index = {e: _Postings(c) for e, c in codes.items()}
 
     def _rebuild(self) -> None:
         """Re-derive the prefix order from the pool's frequencies and re-index the pool."""
-        self._reindex(_Order({e: (f, e) for e, f in self._df.items()}))
+        self._reindex(_Order.from_counts(self._df))
         self._next_rebuild = 2 * len(self._texts)
         self.n_rebuilds += 1
 
@@ -424,16 +510,17 @@ class RougeLDeduplicator:
         """Fix the prefix order from the frequencies of a known workload (e.g. all seeds and
         instructions), stop automatic rebuilds, and return the workload's id sequences.
         Only a speed matter: any fixed order gives exact results."""
-        freq: dict[int, int] = {}
+        vocab_get = self._vocab.get
+        freq: Counter[int] = Counter()
         all_ids = []
         for tokens in token_lists:
-            ids = self._ids(tokens, assign=True)
+            ids = [vocab_get(tok) for tok in tokens]
+            if None in ids:
+                ids = self._ids(tokens, assign=True)
             all_ids.append(ids)
-            for e in self._elements(ids):
-                freq[e] = freq.get(e, 0) + 1
-        self._reindex(_Order({e: (f, e) for e, f in freq.items()}))
+            freq.update(self._elements(ids))
+        self._reindex(_Order.from_counts(freq))
         self._df = None
-        self._elems = []
         self._next_rebuild = math.inf
         return all_ids
 
@@ -449,14 +536,21 @@ def rouge_l_dedup(
     dedup = RougeLDeduplicator(threshold)
     instructions = list(instructions)
     seeds = list(seeds)
-    tokens = [rouge_tokenize(s) for s in seeds] + [rouge_tokenize(s) for s in instructions]
-    all_ids = dedup._fix_order(tokens)
-    for text, ids in zip(seeds, all_ids):
-        dedup._insert(text, ids)
-    out = []
-    for text, ids in zip(instructions, all_ids[len(seeds):]):
-        decision, ranked = dedup._decide(ids)
-        if decision.kept:
-            dedup._insert(text, ids, ranked)
-        out.append(decision)
+    # The pass allocates many long-lived, acyclic objects; the cyclic garbage collector
+    # would repeatedly rescan them for nothing, so pause it (restored afterwards).
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        all_ids = dedup._fix_order([rouge_tokenize(s) for s in seeds] + [rouge_tokenize(s) for s in instructions])
+        for text, ids in zip(seeds, all_ids):
+            dedup._insert(text, ids)
+        out = []
+        for text, ids in zip(instructions, all_ids[len(seeds):]):
+            decision, ranked = dedup._decide(ids)
+            if decision.kept:
+                dedup._insert(text, ids, ranked)
+            out.append(decision)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
     return out

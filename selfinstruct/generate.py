@@ -17,8 +17,8 @@ from backends.base import ChatRequest
 from distill.config import GenerateConfig
 from selfinstruct.dedup import RougeLDeduplicator
 from selfinstruct.filters import heuristic_rejection
-from selfinstruct.parse import parse_generated_tasks
-from selfinstruct.prompt import render_generation_prompt, sample_examples
+from selfinstruct.parse import parse_generated_tasks, parse_json_tasks
+from selfinstruct.prompt import TASKS_SCHEMA, render_generation_prompt, render_generation_prompt_json, sample_examples
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,9 @@ class SelfInstructRun:
     def request(self, index: int) -> ChatRequest:
         """Generation request number `index`: the same prompt on every rerun."""
         examples = sample_examples(self.seeds, self.settings.seeds_per_prompt, self.settings.seed, index)
-        prompt = render_generation_prompt(self.template, examples, self.settings.tasks_per_request)
+        as_json = self.settings.reply_format == "json"
+        render = render_generation_prompt_json if as_json else render_generation_prompt
+        prompt = render(self.template, examples, self.settings.tasks_per_request)
         return ChatRequest(
             key=f"gen-{index:06d}",
             messages=[{"role": "user", "content": prompt}],
@@ -55,6 +57,7 @@ class SelfInstructRun:
             temperature=self.settings.temperature,
             top_p=self.settings.top_p,
             seed=self.settings.seed * 1_000_003 + index,
+            json_schema=TASKS_SCHEMA if as_json else None,
             meta={"request": index, "next_index": len(examples) + 1},
         )
 
@@ -89,9 +92,12 @@ class SelfInstructRun:
                 continue
             self.prompt_tokens += outcome.get("prompt_tokens", 0)
             self.completion_tokens += outcome.get("completion_tokens", 0)
-            tasks, problems = parse_generated_tasks(
-                outcome["text"], outcome["meta"]["next_index"], outcome.get("finish_reason")
-            )
+            if self.settings.reply_format == "json":
+                tasks, problems = parse_json_tasks(outcome["text"], outcome.get("finish_reason"))
+            else:
+                tasks, problems = parse_generated_tasks(
+                    outcome["text"], outcome["meta"]["next_index"], outcome.get("finish_reason")
+                )
             for number, problem in enumerate(problems):
                 self._reject(f"{outcome['key']}-p{number:02d}", f"parse:{problem.reason}", text=problem.text[:2000])
             for number, task in enumerate(tasks):
@@ -138,5 +144,6 @@ def run_self_instruct(run: SelfInstructRun, send_shard: SendShard, on_shard=None
         run.absorb(outcomes)
         if on_shard:
             on_shard(run)
-        log.info("generate: %d requests, %d kept", run.counts["requests"], len(run.kept))
+        log.info("generate: %d/%d requests, %d/%d records kept, %d dropped", run.counts["requests"],
+                 run.settings.max_requests, len(run.kept), run.settings.target_records, len(run.rejected))
     return run

@@ -9,6 +9,7 @@ the length limit its last block is dropped, as in Alpaca.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 
@@ -90,4 +91,35 @@ def parse_generated_tasks(
             tasks.append(task)
     if not blocks:
         problems.append(ParseProblem("no_tasks", reply.strip()))
+    return tasks, problems
+
+
+def parse_json_tasks(reply: str, finish_reason: str | None) -> tuple[list[ParsedTask], list[ParseProblem]]:
+    """Tasks read from a `{"tasks": [...]}` reply; when the reply was cut off, every complete
+    task object before the cut is kept and the cut one is reported as truncated."""
+    problems: list[ParseProblem] = []
+    start = reply.find("[")
+    if start < 0:
+        return [], [ParseProblem("no_tasks", reply.strip()[:2000])]
+    decoder = json.JSONDecoder()
+    tasks: list[ParsedTask] = []
+    position = start + 1
+    while True:
+        brace = reply.find("{", position)
+        if brace < 0:
+            break
+        try:
+            value, position = decoder.raw_decode(reply, brace)
+        except json.JSONDecodeError:
+            reason = "truncated" if finish_reason == "length" else "malformed_json"
+            problems.append(ParseProblem(reason, reply[brace:brace + 2000]))
+            break
+        fields = value if isinstance(value, dict) else {}
+        if all(isinstance(fields.get(k), str) for k in ("instruction", "input", "output")):
+            task_input = "" if fields["input"].strip().lower() in {NO_INPUT, "<no input>", "none", "n/a"} else fields["input"]
+            tasks.append(ParsedTask(fields["instruction"].strip(), task_input.strip(), fields["output"].strip()))
+        else:
+            problems.append(ParseProblem("missing_field", json.dumps(value)[:2000]))
+    if not tasks and not problems:
+        problems.append(ParseProblem("no_tasks", reply.strip()[:2000]))
     return tasks, problems

@@ -7,16 +7,37 @@ continues the list.
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
 PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
 GENERATION_TEMPLATE = PROMPTS_DIR / "self_instruct.txt"
+GENERATION_TEMPLATE_JSON = PROMPTS_DIR / "self_instruct_json.txt"
 NO_INPUT = "<noinput>"
 
+# The reply shape for `reply_format: json`: servers with structured output (vLLM,
+# llama.cpp, OpenAI) constrain decoding to it, so even a tiny teacher's reply parses.
+TASKS_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "tasks": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"instruction": {"type": "string"}, "input": {"type": "string"},
+                               "output": {"type": "string"}},
+                "required": ["instruction", "input", "output"],
+            },
+        }
+    },
+    "required": ["tasks"],
+}
 
-def load_template(path: Path = GENERATION_TEMPLATE) -> str:
-    """The template text; it holds {num_tasks}, {examples} placeholders."""
+
+def load_template(reply_format: str = "numbered") -> str:
+    """The template text for a reply format; it holds {num_tasks} and {examples} placeholders."""
+    path = GENERATION_TEMPLATE_JSON if reply_format == "json" else GENERATION_TEMPLATE
     return path.read_text(encoding="utf-8")
 
 
@@ -35,6 +56,13 @@ def render_generation_prompt(template: str, examples: list[dict], num_tasks: int
     blocks = "".join(format_task(i, task) for i, task in enumerate(examples, start=1))
     blocks += f"###\n{len(examples) + 1}. Instruction:"
     return template.format(num_tasks=num_tasks, examples=blocks)
+
+
+def render_generation_prompt_json(template: str, examples: list[dict], num_tasks: int) -> str:
+    """The prompt for `reply_format: json`: the examples shown as the JSON the reply should be."""
+    shown = {"tasks": [{"instruction": t["instruction"].strip(), "input": t.get("input", "").strip(),
+                        "output": t["output"].strip()} for t in examples]}
+    return template.format(num_tasks=num_tasks, examples=json.dumps(shown, indent=1, ensure_ascii=False))
 
 
 def sample_examples(seeds: list[dict], count: int, seed: int, request_index: int) -> list[dict]:

@@ -57,3 +57,13 @@ def test_dedup_bad_input(tmp_path):
     result = distill("dedup", str(source), "-o", str(tmp_path / "out.jsonl"))
     assert result.returncode == 2 and f"{source}:2: missing field 'instruction'" in result.stderr
     assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_export_command(tmp_path):
+    source = tmp_path / "filtered.jsonl"
+    source.write_text(json.dumps({"instruction": "Name a colour.", "input": "", "output": "Blue"}) + "\n")
+    out = tmp_path / "chat.jsonl"
+    result = distill("export", str(source), "--format", "chat", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    messages = json.loads(out.read_text())["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant"] and messages[1]["content"] == "Blue"

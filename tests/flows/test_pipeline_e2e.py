@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.server]
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = [
-    "--set", "generate.max_requests=12",
+    "--set", "generate.max_requests=20",
     "--set", "generate.target_records=24",
     "--set", "generate.requests_per_shard=4",
     "--set", "finetune.max_steps=3",
@@ -79,7 +79,7 @@ def test_counts_add_up(finished_run):
     assert gen_summary["tasks_parsed"] == len(generated) + len(task_drops) + gen_summary["beyond_target"]
     assert sum(gen_summary["dropped"].values()) == len(gen_rejected)
     assert len({r["id"] for r in generated}) == len(generated)
-    assert gen_summary["requests"] == 12 or gen_summary["stop_reason"] == "target_reached"
+    assert gen_summary["requests"] == 20 or gen_summary["stop_reason"] == "target_reached"
 
     # filter: every generated record is rated (or unscored), and kept iff score >= threshold.
     assert len(rated) == len(generated)
@@ -115,7 +115,7 @@ def test_manifest_records_config_prompts_versions_and_models(finished_run, repo_
     manifest = json.loads((run_dir / "manifest.json").read_text())
     prompts = sorted(p.name for p in (repo_root / "prompts").glob("*.txt"))
     assert sorted(manifest["prompts_sha256"]) == prompts
-    assert manifest["config"]["name"] == "demo" and manifest["config"]["generate"]["max_requests"] == 12
+    assert manifest["config"]["name"] == "demo" and manifest["config"]["generate"]["max_requests"] == 20
     assert manifest["packages"]["prefect"].startswith("3.8") and manifest["packages"]["trl"]
     assert "SmolLM2-135M-Instruct" in manifest["teacher"] and manifest["student"]
 

@@ -66,3 +66,29 @@ def test_empty_reply():
     tasks, problems = parse_generated_tasks("", next_index=4, finish_reason="stop")
     assert tasks == []
     assert len(problems) == 1
+
+
+from selfinstruct.parse import parse_json_tasks  # noqa: E402
+
+
+def test_json_reply_is_read():
+    reply = '{"tasks": [{"instruction": "Name a prime.", "input": "", "output": "7"}, ' \
+            '{"instruction": "Sort the list.", "input": "3, 1, 2", "output": "1, 2, 3"}]}'
+    tasks, problems = parse_json_tasks(reply, "stop")
+    assert [(t.instruction, t.input, t.output) for t in tasks] == [("Name a prime.", "", "7"),
+                                                                    ("Sort the list.", "3, 1, 2", "1, 2, 3")]
+    assert problems == []
+
+
+def test_json_reply_cut_off_keeps_the_complete_tasks():
+    reply = '{"tasks": [{"instruction": "Name a prime.", "input": "", "output": "7"}, {"instruction": "Sort th'
+    tasks, problems = parse_json_tasks(reply, "length")
+    assert [t.instruction for t in tasks] == ["Name a prime."]
+    assert [p.reason for p in problems] == ["truncated"]
+
+
+def test_json_reply_with_missing_fields_or_none():
+    tasks, problems = parse_json_tasks('{"tasks": [{"instruction": "x"}]}', "stop")
+    assert tasks == [] and [p.reason for p in problems] == ["missing_field"]
+    tasks, problems = parse_json_tasks("no json here", "stop")
+    assert tasks == [] and [p.reason for p in problems] == ["no_tasks"]

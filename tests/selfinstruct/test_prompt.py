@@ -29,3 +29,13 @@ def test_sampling_is_reproducible_per_request(repo_root):
     assert first == sample_examples(seeds, 3, seed=0, request_index=7)
     assert first != sample_examples(seeds, 3, seed=0, request_index=8)
     assert len({s["id"] for s in first}) == 3
+
+
+def test_json_prompt_shows_examples_as_json():
+    from selfinstruct.prompt import render_generation_prompt_json
+
+    prompt = render_generation_prompt_json(load_template("json"), SEEDS, num_tasks=5)
+    start = prompt.index("Examples:\n") + len("Examples:\n")
+    shown = json.loads(prompt[start:prompt.index("\n\nReply with")])
+    assert [t["instruction"] for t in shown["tasks"]] == [s["instruction"] for s in SEEDS]
+    assert prompt.strip().endswith("holding 5 new tasks.")
