@@ -89,6 +89,22 @@ def start_katan(workers: int, stats_file: str) -> tuple[subprocess.Popen, str, l
     raise RuntimeError("llm-katan did not start in 60 s")
 
 
+def tree_cpu_s(process: subprocess.Popen) -> float:
+    """CPU seconds (user + system) used so far by the server: its process and uvicorn's workers."""
+    total = 0.0
+    try:
+        root = psutil.Process(process.pid)
+        for proc in [root, *root.children(recursive=True)]:
+            try:
+                times = proc.cpu_times()
+                total += times.user + times.system
+            except psutil.NoSuchProcess:
+                pass
+    except psutil.NoSuchProcess:
+        pass
+    return total
+
+
 def stop_katan(process: subprocess.Popen) -> None:
     # Only the server we started (its own session/process group: uvicorn's workers included).
     try:
@@ -196,47 +212,45 @@ def main(argv=None) -> int:
     ap.add_argument("--sample-every", type=int, default=1000, help="RSS sample interval in requests")
     ap.add_argument("--flat-from", type=int, default=5000, help="growth is measured from this request on")
     ap.add_argument("--flat-mb", type=float, default=10.0, help="RSS growth (MB) still counted as flat")
-    ap.add_argument("--katan-stats-file", default="",
-                    help="llm-katan --stats-file; empty (default) turns its per-request stats file writes off")
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--skip-memory", action="store_true")
     args = ap.parse_args(argv)
 
     print(f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs, "
           f"{psutil.virtual_memory().total / 2**30:.0f} GiB; openai {openai.__version__}, httpx {httpx.__version__}")
-    process, url, command = start_katan(args.workers, args.katan_stats_file)
-    shown = [Path(command[0]).name] + [c if c else "''" for c in command[1:]]
-    print(f"server: {' '.join(shown)}")
     rows = []
-    ratio = None
-    flat = None
-    try:
-        with tempfile.TemporaryDirectory(prefix="bench-request-path-") as tmpdir:
-            tmp = Path(tmpdir)
+    with tempfile.TemporaryDirectory(prefix="bench-request-path-") as tmpdir:
+        tmp = Path(tmpdir)
+        process, url, command = start_katan(args.workers, str(tmp / "katan-stats.json"))
+        print(f"server: {' '.join([Path(command[0]).name] + command[1:])}")
+        try:
             if not args.skip_throughput:
                 print(f"\n[a/b] {args.n} requests, {args.in_flight} in flight; 1 warm-up + {args.repeats} timed runs "
                       f"each, interleaved")
                 bare, proj = [], []
                 run_index = 0
 
+                def report(label: str, side: str, wall: float, cpu: float, server: float, failed: int, into: list):
+                    print(f"    {label:<8} {side:<7} {args.n / wall:6.0f} req/s  {wall:6.2f} s wall  "
+                          f"client {cpu / args.n * 1e6:5.0f} us CPU/req  server {server / args.n * 1e6:5.0f} us CPU/req"
+                          f"  failed {failed}")
+                    if into is not None:
+                        into.append((args.n / wall, cpu / args.n, server / args.n))
+
                 def one_bare(label: str, timed: bool):
+                    server0 = tree_cpu_s(process)
                     wall, cpu, failed = asyncio.run(run_bare(url, make_requests(args.n, "b"), args.in_flight))
-                    print(f"    {label:<8} bare    {args.n / wall:8.0f} req/s  {wall:6.2f} s wall  "
-                          f"{cpu / args.n * 1e6:6.0f} us CPU/req  failed {failed}")
-                    if timed:
-                        bare.append((args.n / wall, cpu / args.n))
+                    report(label, "bare", wall, cpu, tree_cpu_s(process) - server0, failed, bare if timed else None)
 
                 def one_project(label: str, timed: bool):
                     nonlocal run_index
                     run_index += 1
                     journal = tmp / f"tp-{run_index}.jsonl"  # a fresh journal: every request is sent
+                    server0 = tree_cpu_s(process)
                     wall, cpu, failed, outcomes = asyncio.run(
                         run_project(url, make_requests(args.n, "p"), args.in_flight, journal))
                     del outcomes
-                    print(f"    {label:<8} project {args.n / wall:8.0f} req/s  {wall:6.2f} s wall  "
-                          f"{cpu / args.n * 1e6:6.0f} us CPU/req  failed {failed}")
-                    if timed:
-                        proj.append((args.n / wall, cpu / args.n))
+                    report(label, "project", wall, cpu, tree_cpu_s(process) - server0, failed, proj if timed else None)
 
                 one_bare("warm-up", False)
                 one_project("warm-up", False)
@@ -245,18 +259,19 @@ def main(argv=None) -> int:
                     order = (one_bare, one_project) if i % 2 == 0 else (one_project, one_bare)
                     for fn in order:
                         fn(f"run {i + 1}", True)
-                bare_rate = statistics.median(r for r, _ in bare)
-                proj_rate = statistics.median(r for r, _ in proj)
-                bare_cpu = statistics.median(c for _, c in bare)
-                proj_cpu = statistics.median(c for _, c in proj)
+                bare_rate, bare_cpu, bare_srv = (statistics.median(col) for col in zip(*bare))
+                proj_rate, proj_cpu, proj_srv = (statistics.median(col) for col in zip(*proj))
                 ratio = proj_rate / bare_rate
                 print(f"    median: bare {bare_rate:.0f} req/s, project {proj_rate:.0f} req/s -> "
                       f"ratio {ratio:.1%} ({'meets' if ratio >= 0.9 else 'BELOW'} the 90% target)")
                 print(f"    client CPU per request (median): bare {bare_cpu * 1e6:.0f} us, project {proj_cpu * 1e6:.0f} us "
-                      f"(+{(proj_cpu - bare_cpu) * 1e6:.0f} us, {proj_cpu / bare_cpu:.2f}x)")
-                rows += [("(a) bare AsyncOpenAI + semaphore", f"{bare_rate:.0f} req/s", f"{bare_cpu * 1e6:.0f} us"),
-                         ("(b) run_requests_async + Journal", f"{proj_rate:.0f} req/s", f"{proj_cpu * 1e6:.0f} us"),
-                         ("(b)/(a)", f"{ratio:.1%}", f"{proj_cpu / bare_cpu:.2f}x")]
+                      f"({(proj_cpu - bare_cpu) * 1e6:+.0f} us, {proj_cpu / bare_cpu:.2f}x); server CPU per request "
+                      f"bare {bare_srv * 1e6:.0f} us, project {proj_srv * 1e6:.0f} us")
+                rows += [("(a) bare AsyncOpenAI + semaphore", f"{bare_rate:.0f} req/s", f"{bare_cpu * 1e6:.0f} us",
+                          f"{bare_srv * 1e6:.0f} us"),
+                         ("(b) run_requests_async + Journal", f"{proj_rate:.0f} req/s", f"{proj_cpu * 1e6:.0f} us",
+                          f"{proj_srv * 1e6:.0f} us"),
+                         ("(b)/(a)", f"**{ratio:.1%}**", f"{proj_cpu / bare_cpu:.2f}x", "")]
 
             if not args.skip_memory:
                 print(f"\n[c] memory: {args.memory_n} requests through run_requests_async, {args.in_flight} in flight, "
@@ -278,16 +293,18 @@ def main(argv=None) -> int:
                       f"(gc + malloc_trim) {mem['after_drop']:.1f} MB "
                       f"({mem['after_drop'] - mem['after_return']:+.1f} MB)")
                 rows += [(f"(c) RSS at {start_key:,} / {end_key:,} requests",
-                          f"{by_done[start_key]:.1f} / {by_done[end_key]:.1f} MB", ""),
+                          f"{by_done[start_key]:.1f} / {by_done[end_key]:.1f} MB", "", ""),
                          (f"(c) RSS growth {start_key:,} -> {end_key:,}",
-                          f"{growth:+.1f} MB ({per_req:.0f} B/req)", "flat" if flat else "not flat")]
-    finally:
-        stop_katan(process)
+                          f"**{growth:+.1f} MB** ({per_req:.0f} B/request): {'flat' if flat else 'NOT flat'}", "", ""),
+                         ("(c) RSS released by dropping the returned outcomes",
+                          f"{mem['after_drop'] - mem['after_return']:+.1f} MB", "", "")]
+        finally:
+            stop_katan(process)
 
-    print("\n| measure | value | client CPU / request |")
-    print("| --- | ---: | ---: |")
+    print("\n| measure | value | client CPU / request | server CPU / request |")
+    print("| --- | ---: | ---: | ---: |")
     for row in rows:
-        print(f"| {row[0]} | {row[1]} | {row[2]} |")
+        print("| " + " | ".join(row) + " |")
     print()
     return 0
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class ConfigError(ValueError):
@@ -74,11 +74,29 @@ class GenerateConfig(_Strict):
 
 
 class FilterConfig(_Strict):
-    """AlpaGasus-style rating by a judge model."""
+    """AlpaGasus-style rating by a judge model, after optional near-duplicate removal."""
 
     threshold: float = Field(4.5, ge=0, le=5, description="Keep pairs rated at or above this (AlpaGasus: 4.5).")
+    selection: Literal["threshold", "top_k"] = Field(
+        "threshold", description="threshold: keep scores >= threshold; top_k: keep the best top_k (a budget)."
+    )
+    top_k: int | None = Field(None, ge=1, description="Records kept with selection top_k.")
     max_tokens: int = Field(192, ge=8, description="Completion token limit of one rating reply.")
     temperature: float = Field(0.0, ge=0, le=2)
+    minhash_dedup: bool = Field(False, description="Drop MinHash-LSH near-duplicates before rating (large corpora).")
+    minhash_threshold: float = Field(0.8, gt=0, lt=1, description="Estimated Jaccard of word shingles above which a record is a duplicate.")
+    minhash_num_perm: int = Field(128, ge=16)
+    minhash_shingle_size: int = Field(3, ge=1)
+    semantic_dedup: bool = Field(False, description="Drop records whose all-MiniLM-L6-v2 embedding is too close to an earlier kept one, before rating.")
+    semantic_threshold: float = Field(0.95, gt=0, le=1, description="Cosine similarity above which a record is a near-duplicate.")
+    embedding_threads: int = Field(1, ge=0, description="Torch CPU threads while embedding (0: torch's default).")
+    examples_per_score: int = Field(2, ge=0, description="Example records per score in the report.")
+
+    @model_validator(mode="after")
+    def _top_k_given(self) -> "FilterConfig":
+        if self.selection == "top_k" and self.top_k is None:
+            raise ValueError("selection top_k needs filter.top_k")
+        return self
 
 
 class FinetuneConfig(_Strict):
@@ -103,6 +121,44 @@ class FinetuneConfig(_Strict):
     heldout_records: int = Field(8, ge=0, description="Filtered records kept out of training for evaluation.")
     seed: int = Field(0)
     trust_remote_code: bool = Field(False, description="Allow code shipped with the base model to run.")
+    # GPU speed settings (docs/benchmarks.md has the measurements). The defaults keep the CPU
+    # behaviour, and the earlier behaviour on a GPU, unchanged.
+    model_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description="dtype the frozen base weights are loaded in. bfloat16 halves their memory and, "
+        "with bf16 mixed precision, saves casting them every step (the LoRA weights stay float32).",
+    )
+    bf16: bool | None = Field(
+        None, description="bf16 mixed precision (autocast). None: on when the GPU supports it, off on CPU."
+    )
+    gradient_checkpointing: bool | None = Field(
+        None,
+        description="Recompute activations in the backward pass (about a third more compute, much less "
+        "memory). None: on with a GPU, off on CPU.",
+    )
+    attn_implementation: Literal[
+        "eager", "sdpa", "sdpa_varlen", "flex_attention", "flash_attention_2", "flash_attention_3"
+    ] | None = Field(
+        None,
+        description="Attention kernel. None: transformers' default (sdpa). sdpa_varlen: sdpa, except that "
+        "packed batches go through torch's variable-length flash attention (torch.nn.attention.varlen), "
+        "so packed examples attend only within themselves without a block mask. flash_attention_2/3 "
+        "need the flash-attn package.",
+    )
+    packing: bool = Field(
+        False,
+        description="Pack examples into rows of max_length tokens (trl's best-fit-decreasing packing, "
+        "padding-free), so no compute goes to padding. Use it with attn_implementation sdpa_varlen "
+        "(or flash_attention_2): with plain sdpa every packed row needs a block-diagonal mask.",
+    )
+    use_liger_kernel: bool = Field(
+        False,
+        description="Liger's fused Triton kernels for RMSNorm, RoPE and SwiGLU (needs liger-kernel and a "
+        "GPU; the loss already runs through trl's chunked LM head, without full logits).",
+    )
+    torch_compile: bool = Field(
+        False, description="torch.compile each decoder layer (regional compilation; needs a GPU to pay off)."
+    )
 
 
 class EvaluateConfig(_Strict):
@@ -227,6 +283,6 @@ def check_base_model(config: PipelineConfig) -> None:
         raise ConfigError(f"key 'finetune.base_model': directory not found: {base}")
 
 
-def config_as_dict(config: PipelineConfig) -> dict:
-    """The config as plain JSON-able data, for the manifest."""
-    return config.model_dump(mode="json")
+def config_as_dict(config: PipelineConfig, non_default_only: bool = False) -> dict:
+    """The config as plain JSON-able data, for the manifest (optionally only what differs from defaults)."""
+    return config.model_dump(mode="json", exclude_defaults=non_default_only)

@@ -39,6 +39,7 @@ def build_manifest(config: PipelineConfig, config_path: Path, teacher: str, judg
     return {
         "config_file": str(config_path),
         "config": config_as_dict(config),
+        "config_non_default": config_as_dict(config, non_default_only=True),
         "seed_tasks_sha256": sha256_of(config.seed_tasks),
         "prompts_sha256": prompt_hashes(),
         "packages": package_versions(),

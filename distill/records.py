@@ -8,11 +8,12 @@ line left by a kill is cut off before the journal is read or appended to again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import IO, Any, Iterable, Iterator
 
 
 class RecordError(ValueError):
@@ -103,20 +104,44 @@ def read_seed_tasks(path: str | Path) -> list[dict]:
     return seeds
 
 
-def write_atomic(path: str | Path, text: str) -> None:
-    """Write text to a temporary file beside path, then rename it over path."""
+def fsync_dir(directory: Path) -> None:
+    """Make a rename in `directory` durable (best effort: not every platform allows it)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path, mode: str = "w") -> Iterator[IO]:
+    """Yield a handle on a temporary file beside `path`; on success it replaces `path`, on
+    any failure it is removed and `path` is left as it was. `mode` is "w" (UTF-8) or "wb"."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        text = {"encoding": "utf-8", "newline": "\n"} if "b" not in mode else {}
+        with os.fdopen(fd, mode, **text) as handle:
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    """Write text to a temporary file beside path, then rename it over path."""
+    with atomic_file(path) as handle:
+        handle.write(text)
 
 
 def write_json(path: str | Path, value: Any) -> None:
@@ -125,8 +150,10 @@ def write_json(path: str | Path, value: Any) -> None:
 
 
 def write_jsonl(path: str | Path, records: Iterable[Any]) -> None:
-    """Write records as JSONL atomically."""
-    write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    """Write records as JSONL atomically, one line at a time."""
+    with atomic_file(path) as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
 def repair_torn_tail(path: str | Path) -> int:

@@ -19,7 +19,7 @@ def build_report(rundir: RunDir) -> dict:
             "generate_dropped": generate.get("dropped"),
             "rated": filtered.get("rated"),
             "filtered": filtered.get("kept"),
-            "filter_dropped": {k: v for k, v in (filtered.get("counts") or {}).items() if not k.startswith("score:")},
+            "filter_dropped": filtered.get("dropped"),
             "score_histogram": {k.split(":", 1)[1]: v for k, v in (filtered.get("counts") or {}).items()
                                 if k.startswith("score:")},
             "train": finetune.get("train_records"),
@@ -36,6 +36,7 @@ def build_report(rundir: RunDir) -> dict:
                     ("wins", "ties", "losses", "invalid", "win_rate", "win_rate_ci95")},
         "efficiency": {"student": evaluate.get("student"), "teacher": evaluate.get("teacher")},
         "training": {key: finetune.get(key) for key in ("steps", "train_loss", "tokens_seen", "trainable_params")},
+        "filter": {key: filtered.get(key) for key in ("selection", "threshold", "top_k", "histogram")},
         "stages_finished": [name for name in STAGES if stages[name] is not None],
     }
     return report
@@ -81,6 +82,9 @@ def render_markdown(report: dict) -> str:
         if counts.get(key):
             lines += ["", f"### {title}", "", "| reason | count |", "|---|---|"]
             lines += [f"| {reason} | {n} |" for reason, n in counts[key].items()]
+    if report.get("filter", {}).get("histogram"):
+        lines += ["", "![Judge scores](score_histogram.png)", "",
+                  "Example records for each score: `score_examples.json`."]
     lines += ["", "## Tokens and time per stage", "", "| stage | prompt tokens | completion tokens | seconds |",
               "|---|---|---|---|"]
     for name, seconds in report["seconds"].items():

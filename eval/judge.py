@@ -10,16 +10,20 @@ from pathlib import Path
 
 from backends.base import ChatRequest
 from eval.verdict import combine_orders, parse_verdict
+from finetune.prompt_format import chat_user_message
 
 PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
 PAIRWISE_TEMPLATE = PROMPTS_DIR / "judge_pairwise.txt"
+VERDICT_SCHEMA = {
+    "type": "object",
+    "properties": {"winner": {"type": "string", "enum": ["A", "B", "tie"]}, "reason": {"type": "string"}},
+    "required": ["winner", "reason"],
+}
 
 
 def prompt_text(item: dict) -> str:
-    """The request as a user sees it: the instruction, then its input if any."""
-    if item.get("input", "").strip():
-        return f"{item['instruction'].strip()}\n\n{item['input'].strip()}"
-    return item["instruction"].strip()
+    """The request as a user sees it (the same user turn the chat format trains on)."""
+    return chat_user_message(item["instruction"], item.get("input", ""))
 
 
 def pairwise_requests(items: list[dict], student: dict, teacher: dict, template: str, max_tokens: int) -> list[ChatRequest]:
@@ -36,6 +40,7 @@ def pairwise_requests(items: list[dict], student: dict, teacher: dict, template:
                 max_tokens=max_tokens,
                 temperature=0.0,
                 json_mode=True,
+                json_schema=VERDICT_SCHEMA,
                 meta={"id": item["id"], "order": order},
             ))
     return requests

@@ -48,6 +48,18 @@ FINGERPRINT_FILE = "run_fingerprint.json"
 # and heldout_records as the data itself.
 _NOT_FINGERPRINTED = {"epochs", "max_steps", "heldout_records", "base_model"}
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+# GPU speed settings added after the first release: fingerprinted only when set to something
+# other than their default, so that checkpoints written before they existed stay resumable.
+_SPEED_SETTINGS = (
+    "model_dtype",
+    "bf16",
+    "gradient_checkpointing",
+    "attn_implementation",
+    "packing",
+    "use_liger_kernel",
+    "torch_compile",
+)
+SDPA_VARLEN = "sdpa_varlen"
 
 
 class TrainingDataError(ValueError):
@@ -160,6 +172,9 @@ def _fingerprint(pairs: list[dict[str, str]], base_model_dir: Path, settings: Fi
         digest.update(json.dumps(pair, sort_keys=True, ensure_ascii=False).encode("utf-8"))
         digest.update(b"\n")
     kept_settings = settings.model_dump(mode="json", exclude=_NOT_FINGERPRINTED)
+    for name in _SPEED_SETTINGS:  # left out at their defaults, so older checkpoints stay resumable
+        if kept_settings.get(name) == type(settings).model_fields[name].default:
+            kept_settings.pop(name, None)
     return {"data_sha256": digest.hexdigest(), "base_model_dir": str(base_model_dir.resolve()), "settings": kept_settings}
 
 
@@ -213,13 +228,21 @@ def _use_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def build_sft_config(checkpoints_dir: Path, settings: FinetuneConfig, *, save_steps: int, progress: bool):
-    """trl ``SFTConfig`` for ``settings``, with settings that work (and are fast enough) on CPU."""
+def _mixed_precision(settings: FinetuneConfig) -> bool:
+    """Whether training runs under bf16 autocast: ``settings.bf16``, by default on when the GPU supports it."""
     import torch
+
+    if settings.bf16 is not None:
+        return settings.bf16
+    return _use_cuda() and torch.cuda.is_bf16_supported()
+
+
+def build_sft_config(checkpoints_dir: Path, settings: FinetuneConfig, *, save_steps: int, progress: bool):
+    """trl ``SFTConfig`` for ``settings``: CPU-friendly by default, with the GPU speed settings applied."""
     from trl import SFTConfig
 
     cuda = _use_cuda()
-    bf16 = cuda and torch.cuda.is_bf16_supported()
+    checkpointing = cuda if settings.gradient_checkpointing is None else settings.gradient_checkpointing
     return SFTConfig(
         output_dir=str(checkpoints_dir),
         # Optimisation
@@ -230,18 +253,20 @@ def build_sft_config(checkpoints_dir: Path, settings: FinetuneConfig, *, save_st
         gradient_accumulation_steps=settings.gradient_accumulation_steps,
         seed=settings.seed,
         data_seed=settings.seed,
-        # Data: prompt/completion pairs, loss on the completion only, no packing.
+        # Data: prompt/completion pairs, loss on the completion only. Packing (off by default) uses
+        # trl's best-fit-decreasing strategy, which turns on padding-free batches by itself.
         max_length=settings.max_length,
         completion_only_loss=True,
-        packing=False,
+        packing=settings.packing,
         padding_free=False,
         dataset_num_proc=None,
         # Hardware: trl defaults to bf16 and gradient checkpointing, both unwanted on CPU.
         # (transformers 5 renamed gradient_checkpointing to activation_checkpointing.)
         use_cpu=not cuda,
-        bf16=bf16,
+        bf16=_mixed_precision(settings),
         fp16=False,
-        activation_checkpointing=cuda,
+        activation_checkpointing=checkpointing,
+        use_liger_kernel=settings.use_liger_kernel,
         dataloader_num_workers=0,
         dataloader_pin_memory=cuda,
         # Checkpoints for crash recovery (peft models save only the adapter, as safetensors).
@@ -302,14 +327,89 @@ def load_tokenizer(base_model_dir: Path, settings: FinetuneConfig):
     return tokenizer
 
 
-def load_model(base_model_dir: Path, settings: FinetuneConfig):
-    """The base model in float32 (mixed precision, where used, is the trainer's business)."""
+def model_load_kwargs(settings: FinetuneConfig) -> dict[str, Any]:
+    """Keyword arguments for ``from_pretrained``/``from_config``: weight dtype and attention kernel.
+
+    By default the weights are float32 (mixed precision, where used, is the trainer's business)
+    and the attention is transformers' default; ``sdpa_varlen`` is registered here when asked for.
+    """
     import torch
+
+    kwargs: dict[str, Any] = {
+        "dtype": torch.bfloat16 if settings.model_dtype == "bfloat16" else torch.float32,
+        "trust_remote_code": settings.trust_remote_code,
+    }
+    if settings.attn_implementation is not None:
+        if settings.attn_implementation == SDPA_VARLEN:
+            register_sdpa_varlen()
+        kwargs["attn_implementation"] = settings.attn_implementation
+    return kwargs
+
+
+def load_model(base_model_dir: Path, settings: FinetuneConfig):
+    """The base model, in ``settings.model_dtype`` (float32 unless set) with the configured attention."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(
-        base_model_dir, dtype=torch.float32, trust_remote_code=settings.trust_remote_code
-    )
+    return AutoModelForCausalLM.from_pretrained(base_model_dir, **model_load_kwargs(settings))
+
+
+# --------------------------------------------------------------------------- attention for packed rows
+
+
+def _sdpa_varlen_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """sdpa, except for padding-free packed rows on a GPU, which go through torch's varlen flash attention.
+
+    A padding-free batch is one row of concatenated examples whose boundaries come as
+    ``cu_seq_lens_q``/``cu_seq_lens_k`` (trl's collator computes them on the CPU). transformers
+    still hands over sdpa's block-diagonal causal mask built from the position ids (cheap, once
+    per forward); here it is replaced by the boundaries, so each example attends causally to
+    itself with a flash kernel instead of a masked one over the whole row. Anything else,
+    including the CPU, is plain sdpa with that mask.
+    """
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    cu_q, cu_k = kwargs.get("cu_seq_lens_q"), kwargs.get("cu_seq_lens_k")
+    if cu_q is None or cu_k is None or query.shape[0] != 1 or (module.training and dropout > 0) or not query.is_cuda:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    varlen_attn, causal = _varlen_kernel()
+    # (1, heads, tokens, head_dim) -> (tokens, heads, head_dim)
+    q, k, v = (t[0].transpose(0, 1).contiguous() for t in (query, key, value))
+    if k.shape[1] != q.shape[1]:  # grouped-query attention: repeat the key/value heads
+        repeats = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)
+    max_q = int(kwargs.get("max_length_q") or int((cu_q[1:] - cu_q[:-1]).max()))
+    max_k = int(kwargs.get("max_length_k") or int((cu_k[1:] - cu_k[:-1]).max()))
+    cu_q, cu_k = cu_q.to(torch.int32), cu_k.to(torch.int32)
+    out = varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, scale=scaling, **causal)
+    return out.unsqueeze(0), None  # (1, tokens, heads, head_dim), like sdpa_attention_forward
+
+
+def _varlen_kernel():
+    """torch's varlen attention and the keyword that makes it causal (it changed between releases)."""
+    import inspect
+
+    from torch.nn.attention.varlen import varlen_attn
+
+    parameters = inspect.signature(varlen_attn).parameters
+    if "is_causal" in parameters:
+        return varlen_attn, {"is_causal": True}
+    if "window_size" in parameters:
+        return varlen_attn, {"window_size": (-1, 0)}
+    raise RuntimeError("this torch's varlen_attn takes neither is_causal nor window_size")
+
+
+def register_sdpa_varlen() -> None:
+    """Make ``attn_implementation="sdpa_varlen"`` known to transformers (idempotent)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    try:
+        import torch.nn.attention.varlen  # noqa: F401
+    except ImportError as exc:  # older torch
+        raise RuntimeError(f"attn_implementation={SDPA_VARLEN} needs torch.nn.attention.varlen (torch >= 2.10)") from exc
+    AttentionInterface.register(SDPA_VARLEN, _sdpa_varlen_attention)
+    AttentionMaskInterface.register(SDPA_VARLEN, sdpa_mask)
 
 
 def build_trainer(
@@ -324,6 +424,27 @@ def build_trainer(
 ):
     """An ``SFTTrainer`` wrapping ``model`` in a fresh LoRA adapter, over the prompt/completion ``pairs``."""
     from datasets import Dataset
+
+    return build_trainer_for_dataset(
+        Dataset.from_list(pairs), model, tokenizer, checkpoints_dir, settings, save_steps=save_steps, progress=progress
+    )
+
+
+def build_trainer_for_dataset(
+    dataset: Any,
+    model: Any,
+    tokenizer: Any,
+    checkpoints_dir: Path,
+    settings: FinetuneConfig,
+    *,
+    save_steps: int = DEFAULT_SAVE_STEPS,
+    progress: bool = True,
+    callbacks: list[Any] | None = None,
+):
+    """:func:`build_trainer` for any dataset trl takes: prompt/completion pairs, or tokenized rows
+    (an ``input_ids`` column, as the GPU benchmark feeds it). Applies the speed settings that act
+    on the wrapped model: no input casting in the LoRA layers under bf16 autocast, and regional
+    ``torch.compile``."""
     from transformers import PrinterCallback
     from trl import SFTTrainer
 
@@ -331,14 +452,51 @@ def build_trainer(
     trainer = SFTTrainer(
         model=model,
         args=args,
-        train_dataset=Dataset.from_list(pairs),
+        train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=build_lora_config(settings),
-        callbacks=[_log_progress_callback()],
+        callbacks=[_log_progress_callback(), *(callbacks or [])],
     )
     if not progress:
         trainer.remove_callback(PrinterCallback)  # it prints every log line to stdout
+    if args.bf16 and _base_dtype_is_low_precision(trainer.model):
+        _disable_lora_input_casting(trainer.model)
+    if settings.torch_compile:
+        _compile_decoder_layers(trainer.model)
     return trainer
+
+
+def _base_dtype_is_low_precision(model: Any) -> bool:
+    import torch
+
+    return any(p.dtype in (torch.bfloat16, torch.float16) for p in model.parameters() if not p.requires_grad)
+
+
+def _disable_lora_input_casting(model: Any) -> None:
+    """Let bf16 activations into the float32 LoRA weights uncast; autocast runs the matmuls in bf16.
+
+    peft otherwise copies each LoRA layer's input to float32 (then autocast copies it back to
+    bf16): three passes over every activation entering a LoRA layer, for nothing.
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.cast_input_dtype_enabled = False
+
+
+def _compile_decoder_layers(model: Any) -> None:
+    """torch.compile every decoder layer (they share one compiled graph), leaving the rest eager."""
+    import torch
+
+    for name in ("recompile_limit", "cache_size_limit"):  # one graph per layer at most
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 64))
+    layers = [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
+    if not layers:
+        raise RuntimeError("torch_compile: found no decoder layers to compile in this model")
+    for layer in layers:
+        layer.compile()
 
 
 @contextlib.contextmanager

@@ -59,8 +59,10 @@ def check_same_config(rundir: RunDir, config: PipelineConfig) -> None:
     """Refuse to mix two configs' results in one run directory."""
     if not rundir.manifest.is_file():
         return
-    previous = json.loads(rundir.manifest.read_text(encoding="utf-8")).get("config")
-    if previous != config_as_dict(config):
+    previous = json.loads(rundir.manifest.read_text(encoding="utf-8")).get("config_non_default")
+    # Settings left at their defaults are not compared, so a newer version that adds a
+    # setting can still resume a run made before it.
+    if previous != config_as_dict(config, non_default_only=True):
         raise stages.StageInputError(
             f"{rundir.root} holds a run of a different config (see its manifest.json); "
             "use another --run-dir, or the same config to resume"

@@ -13,9 +13,14 @@ a text is compared only with the texts kept before it, and the first of a group 
 
 Only texts kept so far are inserted into the LSH index, and a text is compared only with
 the kept texts the index returns for it (those sharing at least one LSH band), so the work
-per text does not grow with the corpus. The index is probabilistic: a pair just above the
-threshold is occasionally not returned (a missed duplicate), and candidates below the
-threshold are filtered out by the estimated Jaccard. Everything is seeded (``seed`` fixes
+per text does not grow with the corpus. The index is probabilistic: a pair above the
+threshold is occasionally not returned (a missed duplicate), and candidates below it are
+filtered out by the estimated Jaccard. Since a false candidate costs one sketch comparison
+but a miss lets a duplicate through, the bands are tuned by default to weigh misses nine
+times as much as false candidates (datasketch's own default weighs them equally, which
+misses about 30% of pairs at Jaccard 0.85 for a threshold of 0.8). With the defaults
+(threshold 0.8, 128 permutations: 14 bands of 9 rows) a pair at Jaccard 0.85 is missed
+with probability about 2.5%, one at 0.9 about 0.1%. Everything is seeded (``seed`` fixes
 the permutations; the shingles are hashed with SHA-1), so a run gives the same result on
 any machine and in any process.
 """
@@ -83,6 +88,8 @@ def minhash_dedup(
     num_perm: int = 128,
     shingle_size: int = 3,
     seed: int = 1,
+    *,
+    lsh_weights: tuple[float, float] = (0.1, 0.9),
 ) -> list[MinHashDedupResult]:
     """Greedy MinHash-LSH near-duplicate removal in input order; one result per text.
 
@@ -95,6 +102,9 @@ def minhash_dedup(
         shingle_size: words per shingle. Smaller values are more tolerant of reworded
             texts; 1 compares bags of words.
         seed: seed of the permutations. Results are reproducible for a given seed.
+        lsh_weights: (false candidate, missed pair) weights that datasketch uses to pick
+            the LSH bands; they must sum to 1. More weight on misses means fewer missed
+            duplicates and more candidates to compare.
     """
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold must be strictly between 0 and 1, got {threshold}")
@@ -103,7 +113,7 @@ def minhash_dedup(
     if shingle_size < 1:
         raise ValueError(f"shingle_size must be at least 1, got {shingle_size}")
 
-    index = MinHashLSH(threshold=threshold, num_perm=num_perm)
+    index = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=lsh_weights)
     kept_sketches: dict[int, MinHash] = {}
     results: list[MinHashDedupResult] = []
 

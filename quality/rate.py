@@ -20,6 +20,13 @@ from quality.score_parse import parse_rating
 
 PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
 RATING_TEMPLATE = PROMPTS_DIR / "rate_pair.txt"
+# Servers with structured output constrain the judge's reply to this shape; the parser
+# still checks the score's range and reads looser replies from servers without it.
+RATING_SCHEMA = {
+    "type": "object",
+    "properties": {"score": {"type": "number"}, "explanation": {"type": "string"}},
+    "required": ["score", "explanation"],
+}
 
 
 def record_key(record: dict) -> str:
@@ -46,44 +53,36 @@ def rating_requests(records: list[dict], template: str, settings: FilterConfig) 
             max_tokens=settings.max_tokens,
             temperature=settings.temperature,
             json_mode=True,
+            json_schema=RATING_SCHEMA,
             meta={"id": record.get("id")},
         )
         for record in records
     ]
 
 
-def apply_ratings(records: list[dict], outcomes: list[dict], threshold: float) -> dict:
-    """Join records with their ratings; split them into kept and rejected, with counts."""
+def apply_ratings(records: list[dict], outcomes: list[dict]) -> dict:
+    """Join records with their ratings. Returns the rated records (score None when the reply
+    had no readable score, with the reply saved), the records never rated, and counts."""
     by_key = {outcome["key"]: outcome for outcome in outcomes}
-    rated, kept, rejected = [], [], []
+    rated, not_rated = [], []
     counts: Counter = Counter()
     for record in records:
         outcome = by_key.get(f"rate-{record_key(record)}")
         if outcome is None:
-            counts["not_rated_budget"] += 1
-            rejected.append({"id": record.get("id"), "stage": "filter", "reason": "not_rated:budget", "record": record})
+            counts["not_rated:budget"] += 1
+            not_rated.append({"id": record.get("id"), "stage": "filter", "reason": "not_rated:budget", "record": record})
             continue
         if not outcome.get("ok"):
             counts["request_failed"] += 1
-            rejected.append({"id": record.get("id"), "stage": "filter", "reason": "request_failed",
-                             "error": outcome.get("error"), "record": record})
+            not_rated.append({"id": record.get("id"), "stage": "filter", "reason": "request_failed",
+                              "error": outcome.get("error"), "record": record})
             continue
         parsed = parse_rating(outcome["text"])
         entry = {**record, "score": parsed.score, "explanation": parsed.explanation}
         if parsed.score is None:
             counts[f"unscored:{parsed.problem}"] += 1
-            entry["rating_problem"] = parsed.problem
-            entry["judge_reply"] = outcome["text"]
-            rated.append(entry)
-            rejected.append({"id": record.get("id"), "stage": "filter", "reason": f"unscored:{parsed.problem}",
-                             "judge_reply": outcome["text"], "record": record})
-            continue
-        rated.append(entry)
-        counts[f"score:{parsed.score:g}"] += 1
-        if parsed.score >= threshold:
-            kept.append(record)
+            entry.update(rating_problem=parsed.problem, judge_reply=outcome["text"])
         else:
-            counts["below_threshold"] += 1
-            rejected.append({"id": record.get("id"), "stage": "filter", "reason": "below_threshold",
-                             "score": parsed.score, "threshold": threshold, "record": record})
-    return {"rated": rated, "kept": kept, "rejected": rejected, "counts": dict(sorted(counts.items()))}
+            counts[f"score:{parsed.score:g}"] += 1
+        rated.append(entry)
+    return {"rated": rated, "not_rated": not_rated, "counts": dict(sorted(counts.items()))}

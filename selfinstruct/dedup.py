@@ -54,8 +54,8 @@ from __future__ import annotations
 import gc
 import math
 import re
-from collections import Counter
 from dataclasses import dataclass
+from itertools import chain
 from typing import Iterable
 
 import numpy as np
@@ -221,6 +221,10 @@ class _QueryTables:
 class RougeLDeduplicator:
     """Incremental greedy ROUGE-L dedup: seeds are always in the pool; kept instructions join it.
 
+    Exact: decisions equal rouge_score's (see the module docstring).  Supports up to about
+    1.1 million distinct tokens (OverflowError beyond); texts of 32,768 tokens or more
+    are not indexed but compared directly.
+
     >>> d = RougeLDeduplicator(0.7)
     >>> d.add_seed("Give three tips for staying healthy.")
     >>> d.add("Give three tips for staying healthy!").kept
@@ -238,10 +242,9 @@ class RougeLDeduplicator:
         self._chars: list[str] = [_UNKNOWN_CHAR]  # id -> code point
         self._texts: list[str] = []
         self._seqs: list[str] = []  # token sequences, one code point per token
-        self._lens: list[int] = []
         self._long: list[int] = []  # pool ids too long for the index (checked directly)
         self._max_len = 0  # longest indexed pool item
-        self._df: dict[int, int] | None = {}  # element -> pool items containing it (None: fixed order)
+        self._df: dict[int, int] | None = {}  # element -> pool items containing it (None: batch mode)
         self._order: _Order = _Order()
         self._index: dict[int, _Postings] = {}  # element -> pool items with it in their prefix
         self._prefix_len: dict[int, int] = {}
@@ -256,21 +259,23 @@ class RougeLDeduplicator:
 
     def add_seed(self, instruction: str) -> None:
         """Put ``instruction`` in the pool unconditionally."""
-        self._insert(instruction, self._ids(rouge_tokenize(instruction), assign=True))
+        seq, ranked, _, elems = self._prepare(rouge_tokenize(instruction), assign=True)
+        self._insert(instruction, seq, ranked, elems)
 
     def check(self, instruction: str) -> DedupDecision:
         """Decide ``instruction`` against the current pool without modifying the pool."""
-        return self._decide(self._ids(rouge_tokenize(instruction), assign=False))[0]
+        seq, ranked, n_unknown, _ = self._prepare(rouge_tokenize(instruction), assign=False)
+        return self._query(seq, ranked, n_unknown)
 
     def add(self, instruction: str) -> DedupDecision:
         """Decide ``instruction`` and, if kept, add it to the pool."""
         tokens = rouge_tokenize(instruction)
-        ids = self._ids(tokens, assign=False)
-        decision, ranked = self._decide(ids)
+        seq, ranked, n_unknown, elems = self._prepare(tokens, assign=False)
+        decision = self._query(seq, ranked, n_unknown)
         if decision.kept:
-            if ranked is None:  # tokens new to the pool: give them ids first
-                ids = self._ids(tokens, assign=True)
-            self._insert(instruction, ids, ranked)
+            if n_unknown:  # tokens new to the pool: give them ids first
+                seq, ranked, _, elems = self._prepare(tokens, assign=True)
+            self._insert(instruction, seq, ranked, elems)
         return decision
 
     @property
@@ -375,14 +380,25 @@ class RougeLDeduplicator:
             out.append(tid + k * _OCC_STRIDE if k else tid)
         return out
 
+    def _prepare(self, tokens: list[str], assign: bool) -> tuple[str, list[int], int, list[int]]:
+        """Incremental mode: (token sequence as str, elements sorted by the current order,
+        number of tokens unknown to the pool, elements).  Unknown tokens (only possible
+        with ``assign=False``) become id 0, which matches nothing in the pool."""
+        ids = self._ids(tokens, assign)
+        n_unknown = 0 if assign else ids.count(0)
+        elems = self._elements([i for i in ids if i] if n_unknown else ids)
+        ranked = sorted(elems, key=self._order.__getitem__)
+        chars = self._chars
+        return "".join([chars[i] for i in ids]), ranked, n_unknown, elems
+
     def _candidates(self, ranked: list[int], n_unknown: int, n_probe: int, lq: int) -> list[int]:
         """Pool ids passing the length, prefix and positional filters, in ascending order.
 
         A posting met at query position i passes iff need[lp] <= min(lq - i, lp - j)
-        (see _query_tables).  ``lq - i`` is enforced by slicing the sorted part of the
-        postings to the lengths lo..hi[i]; for the small unsorted tails only the weaker
-        lo..hi[0] holds -- letting extra postings through only adds LCS checks, never
-        changes a decision."""
+        (see _query_tables).  ``need[lp] <= lq - i`` holds exactly for the lengths
+        lo..hi[i], which are sliced out of the sorted part of the postings; for the small
+        unsorted tails it is not checked -- letting extra postings through only adds LCS
+        checks, it never changes a decision."""
         index = self._index
         tab = self._query_tables(lq)
         lo, his = tab.lo, tab.hi
@@ -414,66 +430,60 @@ class RougeLDeduplicator:
         k = _ELL - 1  # pool ids occurring >= _ELL times in the sorted hits:
         return list(dict.fromkeys(hits[k:][hits[k:] == hits[:-k]].tolist()))
 
-    def _decide(self, ids: list[int]) -> tuple[DedupDecision, list[int] | None]:
-        """Decision for a token-id sequence (0 = token absent from the pool), plus the
-        ranked element list when it can be reused for indexing (no unknown tokens)."""
-        lq = len(ids)
+    def _query(self, sq: str, ranked: list[int], n_unknown: int) -> DedupDecision:
+        """Decision for the token sequence ``sq`` whose known elements, sorted by the
+        global order, start with ``ranked`` (at least its prefix)."""
+        lq = len(sq)
         if lq == 0:
-            return DedupDecision(True, 0.0, None), None  # F = 0 against everything
-        n_unknown = ids.count(0)
-        ranked = sorted(self._elements([i for i in ids if i] if n_unknown else ids), key=self._order.__getitem__)
-        # Tokens absent from the pool rank before every pool element (they are in no pool
-        # item, so their place in the order is free): they use up the first prefix
-        # slots.  If they fill the whole prefix, nothing in the pool can be similar.
-        n_probe = self._prefix_length(lq) - n_unknown
+            return DedupDecision(True, 0.0, None)  # F = 0 against everything
         if lq >= _MAX_INDEXED_LEN:  # absurdly long query: no filtering, check everything
             cands = list(range(len(self._texts)))
         else:
+            # Tokens absent from the pool rank before every pool element (they are in no
+            # pool item, so their place in the order is free): they use up the first
+            # prefix slots.  If they fill the whole prefix, nothing can be similar.
+            n_probe = self._prefix_length(lq) - n_unknown
             cands = self._candidates(ranked, n_unknown, n_probe, lq) if n_probe > 0 else []
             if self._long:
                 cands += self._long
-        ranked_out = None if n_unknown else ranked
         if not cands:
-            return DedupDecision(True, 0.0, None), ranked_out
+            return DedupDecision(True, 0.0, None)
 
-        chars, seqs, lens = self._chars, self._seqs, self._lens
-        sq = "".join([chars[i] for i in ids])
+        seqs = self._seqs
         te = self._teff
         lcs_fn = LCSseq.similarity
         best_lcs, best_den = 0, 1
         self.n_candidates += len(cands)
         for pid in cands:
-            lp = lens[pid]
-            lcs = lcs_fn(sq, seqs[pid])
+            sp = seqs[pid]
+            lp = len(sp)
+            lcs = lcs_fn(sq, sp)
             if 2 * lcs > te * (lq + lp):
                 f = _fmeasure(lcs, lq, lp)
                 if f > self.threshold:
-                    return DedupDecision(False, f, self._texts[pid]), None
+                    return DedupDecision(False, f, self._texts[pid])
             if lcs * best_den > best_lcs * (lq + lp):
                 best_lcs, best_den = lcs, lq + lp
         best = _fmeasure(best_lcs, lq, best_den - lq) if best_lcs else 0.0
-        return DedupDecision(True, best, None), ranked_out
+        return DedupDecision(True, best, None)
 
-    def _insert(self, text: str, ids: list[int], ranked: list[int] | None = None) -> None:
-        """Append to the pool.  ``ids`` must be assigned ids (no 0); ``ranked`` is the
-        element list already sorted by the current order, if the caller has it."""
-        n = len(ids)
+    def _insert(self, text: str, seq: str, ranked: list[int], elems: list[int] | None = None) -> None:
+        """Append to the pool.  ``seq`` has no unknown tokens; ``ranked`` holds (at least
+        the prefix of) its elements in the current order; ``elems`` all its elements
+        (needed in incremental mode, for the frequencies)."""
+        n = len(seq)
         pid = len(self._texts)
-        chars = self._chars
         self._texts.append(text)
-        self._seqs.append("".join([chars[i] for i in ids]))
-        self._lens.append(n)
+        self._seqs.append(seq)
         df = self._df
-        if df is not None:
-            for e in self._elements(ids):
+        if df is not None and n < _MAX_INDEXED_LEN:
+            for e in elems:
                 df[e] = df.get(e, 0) + 1
         if n >= _MAX_INDEXED_LEN:
             self._long.append(pid)  # absurdly long: verified directly by every query
         elif n:
             if n > self._max_len:
                 self._max_len = n
-            if ranked is None:
-                ranked = sorted(self._elements(ids), key=self._order.__getitem__)
             index = self._index
             code = (n << 48) | (n << 32) | pid
             for j, e in enumerate(ranked[: self._prefix_length(n)]):
@@ -489,7 +499,8 @@ class RougeLDeduplicator:
         self._order = order
         sort_key = order.__getitem__
         codes: dict[int, list[int]] = {}
-        for pid, (n, seq) in enumerate(zip(self._lens, self._seqs)):
+        for pid, seq in enumerate(self._seqs):
+            n = len(seq)
             if 0 < n < _MAX_INDEXED_LEN:
                 ids = [c if c < 0xD800 else c - 0x800 for c in map(ord, seq)]
                 code = (n << 48) | (n << 32) | pid
@@ -506,23 +517,42 @@ class RougeLDeduplicator:
         self._next_rebuild = 2 * len(self._texts)
         self.n_rebuilds += 1
 
-    def _fix_order(self, token_lists: list[list[str]]) -> list[list[int]]:
-        """Fix the prefix order from the frequencies of a known workload (e.g. all seeds and
-        instructions), stop automatic rebuilds, and return the workload's id sequences.
-        Only a speed matter: any fixed order gives exact results."""
-        vocab_get = self._vocab.get
-        freq: Counter[int] = Counter()
-        all_ids = []
+    def _prepare_batch(self, token_lists: list[list[str]]) -> list[tuple[str, list[int]]]:
+        """Batch mode (used by :func:`rouge_l_dedup`): fix the global order from the
+        element frequencies of the whole workload and return, per token list, its token
+        sequence (str) and the prefix of its elements sorted by that order -- as dense
+        ranks, which from then on are the element keys (no per-query order lookups or
+        sorting).  Only a speed matter: any fixed order gives exact results.  The instance
+        must then only be fed through ``_query(seq, ranked, 0)`` / ``_insert``."""
+        vocab_get, chars = self._vocab.get, self._chars
+        seqs, elems = [], []
         for tokens in token_lists:
             ids = [vocab_get(tok) for tok in tokens]
             if None in ids:
                 ids = self._ids(tokens, assign=True)
-            all_ids.append(ids)
-            freq.update(self._elements(ids))
-        self._reindex(_Order.from_counts(freq))
+            seqs.append("".join([chars[i] for i in ids]))
+            elems.append(self._elements(ids))
+        sizes = np.fromiter(map(len, elems), np.int64, len(elems))
+        flat = np.fromiter(chain.from_iterable(elems), np.int64, int(sizes.sum()))
+        del elems
+        uniq, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
+        rank = np.empty(uniq.size, np.int64)
+        rank[np.lexsort((uniq, counts))] = np.arange(uniq.size)  # rarest first, ties by key
+        owner = np.repeat(np.arange(sizes.size, dtype=np.int64), sizes)
+        ranked = (np.sort(owner * uniq.size + rank[inverse]) - owner * uniq.size).tolist()
+        del flat, inverse, owner
+        shared = list(range(uniq.size))  # one int object per rank (less memory)
+        out = []
+        start = 0
+        for seq in seqs:
+            n = len(seq)
+            out.append((seq, [shared[r] for r in ranked[start : start + min(n, self._prefix_length(n))]]))
+            start += n
+        self._order = None  # element keys are ranks from here on
+        self._index = {}
         self._df = None
         self._next_rebuild = math.inf
-        return all_ids
+        return out
 
 
 def rouge_l_dedup(
@@ -531,7 +561,10 @@ def rouge_l_dedup(
     """One decision per input instruction, in input order.
 
     Greedy: ``seeds`` start the pool; each instruction is dropped iff its ROUGE-L F against
-    some pool item is > ``threshold``, and is added to the pool otherwise.
+    some pool item is > ``threshold``, and is added to the pool otherwise.  Same decisions
+    as feeding :class:`RougeLDeduplicator` one by one, but faster (the whole input fixes
+    the token order up front).  Python's cyclic garbage collector is paused during the
+    call (the structures built are acyclic) and restored afterwards.
     """
     dedup = RougeLDeduplicator(threshold)
     instructions = list(instructions)
@@ -541,14 +574,14 @@ def rouge_l_dedup(
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        all_ids = dedup._fix_order([rouge_tokenize(s) for s in seeds] + [rouge_tokenize(s) for s in instructions])
-        for text, ids in zip(seeds, all_ids):
-            dedup._insert(text, ids)
+        prepared = dedup._prepare_batch([rouge_tokenize(s) for s in seeds] + [rouge_tokenize(s) for s in instructions])
+        for text, (seq, ranked) in zip(seeds, prepared):
+            dedup._insert(text, seq, ranked)
         out = []
-        for text, ids in zip(instructions, all_ids[len(seeds):]):
-            decision, ranked = dedup._decide(ids)
+        for text, (seq, ranked) in zip(instructions, prepared[len(seeds) :]):
+            decision = dedup._query(seq, ranked, 0)
             if decision.kept:
-                dedup._insert(text, ids, ranked)
+                dedup._insert(text, seq, ranked)
             out.append(decision)
     finally:
         if gc_was_enabled:

@@ -27,14 +27,14 @@ dropped. A record without a string ``instruction`` or ``output``, or with a non-
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import IO, Iterable, Iterator
+from typing import Iterable
 
+from distill.records import fsync_dir, atomic_file
 from finetune.prompt_format import chat_user_message
 
 __all__ = [
@@ -91,43 +91,11 @@ def chat_messages(record: dict, system_prompt: str | None = None, position: int 
     return messages
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename in `directory` durable (best effort: not every platform allows it)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def _atomic_text_file(path: Path) -> Iterator[IO[str]]:
-    """Yield a handle on a temporary file beside `path`; on success it replaces `path`,
-    on any failure it is removed and `path` is left as it was."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
 def export_alpaca_json(records: Iterable[dict], path: str | Path) -> int:
     """Write records as Alpaca's data file (a JSON list); return how many were written."""
     path = Path(path)
     count = 0
-    with _atomic_text_file(path) as handle:
+    with atomic_file(path) as handle:
         handle.write("[")
         for position, record in enumerate(records):
             item = json.dumps(alpaca_record(record, position), indent=4, ensure_ascii=False)
@@ -141,7 +109,7 @@ def export_chat_jsonl(records: Iterable[dict], path: str | Path, system_prompt: 
     """Write records as JSONL conversations ({"messages": [...]}); return how many were written."""
     path = Path(path)
     count = 0
-    with _atomic_text_file(path) as handle:
+    with atomic_file(path) as handle:
         for position, record in enumerate(records):
             line = json.dumps({"messages": chat_messages(record, system_prompt, position)}, ensure_ascii=False)
             handle.write(line + "\n")
@@ -161,7 +129,7 @@ def _fsync_tree(root: Path) -> None:
         for name in files:
             with open(os.path.join(directory, name), "rb") as handle:
                 os.fsync(handle.fileno())
-    _fsync_dir(root)
+    fsync_dir(root)
 
 
 def export_hf_dataset(records: Iterable[dict], directory: str | Path) -> int:
@@ -201,7 +169,7 @@ def export_hf_dataset(records: Iterable[dict], directory: str | Path) -> int:
             if aside is not None:
                 os.replace(aside / "dataset", directory)  # put the earlier export back
             raise
-        _fsync_dir(directory.parent)
+        fsync_dir(directory.parent)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         if aside is not None:

@@ -81,13 +81,22 @@ def test_counts_add_up(finished_run):
     assert len({r["id"] for r in generated}) == len(generated)
     assert gen_summary["requests"] == 20 or gen_summary["stop_reason"] == "target_reached"
 
-    # filter: every generated record is rated (or unscored), and kept iff score >= threshold.
-    assert len(rated) == len(generated)
-    threshold = json.loads((run_dir / "manifest.json").read_text())["config"]["filter"]["threshold"]
-    assert len(filtered) == sum(1 for r in rated if r["score"] is not None and r["score"] >= threshold)
-    assert counts["filtered"] == len(filtered)
+    # filter: every record left after MinHash dedup is rated (or unscored); the demo keeps the
+    # best top_k by score (AlpaGasus' budget mode): no dropped score beats a kept one.
+    filter_summary = json.loads((run_dir / "stages" / "filter.json").read_text())
+    assert len(rated) == filter_summary["after_dedup"] <= len(generated)
+    top_k = json.loads((run_dir / "manifest.json").read_text())["config"]["filter"]["top_k"]
+    scored = [r for r in rated if r["score"] is not None]
+    assert len(filtered) == min(top_k, len(scored)) == counts["filtered"]
+    kept_keys = {(r["instruction"], r["output"]) for r in filtered}
+    kept_scores = [r["score"] for r in scored if (r["instruction"], r["output"]) in kept_keys]
+    dropped_scores = [r["score"] for r in scored if (r["instruction"], r["output"]) not in kept_keys]
+    assert not dropped_scores or min(kept_scores) >= max(dropped_scores)
     filter_rejected = [r for r in rejected if r["stage"] == "filter"]
     assert len(filtered) + len(filter_rejected) == len(generated)
+    assert sum(filter_summary["dropped"].values()) == len(filter_rejected)
+    assert (run_dir / "score_histogram.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (run_dir / "export" / "alpaca_data.json").is_file() and (run_dir / "export" / "chat.jsonl").is_file()
 
     # finetune: train + held out = filtered, with no overlap.
     train, heldout = lines(run_dir / "train.jsonl"), lines(run_dir / "heldout.jsonl")

@@ -373,6 +373,96 @@ def test_check_does_not_modify_pool():
     assert not d.check("a totally unseen zebra quantum sentence").kept
 
 
+# --------------------------------------------------------------------------- larger scale
+def _bruteforce_dedup(instructions, seeds, threshold) -> list[bool]:
+    """Exhaustive greedy filter with compiled LCS (rapidfuzz) and rouge_score's float
+    formula, vectorised with numpy (IEEE-identical to Python floats).  Its F-measure is
+    checked against rouge_score in test_fmeasure_matches_rouge_score; being exhaustive,
+    it can check far larger workloads than the pure-Python reference."""
+    np = pytest.importorskip("numpy")
+    from rapidfuzz import process
+    from rapidfuzz.distance import LCSseq
+
+    vocab: dict[str, str] = {}
+
+    def enc(text: str) -> str:
+        return "".join(vocab.setdefault(t, chr(0x4E00 + len(vocab))) for t in rouge_tokenize(text))
+
+    pool = [enc(s) for s in seeds]
+    pool_len = [len(p) for p in pool]
+    kept = []
+    for inst in instructions:
+        q = enc(inst)
+        dropped = False
+        if q and pool:
+            lcs = process.cdist([q], pool, scorer=LCSseq.similarity, dtype=np.int64)[0].astype(np.float64)
+            lp = np.asarray(pool_len, np.float64)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                p = lcs / lp  # precision: prediction = pool item (symmetric anyway)
+                r = lcs / len(q)
+                f = np.where(p + r > 0, 2 * p * r / (p + r), 0.0)
+            f[lp == 0] = 0.0
+            dropped = bool((f > threshold).any())
+        kept.append(not dropped)
+        if not dropped:
+            pool.append(q)
+            pool_len.append(len(q))
+    return kept
+
+
+@pytest.fixture(scope="module")
+def big_workload():
+    """~4,000 instructions: real ones, bench-style edited variants, long texts (beyond the
+    initial length tables) and heavy token repetition."""
+    real, seeds = _load_real()
+    rng = random.Random(99)
+    vocab = sorted({t for s in real for t in s.split() if t.isalpha()})
+    items = list(real[:1500])
+    for _ in range(2200):
+        items.append(_edit(rng.choice(items), rng, vocab))
+    for _ in range(40):  # long instructions and near-duplicates of them
+        long_text = " ".join(rng.choice(vocab) for _ in range(rng.randint(60, 300)))
+        items.append(long_text)
+        items.append(_edit(long_text, rng, vocab))
+    for _ in range(60):  # repeated tokens
+        w = rng.sample(vocab, 3)
+        items.append(" ".join(rng.choice(w) for _ in range(rng.randint(2, 40))))
+    rng.shuffle(items)
+    return items, seeds
+
+
+@pytest.mark.parametrize("threshold", [0.7, 0.55, 0.85])
+def test_large_workload_matches_bruteforce(big_workload, threshold):
+    items, seeds = big_workload
+    expected = _bruteforce_dedup(items, seeds, threshold)
+    assert 300 <= expected.count(False) <= len(items) - 1000
+    assert [d.kept for d in rouge_l_dedup(items, seeds, threshold)] == expected
+    inc = RougeLDeduplicator(threshold)
+    for s in seeds:
+        inc.add_seed(s)
+    assert [inc.add(i).kept for i in items] == expected
+
+
+def test_huge_instruction():
+    """Texts beyond the index's length limit are still handled exactly."""
+    rng = random.Random(5)
+    words = [f"w{k}" for k in range(5000)]
+    huge = " ".join(rng.choice(words) for _ in range(33_000))
+    near = huge + " and one more"
+    other = " ".join(rng.choice(words) for _ in range(33_000))
+    out = rouge_l_dedup(["Name three colors.", huge, near, other, "name three colours"], ["List three colors."])
+    assert [d.kept for d in out] == [
+        rouge_l_fmeasure("Name three colors.", "List three colors.") <= 0.7,
+        True,
+        False,
+        rouge_l_fmeasure(other, huge) <= 0.7,
+        True,
+    ]
+    d = RougeLDeduplicator()
+    d.add_seed(huge)
+    assert not d.check(near).kept and d.check("name three colors").kept
+
+
 # --------------------------------------------------------------------------- validation
 @pytest.mark.parametrize("bad", [-0.01, 1.01, 2, -1, math.nan, math.inf, -math.inf, "0.7", None, True])
 def test_threshold_validation(bad):

@@ -1,0 +1,506 @@
+#!/usr/bin/env python
+"""Benchmark: LoRA fine-tuning throughput of the finetune stage on one GPU (tokens/s, MFU, memory).
+
+The student is Llama-2-7B-shaped (hidden 4096, 32 layers, 32 heads, intermediate 11008, vocab
+32000), built from a LlamaConfig with random weights on the GPU: nothing is downloaded. Each
+setting trains through the project's own code path: ``finetune.train.model_load_kwargs`` for the
+weights' dtype and attention kernel, then ``finetune.train.build_trainer_for_dataset`` (the
+SFTConfig and LoraConfig builders of ``train_lora``: LoRA r=16, alpha 32, all linear layers),
+fed with synthetic token data, and ``trainer.train()``. A plain loop (transformers + peft +
+fused AdamW under bf16 autocast, no Trainer) is an extra reference row.
+
+Data ("full"): rows of exactly --seq-len (2,048) random tokens, every token a label. "docs":
+synthetic documents of 128..1,536 tokens, either padded per batch or packed into 2,048-token
+rows (trl's best-fit-decreasing packing, padding-free); tokens/s then counts real tokens only.
+
+Model FLOPs (MFU), per trained token, with N = the parameters that take part in matmuls
+(every linear layer of the 32 blocks plus the LM head; 6.607e9; the embedding is a lookup and
+the LoRA adapters' own ~0.1% are left out):
+    linear layers:  4N   = 2N forward + 2N backward to the inputs (frozen weights get no gradient)
+    attention:      12 * s * h * L  = forward QK^T and PV, 2*2*s*h per layer, plus backward
+                                      twice the forward; s = the token's sequence (document) length,
+                                      counted as full (non-causal) s x s, the PaLM convention
+At s = 2,048 that is 26.43e9 + 3.22e9 = 29.65e9 FLOP per token. MFU = FLOPs / time / peak, the
+peak being the GPU's dense bf16 rate from its datasheet (989.4 TFLOP/s for H100 SXM and H200).
+A causal count (half the attention) is reported too. Recomputation under gradient
+checkpointing is not counted (it is overhead).
+
+Every setting runs in its own process (liger patches modules globally; an OOM stays contained),
+times --steps optimizer steps after --warmup (cuda-synchronised wall time between step ends,
+so data loading, logging and the optimizer are included), and reports peak allocated memory.
+
+Usage:  python bench/bench_finetune_gpu.py [--out DIR] [--only a,b,...] [--tiny] [--budget-s 540]
+            [--steps 8] [--warmup 3] [--list]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+LLAMA2_7B = dict(
+    hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
+    intermediate_size=11008, vocab_size=32000, max_position_embeddings=4096, rms_norm_eps=1e-5,
+    tie_word_embeddings=False,
+)
+TINY = dict(
+    hidden_size=256, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+    intermediate_size=688, vocab_size=32000, max_position_embeddings=4096, rms_norm_eps=1e-5,
+    tie_word_embeddings=False,
+)
+# Dense bf16 peak (TFLOP/s) by device name, from NVIDIA's datasheets.
+PEAKS = [("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4), ("H200", 989.4), ("H20", 148.0),
+         ("A100", 312.0), ("L40S", 362.0)]
+
+# name -> (FinetuneConfig overrides, bench options). Options: data ("full" | "docs"), peft_cast
+# (put back peft's float32 cast of LoRA inputs, to measure what turning it off gives), loop
+# (plain loop instead of the trainer), timeout_s, cuda_only.
+BASE = dict(max_length=2048, lora_r=16, lora_alpha=32, target_modules="all-linear", learning_rate=2e-4)
+BF16 = dict(model_dtype="bfloat16", bf16=True)
+FAST = dict(BF16, gradient_checkpointing=False, use_liger_kernel=True, lora_dropout=0.0)
+SETTINGS: dict[str, tuple[dict, dict]] = {
+    # what train_lora did on a GPU before: float32 weights, bf16 autocast, checkpointing, batch 4
+    "fp32w-gc-b4": (dict(batch_size=4), {}),
+    "bf16w-gc-b4": (dict(BF16, batch_size=4), {}),
+    "bf16w-peftcast-gc-b4": (dict(BF16, batch_size=4), {"peft_cast": True}),
+    "bf16w-b2": (dict(BF16, gradient_checkpointing=False, batch_size=2), {}),
+    "bf16w-liger-b2": (dict(BF16, gradient_checkpointing=False, use_liger_kernel=True, batch_size=2), {}),
+    "bf16w-liger-b4": (dict(BF16, gradient_checkpointing=False, use_liger_kernel=True, batch_size=4), {}),
+    "fast-b4": (dict(FAST, batch_size=4), {}),  # + lora_dropout 0
+    "fast-b6": (dict(FAST, batch_size=6), {}),
+    "fast-b8": (dict(FAST, batch_size=8), {}),
+    "fast-gc-b16": (dict(FAST, gradient_checkpointing=True, batch_size=16), {}),
+    "fast-sdpavarlen-b4": (dict(FAST, attn_implementation="sdpa_varlen", batch_size=4), {}),
+    "compile-b4": (dict(BF16, gradient_checkpointing=False, lora_dropout=0.0, torch_compile=True, batch_size=4),
+                   {"timeout_s": 420}),
+    "compile-liger-b4": (dict(FAST, torch_compile=True, batch_size=4), {"timeout_s": 420}),
+    "compile-b6": (dict(BF16, gradient_checkpointing=False, lora_dropout=0.0, torch_compile=True, batch_size=6),
+                   {"timeout_s": 420}),
+    # variable-length documents: padded batches vs packed rows
+    "docs-padded-b8": (dict(FAST, batch_size=8), {"data": "docs"}),
+    "docs-packed-sdpa-b4": (dict(FAST, packing=True, attn_implementation="sdpa", batch_size=4), {"data": "docs"}),
+    "docs-packed-varlen-b4": (dict(FAST, packing=True, attn_implementation="sdpa_varlen", batch_size=4),
+                              {"data": "docs"}),
+    # reference: no Trainer, plain transformers + peft (peft's defaults), bf16 weights, autocast
+    "plain-loop-b2": (dict(BF16, gradient_checkpointing=False, batch_size=2), {"loop": True}),
+}
+
+
+# ----------------------------------------------------------------------------- accounting
+
+
+def matmul_params(cfg: dict) -> int:
+    """Parameters of every matmul per token: the blocks' linear layers and the LM head."""
+    h, i, L, V = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
+    kv = h // cfg["num_attention_heads"] * cfg["num_key_value_heads"]
+    return L * (h * h + 2 * h * kv + h * h + 3 * h * i) + V * h
+
+
+def model_flops(cfg: dict, tokens: int, sum_sq_lengths: int) -> tuple[float, float]:
+    """(FLOPs with full s x s attention, FLOPs with causal attention) for a step; see the docstring."""
+    h, L = cfg["hidden_size"], cfg["num_hidden_layers"]
+    linear = 4 * matmul_params(cfg) * tokens
+    attention = 12 * h * L * sum_sq_lengths
+    return linear + attention, linear + attention / 2
+
+
+def peak_tflops(name: str) -> float:
+    for key, value in PEAKS:
+        if key in name:
+            return value
+    return 989.4
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def synthetic_tokenizer(vocab_size: int):
+    """A word-level fast tokenizer over ids 0..vocab-1 (0 unk, 1 bos, 2 eos = pad): trl wants one."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"t{i}": i for i in range(vocab_size)}
+    vocab.update({"<unk>": 0, "<s>": 1, "</s>": 2})
+    del vocab["t0"], vocab["t1"], vocab["t2"]
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                   pad_token="</s>")
+
+
+def synthetic_rows(mode: str, rows_needed: int, seq_len: int, vocab: int, seed: int) -> list[list[int]]:
+    """Token rows: "full" = rows of exactly seq_len; "docs" = documents of 1/16..3/4 of seq_len."""
+    import random
+
+    rng = random.Random(seed)
+    if mode == "full":
+        return [[rng.randrange(3, vocab) for _ in range(seq_len)] for _ in range(rows_needed)]
+    docs, total = [], 0
+    while total < rows_needed * seq_len:
+        n = rng.randint(seq_len // 16, seq_len * 3 // 4)
+        docs.append([rng.randrange(3, vocab) for _ in range(n)])
+        total += n
+    return docs
+
+
+class CountingCollator:
+    """Wraps the trainer's collator: records (real tokens, sum of squared document lengths) per batch."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.batches: list[tuple[int, int]] = []
+
+    def __call__(self, examples):
+        batch = self.inner(examples)
+        if "position_ids" in batch and "attention_mask" not in batch:  # padding-free: documents in one row
+            lengths = (batch["cu_seq_lens_q"][1:] - batch["cu_seq_lens_q"][:-1]).tolist()
+        else:
+            lengths = batch["attention_mask"].sum(dim=1).tolist()
+        self.batches.append((int(sum(lengths)), int(sum(n * n for n in lengths))))
+        return batch
+
+
+# ----------------------------------------------------------------------------- one setting (worker)
+
+
+def run_setting(name: str, args) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig, TrainerCallback
+
+    from distill.config import FinetuneConfig
+    from finetune.train import build_lora_config, build_trainer_for_dataset, model_load_kwargs
+
+    overrides, opts = SETTINGS[name]
+    overrides = {k: v for k, v in overrides.items() if k not in args.without.split(",")}
+    cfg = TINY if args.tiny else LLAMA2_7B
+    seq_len = args.seq_len
+    settings = FinetuneConfig(**{**BASE, "max_length": seq_len, "max_steps": args.warmup + args.steps, **overrides})
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    result: dict = {"name": name, "settings": {k: v for k, v in overrides.items()}, "options": opts,
+                    "model": "tiny" if args.tiny else "llama-2-7b-shape", "seq_len": seq_len}
+    torch.manual_seed(0)
+    kwargs = model_load_kwargs(settings)
+    kwargs.pop("trust_remote_code", None)
+    t0 = time.perf_counter()
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(LlamaConfig(**cfg), **kwargs)
+    result["attn_implementation"] = model.config._attn_implementation
+    if cuda:
+        torch.cuda.synchronize()
+    result["model_build_s"] = round(time.perf_counter() - t0, 1)
+    steps_total = args.warmup + args.steps
+    ga = settings.gradient_accumulation_steps
+    mode = opts.get("data", "full")
+    rows_needed = settings.batch_size * ga * steps_total + settings.batch_size
+    rows = synthetic_rows(mode, rows_needed if mode == "full" else rows_needed + 4, seq_len, cfg["vocab_size"], 0)
+
+    if opts.get("loop"):
+        return {**result, **plain_loop(model, settings, rows, args, cfg)}
+
+    from datasets import Dataset
+
+    tokenizer = synthetic_tokenizer(cfg["vocab_size"])
+    times: list[float] = []
+
+    class StepTimer(TrainerCallback):
+        def on_train_begin(self, a, state, control, **kw):
+            if cuda:
+                torch.cuda.synchronize()
+            times.append(time.perf_counter())
+
+        def on_step_end(self, a, state, control, **kw):
+            if cuda:
+                torch.cuda.synchronize()
+            times.append(time.perf_counter())
+            control.should_save = False  # no checkpoint writing inside the measurement
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        trainer = build_trainer_for_dataset(
+            Dataset.from_dict({"input_ids": rows}), model, tokenizer, Path(tmp), settings,
+            save_steps=10**9, progress=False, callbacks=[StepTimer()],
+        )
+        if opts.get("peft_cast"):
+            from peft.tuners.tuners_utils import BaseTunerLayer
+
+            for module in trainer.model.modules():
+                if isinstance(module, BaseTunerLayer):
+                    module.cast_input_dtype_enabled = True
+        counter = CountingCollator(trainer.data_collator)
+        trainer.data_collator = counter
+        result["trainer_build_s"] = round(time.perf_counter() - t0, 1)
+        trainable, total = trainer.model.get_nb_trainable_parameters()
+        result["trainable_params"], result["total_params"] = int(trainable), int(total)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        trainer.train()
+        result["train_s"] = round(time.perf_counter() - t0, 1)
+
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    result["loss_first_last"] = [losses[0], losses[-1]] if losses else None
+    step_ends = times[1:]
+    if len(step_ends) < steps_total:
+        raise RuntimeError(f"only {len(step_ends)} steps ran")
+    per_step = [(sum(t for t, _ in counter.batches[k * ga:(k + 1) * ga]),
+                 sum(s for _, s in counter.batches[k * ga:(k + 1) * ga])) for k in range(steps_total)]
+    measured = per_step[args.warmup:]
+    elapsed = step_ends[steps_total - 1] - step_ends[args.warmup - 1]
+    tokens = sum(t for t, _ in measured)
+    flops_full, flops_causal = model_flops(cfg, tokens, sum(s for _, s in measured))
+    result["step_s"] = [round(b - a, 4) for a, b in zip(times[:-1], times[1:])]
+    result.update(accounting(tokens, elapsed, flops_full, flops_causal, cuda))
+    # padded slots, to show what padding costs in the "docs" setting
+    result["tokens_per_step"] = round(tokens / len(measured))
+    return result
+
+
+def accounting(tokens: int, elapsed: float, flops_full: float, flops_causal: float, cuda: bool) -> dict:
+    import torch
+
+    name = torch.cuda.get_device_name() if cuda else platform.processor() or "cpu"
+    peak = peak_tflops(name) * 1e12
+    out = {
+        "device": name,
+        "peak_tflops": peak / 1e12,
+        "measured_s": round(elapsed, 3),
+        "tokens": tokens,
+        "tokens_per_s": round(tokens / elapsed, 1),
+        "model_tflops_per_s": round(flops_full / elapsed / 1e12, 1),
+        "mfu": round(flops_full / elapsed / peak, 4),
+        "mfu_causal_attention": round(flops_causal / elapsed / peak, 4),
+    }
+    if cuda:
+        out["peak_alloc_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        out["peak_reserved_gib"] = round(torch.cuda.max_memory_reserved() / 2**30, 2)
+    return out
+
+
+def plain_loop(model, settings, rows, args, cfg) -> dict:
+    """Reference without the Trainer: peft's defaults, fused AdamW, bf16 autocast, the model's own loss."""
+    import torch
+    from peft import get_peft_model
+
+    from finetune.train import build_lora_config
+
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    model = get_peft_model(model, build_lora_config(settings))
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, fused=cuda)
+    b = settings.batch_size
+    data = torch.tensor(rows, dtype=torch.long)
+    times, losses = [], []
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.synchronize()
+    times.append(time.perf_counter())
+    for step in range(args.warmup + args.steps):
+        batch = data[step * b:(step + 1) * b].to(device, non_blocking=True)
+        with torch.autocast(device, dtype=torch.bfloat16):
+            loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        times.append(time.perf_counter())
+    elapsed = times[-1] - times[args.warmup]
+    tokens = b * args.seq_len * args.steps
+    flops_full, flops_causal = model_flops(cfg, tokens, b * args.steps * args.seq_len**2)
+    out = {"loss_first_last": [losses[0], losses[-1]], "step_s": [round(y - x, 4) for x, y in zip(times, times[1:])]}
+    out.update(accounting(tokens, elapsed, flops_full, flops_causal, cuda))
+    out["tokens_per_step"] = b * args.seq_len
+    return out
+
+
+def check_varlen(out: Path) -> dict:
+    """sdpa_varlen on a packed row against each document run on its own (tiny model, float32)."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from distill.config import FinetuneConfig
+    from finetune.train import model_load_kwargs
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    lengths = [300, 517, 1, 230]
+    results = {}
+    for dtype in ("float32", "bfloat16"):
+        settings = FinetuneConfig(attn_implementation="sdpa_varlen", model_dtype=dtype)
+        kwargs = model_load_kwargs(settings)
+        kwargs.pop("trust_remote_code", None)
+        torch.manual_seed(0)
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(LlamaConfig(**TINY), **kwargs)
+        model.train()  # no dropout in Llama attention; the training path is the one used
+        ids = torch.randint(3, 32000, (1, sum(lengths)), device=device)
+        position_ids = torch.cat([torch.arange(n) for n in lengths])[None].to(device)
+        cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device=device)
+        packed = model(input_ids=ids, position_ids=position_ids, cu_seq_lens_q=cu, cu_seq_lens_k=cu,
+                       max_length_q=max(lengths), max_length_k=max(lengths)).logits[0]
+        packed.float().pow(2).sum().backward()
+        grad_packed = model.model.layers[0].self_attn.q_proj.weight.grad.clone()
+        model.zero_grad()
+        pieces = []
+        for start, end in zip(cu[:-1].tolist(), cu[1:].tolist()):
+            pieces.append(model(input_ids=ids[:, start:end]).logits[0])
+        single = torch.cat(pieces)
+        single.float().pow(2).sum().backward()
+        grad_single = model.model.layers[0].self_attn.q_proj.weight.grad
+        rel = ((packed.float() - single.float()).norm() / single.float().norm()).item()
+        rel_grad = ((grad_packed.float() - grad_single.float()).norm() / grad_single.float().norm()).item()
+        results[dtype] = {"logits_rel_err": rel, "grad_rel_err": rel_grad}
+    results["ok"] = results["float32"]["logits_rel_err"] < 1e-3 and results["bfloat16"]["logits_rel_err"] < 3e-2
+    print("varlen check:", json.dumps(results), flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "varlen_check.json").write_text(json.dumps(results, indent=1) + "\n")
+    return results
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def environment() -> dict:
+    import importlib.metadata as md
+
+    info = {"python": platform.python_version(), "platform": platform.platform()}
+    for pkg in ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "liger-kernel", "triton"):
+        try:
+            info[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            info[pkg] = None
+    try:
+        info["nvidia_smi"] = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total,driver_version,clocks.max.sm,power.limit",
+             "--format=csv,noheader"], capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        info["nvidia_smi"] = None
+    return info
+
+
+def table(results: list[dict]) -> str:
+    lines = ["| setting | tokens/s | MFU | MFU (causal attn) | peak alloc GiB | loss first→last | note |",
+             "| --- | ---: | ---: | ---: | ---: | --- | --- |"]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['name']} | – | – | – | – | – | {r['error'][:90]} |")
+            continue
+        loss = r.get("loss_first_last") or [float("nan")] * 2
+        lines.append(
+            f"| {r['name']} | {r['tokens_per_s']:,.0f} | {r['mfu']:.1%} | {r['mfu_causal_attention']:.1%} | "
+            f"{r.get('peak_alloc_gib', float('nan')):.1f} | {loss[0]:.2f}→{loss[1]:.2f} | "
+            f"{r.get('tokens_per_step', '')} tok/step |"
+        )
+    return "\n".join(lines)
+
+
+def driver(args) -> int:
+    names = [n.strip() for n in args.only.split(",")] if args.only else list(SETTINGS)
+    unknown = [n for n in names if n not in SETTINGS]
+    if unknown:
+        sys.exit(f"unknown settings: {unknown}; --list shows them")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    env = environment()
+    print(json.dumps(env, indent=1), flush=True)
+    results, started = [], time.monotonic()
+    log = (out / "bench.log").open("a")
+    for name in names:
+        timeout = SETTINGS[name][1].get("timeout_s", args.timeout_s)
+        left = args.budget_s - (time.monotonic() - started)
+        if left < min(timeout, args.min_left_s):
+            results.append({"name": name, "error": f"skipped: {left:.0f} s of the budget left"})
+            continue
+        res_file = out / f".{name}.json"
+        cmd = [sys.executable, __file__, "--worker", name, "--result", str(res_file), "--steps", str(args.steps),
+               "--warmup", str(args.warmup), "--seq-len", str(args.seq_len), "--without", args.without]
+        cmd += ["--tiny"] if args.tiny else []
+        t0 = time.monotonic()
+        print(f"--- {name}", flush=True)
+        log.write(f"\n===== {name}: {' '.join(cmd)}\n")
+        log.flush()
+        try:
+            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=min(timeout, left), cwd=REPO)
+            rc = proc.returncode
+        except subprocess.TimeoutExpired:
+            rc = "timeout"
+        wall = round(time.monotonic() - t0, 1)
+        if res_file.is_file():
+            res = json.loads(res_file.read_text())
+            res_file.unlink()
+        else:
+            res = {"name": name, "error": f"exit {rc}"}
+        res["wall_s"] = wall
+        results.append(res)
+        summary = {k: res.get(k) for k in ("tokens_per_s", "mfu", "peak_alloc_gib", "error", "loss_first_last")}
+        print(f"    {wall:.0f}s {summary}", flush=True)
+        (out / "results.json").write_text(json.dumps({"environment": env, "results": results}, indent=1) + "\n")
+    md = table(results)
+    (out / "results.md").write_text(md + "\n")
+    print(md)
+    return 0
+
+
+def worker(args) -> int:
+    import traceback
+
+    try:
+        res = run_setting(args.worker, args)
+    except Exception as exc:  # reported in the table; the traceback goes to the log
+        traceback.print_exc()
+        msg = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+        if "out of memory" in msg.lower():
+            msg = "CUDA out of memory"
+        res = {"name": args.worker, "error": msg[:300]}
+    Path(args.result).write_text(json.dumps(res, indent=1) + "\n")
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=os.environ.get("OUT") or str(REPO / "runs" / "bench_finetune_gpu"))
+    ap.add_argument("--only", default="", help="comma-separated settings (default: all)")
+    ap.add_argument("--tiny", action="store_true", help="a 2-layer model of hidden 256 (smoke test, CPU or GPU)")
+    ap.add_argument("--seq-len", type=int, default=2048)
+    ap.add_argument("--steps", type=int, default=8, help="timed optimizer steps")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    ap.add_argument("--timeout-s", type=int, default=240, help="per setting (compile settings have their own)")
+    ap.add_argument("--budget-s", type=float, default=540, help="start no setting past this many seconds")
+    ap.add_argument("--min-left-s", type=float, default=60)
+    ap.add_argument("--without", default="", help="settings fields to drop, e.g. use_liger_kernel,torch_compile "
+                    "for a CPU smoke test")
+    ap.add_argument("--check-varlen", action="store_true", help="check sdpa_varlen against unpacked runs, then exit")
+    ap.add_argument("--list", action="store_true")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--result", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.list:
+        for name, (overrides, opts) in SETTINGS.items():
+            print(f"{name:24s} {overrides} {opts}")
+        return 0
+    if args.worker:
+        return worker(args)
+    if args.check_varlen:
+        check_varlen(Path(args.out))
+        return 0
+    return driver(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
