@@ -8,6 +8,7 @@ pipeline finished, failed or was interrupted with Ctrl-C.
 from __future__ import annotations
 
 import atexit
+import ctypes
 import importlib.util
 import logging
 import os
@@ -45,6 +46,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to stop us when the pipeline process dies, even
+    by SIGKILL, so no server is left running behind a killed run."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: stop() and atexit still cover normal exits
+
+
 class EmbeddedServer:
     """Context manager that runs llama_cpp.server on a GGUF file and yields its base URL."""
 
@@ -54,7 +64,9 @@ class EmbeddedServer:
         self.context_length = context_length
         self.log_path = log_path
         self.startup_timeout_s = startup_timeout_s
-        self.threads = threads or max(1, os.cpu_count() or 1)
+        # One core is left to the pipeline itself: llama.cpp's threads spin while they wait,
+        # and on a busy machine a thread per core made it ten times slower, not faster.
+        self.threads = threads or max(1, (os.cpu_count() or 2) - 1)
         self.port: int | None = None
         self._process: subprocess.Popen | None = None
         self._log_handle = None
@@ -84,6 +96,7 @@ class EmbeddedServer:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C reaches us, and we stop the server in order
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )
         atexit.register(self.stop)
         deadline = time.monotonic() + self.startup_timeout_s

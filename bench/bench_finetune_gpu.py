@@ -86,6 +86,9 @@ SETTINGS: dict[str, tuple[dict, dict]] = {
     "fast-b8": (dict(FAST, batch_size=8), {}),
     "fast-gc-b16": (dict(FAST, gradient_checkpointing=True, batch_size=16), {}),
     "fast-sdpavarlen-b4": (dict(FAST, attn_implementation="sdpa_varlen", batch_size=4), {}),
+    "fast-cudnn-b4": (dict(FAST, attn_implementation="sdpa_cudnn", batch_size=4), {}),
+    "fast-cudnn-b6": (dict(FAST, attn_implementation="sdpa_cudnn", batch_size=6), {}),
+    "fast-b4-profile": (dict(FAST, batch_size=4), {"profile": True}),
     "compile-b4": (dict(BF16, gradient_checkpointing=False, lora_dropout=0.0, torch_compile=True, batch_size=4),
                    {"timeout_s": 420}),
     "compile-liger-b4": (dict(FAST, torch_compile=True, batch_size=4), {"timeout_s": 420}),
@@ -189,7 +192,10 @@ def run_setting(name: str, args) -> dict:
     overrides = {k: v for k, v in overrides.items() if k not in args.without.split(",")}
     cfg = TINY if args.tiny else LLAMA2_7B
     seq_len = args.seq_len
-    settings = FinetuneConfig(**{**BASE, "max_length": seq_len, "max_steps": args.warmup + args.steps, **overrides})
+    profile_steps = 2 if opts.get("profile") else 0  # profiled after the timed steps
+    settings = FinetuneConfig(
+        **{**BASE, "max_length": seq_len, "max_steps": args.warmup + args.steps + profile_steps, **overrides}
+    )
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
     result: dict = {"name": name, "settings": {k: v for k, v in overrides.items()}, "options": opts,
@@ -218,6 +224,8 @@ def run_setting(name: str, args) -> dict:
     tokenizer = synthetic_tokenizer(cfg["vocab_size"])
     times: list[float] = []
 
+    profiler: list = []
+
     class StepTimer(TrainerCallback):
         def on_train_begin(self, a, state, control, **kw):
             if cuda:
@@ -229,6 +237,12 @@ def run_setting(name: str, args) -> dict:
                 torch.cuda.synchronize()
             times.append(time.perf_counter())
             control.should_save = False  # no checkpoint writing inside the measurement
+            if profile_steps and state.global_step == steps_total:
+                profiler.append(torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                                                   torch.profiler.ProfilerActivity.CUDA]))
+                profiler[0].__enter__()
+            elif profiler and state.global_step == steps_total + profile_steps:
+                profiler[0].__exit__(None, None, None)
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -265,10 +279,46 @@ def run_setting(name: str, args) -> dict:
     tokens = sum(t for t, _ in measured)
     flops_full, flops_causal = model_flops(cfg, tokens, sum(s for _, s in measured))
     result["step_s"] = [round(b - a, 4) for a, b in zip(times[:-1], times[1:])]
+    if profiler:
+        wall = (step_ends[steps_total + profile_steps - 1] - step_ends[steps_total - 1]) * 1e6
+        result["profile"] = kernel_breakdown(profiler[0], wall)
     result.update(accounting(tokens, elapsed, flops_full, flops_causal, cuda))
     # padded slots, to show what padding costs in the "docs" setting
     result["tokens_per_step"] = round(tokens / len(measured))
     return result
+
+
+def kernel_breakdown(prof, wall_us: float) -> dict:
+    """GPU time by kind of kernel over the profiled steps (kernel durations from the trace), and the top ones."""
+    from collections import defaultdict
+
+    from torch.autograd import DeviceType
+
+    kinds = (("gemm", ("gemm", "nvjet", "cutlass", "xmma", "sm90_", "cublas")),
+             ("attention", ("flash", "fmha", "attention", "cudnn", "sdpa")),
+             ("triton", ("triton",)),
+             ("copy/cast", ("copy", "cast", "to_copy", "memcpy", "memset")))
+    by_kind: dict = defaultdict(float)
+    by_name: dict = defaultdict(float)
+    for event in prof.events():
+        if event.device_type != DeviceType.CUDA:
+            continue
+        us = event.time_range.end - event.time_range.start
+        name = event.name
+        lowered = name.lower()
+        kind = next((k for k, keys in kinds if any(key in lowered for key in keys)), "other elementwise")
+        by_kind[kind] += us
+        by_name[name[:100]] += us
+    busy = sum(by_kind.values())
+    top = sorted(by_name.items(), key=lambda kv: -kv[1])[:25]
+    print(f"profile: wall {wall_us / 1e3:.1f} ms, GPU busy {busy / 1e3:.1f} ms", flush=True)
+    for kind, us in sorted(by_kind.items(), key=lambda kv: -kv[1]):
+        print(f"  {kind:18s} {us / 1e3:9.1f} ms  {us / wall_us:6.1%} of wall", flush=True)
+    for name, us in top:
+        print(f"  {us / 1e3:9.1f} ms  {name}", flush=True)
+    return {"wall_ms": round(wall_us / 1e3, 1), "busy_ms": round(busy / 1e3, 1),
+            "by_kind_ms": {k: round(v / 1e3, 1) for k, v in by_kind.items()},
+            "top_ms": [[n, round(v / 1e3, 2)] for n, v in top]}
 
 
 def accounting(tokens: int, elapsed: float, flops_full: float, flops_causal: float, cuda: bool) -> dict:
@@ -331,7 +381,10 @@ def plain_loop(model, settings, rows, args, cfg) -> dict:
 
 
 def check_varlen(out: Path) -> dict:
-    """sdpa_varlen on a packed row against each document run on its own (tiny model, float32)."""
+    """sdpa_varlen on a packed row against each document run on its own (tiny model): bf16 weights,
+    and float32 weights under bf16 autocast (the two ways training runs it)."""
+    import contextlib
+
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
@@ -341,7 +394,7 @@ def check_varlen(out: Path) -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     lengths = [300, 517, 1, 230]
     results = {}
-    for dtype in ("float32", "bfloat16"):
+    for dtype, autocast in (("bfloat16", False), ("float32", True)):
         settings = FinetuneConfig(attn_implementation="sdpa_varlen", model_dtype=dtype)
         kwargs = model_load_kwargs(settings)
         kwargs.pop("trust_remote_code", None)
@@ -349,24 +402,27 @@ def check_varlen(out: Path) -> dict:
         with torch.device(device):
             model = AutoModelForCausalLM.from_config(LlamaConfig(**TINY), **kwargs)
         model.train()  # no dropout in Llama attention; the training path is the one used
+        ctx = (lambda: torch.autocast(device, dtype=torch.bfloat16)) if autocast else contextlib.nullcontext
         ids = torch.randint(3, 32000, (1, sum(lengths)), device=device)
         position_ids = torch.cat([torch.arange(n) for n in lengths])[None].to(device)
         cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device=device)
-        packed = model(input_ids=ids, position_ids=position_ids, cu_seq_lens_q=cu, cu_seq_lens_k=cu,
-                       max_length_q=max(lengths), max_length_k=max(lengths)).logits[0]
+        with ctx():
+            packed = model(input_ids=ids, position_ids=position_ids, cu_seq_lens_q=cu, cu_seq_lens_k=cu,
+                           max_length_q=max(lengths), max_length_k=max(lengths), use_cache=False).logits[0]
         packed.float().pow(2).sum().backward()
         grad_packed = model.model.layers[0].self_attn.q_proj.weight.grad.clone()
         model.zero_grad()
         pieces = []
         for start, end in zip(cu[:-1].tolist(), cu[1:].tolist()):
-            pieces.append(model(input_ids=ids[:, start:end]).logits[0])
+            with ctx():
+                pieces.append(model(input_ids=ids[:, start:end], use_cache=False).logits[0])
         single = torch.cat(pieces)
         single.float().pow(2).sum().backward()
         grad_single = model.model.layers[0].self_attn.q_proj.weight.grad
         rel = ((packed.float() - single.float()).norm() / single.float().norm()).item()
         rel_grad = ((grad_packed.float() - grad_single.float()).norm() / grad_single.float().norm()).item()
-        results[dtype] = {"logits_rel_err": rel, "grad_rel_err": rel_grad}
-    results["ok"] = results["float32"]["logits_rel_err"] < 1e-3 and results["bfloat16"]["logits_rel_err"] < 3e-2
+        results[f"{dtype}{'+autocast' if autocast else ''}"] = {"logits_rel_err": rel, "grad_rel_err": rel_grad}
+    results["ok"] = all(r["logits_rel_err"] < 2e-2 and r["grad_rel_err"] < 5e-2 for r in results.values())
     print("varlen check:", json.dumps(results), flush=True)
     out.mkdir(parents=True, exist_ok=True)
     (out / "varlen_check.json").write_text(json.dumps(results, indent=1) + "\n")

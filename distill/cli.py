@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -56,7 +57,6 @@ def build_parser() -> argparse.ArgumentParser:
 def _run_stage(args) -> None:
     from distill import stages
     from distill.config import load_config
-    from distill.models import ModelSessions
     from distill.report import write_report
     from distill.rundir import RunDir
     from flows.pipeline import DEFAULT_CACHE, check_same_config
@@ -64,21 +64,16 @@ def _run_stage(args) -> None:
     config = load_config(args.config, args.overrides)
     rundir = RunDir(args.run_dir)
     check_same_config(rundir, config)
-    rundir.create()
     cache = args.cache_dir or DEFAULT_CACHE
-    path = stages.RequestPath(rundir, stages.usage_so_far(rundir, config))
-    try:
-        with ModelSessions(config, rundir.logs) as models:
-            if args.command == "generate":
-                summary = stages.generate_stage(config, rundir, models.teacher(), path)
-            elif args.command == "filter":
-                summary = stages.filter_stage(config, rundir, models.judge(), path)
-            elif args.command == "finetune":
-                summary = stages.finetune_stage(config, rundir, cache)
-            else:
-                summary = stages.evaluate_stage(config, rundir, models.teacher(), models.judge(), path, cache)
-    finally:
-        path.close()
+    with stages.run_session(config, args.config, rundir) as (path, models):
+        if args.command == "generate":
+            summary = stages.generate_stage(config, rundir, models.teacher(), path)
+        elif args.command == "filter":
+            summary = stages.filter_stage(config, rundir, models.judge(), path)
+        elif args.command == "finetune":
+            summary = stages.finetune_stage(config, rundir, cache)
+        else:
+            summary = stages.evaluate_stage(config, rundir, models.teacher(), models.judge(), path, cache)
     write_report(rundir)
     logging.getLogger("distill").info("%s done: %s", args.command, summary)
 
@@ -105,12 +100,19 @@ def _run_dedup(args) -> None:
     print(f"kept {len(kept)} of {len(records)} records -> {args.output}")
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     for name in OUR_LOGGERS:  # progress lines are INFO; Prefect leaves extra loggers at WARNING
         logging.getLogger(name).setLevel(logging.INFO)
+    # A plain `kill` unwinds like Ctrl-C, so the embedded server is stopped and files closed.
+    signal.signal(signal.SIGTERM, _interrupt)
     from distill.config import ConfigError
     from distill.records import RecordError
+    from distill.rundir import RunDirBusy
     from distill.stages import StageInputError
 
     try:
@@ -143,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
             _run_stage(args)
-    except (ConfigError, RecordError, StageInputError, ValueError) as exc:
+    except (ConfigError, RecordError, StageInputError, RunDirBusy, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

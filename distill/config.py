@@ -53,8 +53,30 @@ class ModelEndpoint(_Strict):
     context_length: int = Field(4096, ge=256, description="Context window of the embedded server.")
 
 
+class EvolveConfig(_Strict):
+    """Evol-Instruct (WizardLM): rounds of in-depth and in-breadth evolution of a pool."""
+
+    rounds: int = Field(4, ge=1, le=20, description="Evolution rounds (the paper: 4).")
+    pool_size: int | None = Field(None, ge=1, description="Evolve this many seed tasks (sampled); all when empty.")
+    operations: list[Literal["add_constraints", "deepening", "concretizing", "increase_reasoning",
+                             "complicate_input", "in_breadth"]] = Field(
+        default_factory=lambda: ["add_constraints", "deepening", "concretizing", "increase_reasoning",
+                                 "complicate_input", "in_breadth"],
+        description="Operations drawn uniformly for each instruction and round; repeat one to weight it.",
+    )
+    max_tokens: int = Field(384, ge=16, description="Token limit of an evolving reply.")
+    temperature: float = Field(1.0, ge=0, le=2)
+    answer_max_tokens: int = Field(768, ge=16, description="Token limit of the teacher's answer.")
+    answer_temperature: float = Field(0.0, ge=0, le=2)
+
+
 class GenerateConfig(_Strict):
-    """Self-instruct generation, Alpaca's procedure."""
+    """Generation: self-instruct (Alpaca's procedure) or Evol-Instruct."""
+
+    strategy: Literal["self_instruct", "evol_instruct"] = Field(
+        "self_instruct", description="self_instruct: Alpaca; evol_instruct: evolve the seed tasks (WizardLM)."
+    )
+    evolve: EvolveConfig = Field(default_factory=EvolveConfig)
 
     target_records: int = Field(52_000, ge=1, description="Stop when this many records are kept.")
     max_requests: int = Field(10_000, ge=1, description="Never send more generation requests than this.")
@@ -69,6 +91,16 @@ class GenerateConfig(_Strict):
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int = Field(3072, ge=16, description="Completion token limit per request.")
     rouge_threshold: float = Field(0.7, ge=0, le=1, description="Drop if ROUGE-L F with the pool is above this.")
+    domain: str | None = Field(
+        None,
+        description="For a domain-specific assistant: a sentence or two describing the domain. The "
+        "prompt asks for tasks in it, and tasks whose embedding is far from it are dropped.",
+    )
+    domain_min_similarity: float = Field(
+        0.22, ge=-1, le=1,
+        description="Highest cosine similarity (all-MiniLM-L6-v2) of instruction + input to the domain "
+        "description or a seed instruction, below which a task is dropped as off-domain.",
+    )
     requests_per_shard: int = Field(16, ge=1, description="Requests per Prefect task (a shard).")
     seed: int = Field(0, description="Random seed for sampling seed tasks.")
 
@@ -137,13 +169,13 @@ class FinetuneConfig(_Strict):
         "memory). None: on with a GPU, off on CPU.",
     )
     attn_implementation: Literal[
-        "eager", "sdpa", "sdpa_varlen", "flex_attention", "flash_attention_2", "flash_attention_3"
+        "eager", "sdpa", "sdpa_varlen", "sdpa_cudnn", "flex_attention", "flash_attention_2", "flash_attention_3"
     ] | None = Field(
         None,
         description="Attention kernel. None: transformers' default (sdpa). sdpa_varlen: sdpa, except that "
         "packed batches go through torch's variable-length flash attention (torch.nn.attention.varlen), "
-        "so packed examples attend only within themselves without a block mask. flash_attention_2/3 "
-        "need the flash-attn package.",
+        "so packed examples attend only within themselves without a block mask. sdpa_cudnn: sdpa with "
+        "cuDNN's fused attention preferred. flash_attention_2/3 need the flash-attn package.",
     )
     packing: bool = Field(
         False,

@@ -37,6 +37,7 @@ def build_report(rundir: RunDir) -> dict:
         "efficiency": {"student": evaluate.get("student"), "teacher": evaluate.get("teacher")},
         "training": {key: finetune.get(key) for key in ("steps", "train_loss", "tokens_seen", "trainable_params")},
         "filter": {key: filtered.get(key) for key in ("selection", "threshold", "top_k", "histogram")},
+        "diversity": generate.get("diversity"),
         "stages_finished": [name for name in STAGES if stages[name] is not None],
     }
     return report
@@ -77,11 +78,19 @@ def render_markdown(report: dict) -> str:
     for key in ("generation_requests", "tasks_parsed", "generated", "rated", "filtered", "train", "heldout",
                 "evaluated_prompts"):
         lines.append(f"| {key.replace('_', ' ')} | {_fmt(counts.get(key))} |")
-    for title, key in (("Dropped in generation", "generate_dropped"), ("Dropped by the filter", "filter_dropped"),
-                       ("Judge scores", "score_histogram")):
+    for title, key, column in (("Dropped in generation", "generate_dropped", "reason"),
+                               ("Dropped by the filter", "filter_dropped", "reason"),
+                               ("Judge scores", "score_histogram", "score")):
         if counts.get(key):
-            lines += ["", f"### {title}", "", "| reason | count |", "|---|---|"]
+            lines += ["", f"### {title}", "", f"| {column} | count |", "|---|---|"]
             lines += [f"| {reason} | {n} |" for reason, n in counts[key].items()]
+    if report.get("diversity"):
+        d = report["diversity"]
+        lines += ["", "## Diversity of the generated set", "",
+                  f"{_fmt(d.get('distinct_verbs'))} distinct root verbs (parser: {d.get('parser')}); "
+                  f"{_fmt(d.get('share_with_input'))} of records have an input. "
+                  "Verbs and objects, lengths and ROUGE-L to the nearest seed: `diversity.json`.", "",
+                  "![Diversity](diversity.png)"]
     if report.get("filter", {}).get("histogram"):
         lines += ["", "![Judge scores](score_histogram.png)", "",
                   "Example records for each score: `score_examples.json`."]

@@ -7,12 +7,19 @@ live under `work/`.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 from pathlib import Path
+from typing import Iterator
 
 from distill.records import iter_jsonl, write_json, write_jsonl
 
 STAGES = ("generate", "filter", "finetune", "evaluate")
+
+
+class RunDirBusy(RuntimeError):
+    """Another process is running in this run directory."""
 
 
 class RunDir:
@@ -39,6 +46,20 @@ class RunDir:
         for folder in (self.root, self.work, self.logs, self.stages):
             folder.mkdir(parents=True, exist_ok=True)
         return self
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator["RunDir"]:
+        """Hold the run directory for one process: a second run on it stops with a clear error."""
+        self.create()
+        with (self.root / ".lock").open("w") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RunDirBusy(f"{self.root} is in use by another run; wait for it or use another --run-dir") from None
+            try:
+                yield self
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def journal(self, name: str) -> Path:
         """A stage's request journal."""

@@ -8,11 +8,12 @@ the CLI's single-stage commands do, the stages need no orchestrator.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from backends.base import ChatBackend, ChatRequest
 from backends.factory import prices_of
@@ -63,6 +64,28 @@ class RequestPath:
 SendShard = Callable[[RequestPath, ChatBackend, ModelEndpoint, str, list[ChatRequest]], list[dict]]
 
 
+@contextlib.contextmanager
+def run_session(config: PipelineConfig, config_path: Path, rundir: RunDir) -> Iterator[tuple[RequestPath, "ModelSessions"]]:
+    """Everything a stage needs around it: the run directory held against a second process,
+    the manifest written, the request path (with the budget spent so far) and the models,
+    opened on first use and closed however the block ends."""
+    from distill.manifest import build_manifest, write_manifest
+    from distill.models import ModelSessions, endpoint_identity
+
+    with rundir.locked():
+        student = ("SmolLM2-135M-Instruct (dequantized from the embedded GGUF) + LoRA"
+                   if config.finetune.base_model == "embedded" else f"{config.finetune.base_model} + LoRA")
+        write_manifest(rundir.manifest, build_manifest(
+            config, Path(config_path).resolve(), endpoint_identity(config.teacher),
+            endpoint_identity(config.judge_endpoint), student))
+        path = RequestPath(rundir, usage_so_far(rundir, config))
+        try:
+            with ModelSessions(config, rundir.logs) as models:
+                yield path, models
+        finally:
+            path.close()
+
+
 def send_shard(path: RequestPath, backend: ChatBackend, endpoint: ModelEndpoint, journal_name: str,
                requests: list[ChatRequest]) -> list[dict]:
     """The plain (orchestrator-free) way to send a shard."""
@@ -90,20 +113,47 @@ def _tokens(outcomes: list[dict]) -> dict:
             "completion_tokens": sum(o.get("completion_tokens", 0) for o in ok)}
 
 
+def write_diversity_report(config: PipelineConfig, rundir: RunDir, records: list[dict], seeds: list[dict]) -> dict:
+    """Self-Instruct's analysis of the generated set: verbs and objects, lengths, similarity to seeds."""
+    from selfinstruct.diversity import diversity_plot_png, diversity_stats
+
+    stats = diversity_stats(records, [s["instruction"] for s in seeds])
+    write_json(rundir.root / "diversity.json", stats)
+    if records:
+        diversity_plot_png(stats, rundir.root / "diversity.png")
+    return {"parser": stats["parser"], "distinct_verbs": stats["verbs"]["n_distinct_verbs"],
+            "share_with_input": stats["share_with_input"]}
+
+
 def generate_stage(config: PipelineConfig, rundir: RunDir, teacher: ChatBackend, path: RequestPath,
                    send: SendShard = send_shard) -> dict:
     """Self-instruct from the seed tasks into generated.jsonl (drops into rejected.jsonl)."""
-    from selfinstruct.generate import SelfInstructRun, run_self_instruct
+    from selfinstruct.generate import SelfInstructRun, domain_similarity_scorer, run_self_instruct
     from selfinstruct.prompt import load_template
 
     started = time.perf_counter()
     seeds = read_seed_tasks(config.seed_tasks)
+    if config.generate.strategy == "evol_instruct":
+        from selfinstruct.evolve_run import run_evol_instruct
+
+        result = run_evol_instruct(config.generate, seeds,
+                                   lambda shard: send(path, teacher, config.teacher, "generate", shard),
+                                   lambda: path.meter.exhausted)
+        write_jsonl(rundir.generated, result["kept"])
+        rundir.write_rejections("generate", result["rejected"])
+        summary = {**result["summary"], "tasks_parsed": None,
+                   "diversity": write_diversity_report(config, rundir, result["kept"], seeds),
+                   "seconds": round(time.perf_counter() - started, 2), "teacher": teacher.identity}
+        rundir.mark_done("generate", summary)
+        return summary
+    domain = config.generate.domain
     run = SelfInstructRun(config.generate, seeds, load_template(config.generate.reply_format),
-                          lambda: path.meter.exhausted)
+                          lambda: path.meter.exhausted,
+                          domain_similarity_scorer(domain, [s['instruction'] for s in seeds]) if domain else None)
     run_self_instruct(run, lambda shard: send(path, teacher, config.teacher, "generate", shard))
     write_jsonl(rundir.generated, run.kept)
     rundir.write_rejections("generate", run.rejected)
-    summary = {**run.summary(), "seconds": round(time.perf_counter() - started, 2), "teacher": teacher.identity}
+    summary = {**run.summary(), "diversity": write_diversity_report(config, rundir, run.kept, seeds), "seconds": round(time.perf_counter() - started, 2), "teacher": teacher.identity}
     rundir.mark_done("generate", summary)
     return summary
 
@@ -311,7 +361,9 @@ def evaluate_stage(config: PipelineConfig, rundir: RunDir, teacher: ChatBackend,
     write_jsonl(rundir.eval_dir / "judgments.jsonl", verdicts)
     rate = win_rate_ci([v["outcome"] for v in verdicts])
 
-    teacher_model = {"identity": teacher.identity}
+    from distill.models import endpoint_identity
+
+    teacher_model = {"identity": endpoint_identity(config.teacher)}
     if config.teacher.backend == "embedded" and not config.teacher.base_urls:
         gguf = find_embedded_gguf()
         teacher_model.update(parameters=gguf_parameter_count(gguf), size_on_disk_bytes=size_on_disk(gguf))

@@ -60,6 +60,7 @@ _SPEED_SETTINGS = (
     "torch_compile",
 )
 SDPA_VARLEN = "sdpa_varlen"
+SDPA_CUDNN = "sdpa_cudnn"
 
 
 class TrainingDataError(ValueError):
@@ -331,7 +332,8 @@ def model_load_kwargs(settings: FinetuneConfig) -> dict[str, Any]:
     """Keyword arguments for ``from_pretrained``/``from_config``: weight dtype and attention kernel.
 
     By default the weights are float32 (mixed precision, where used, is the trainer's business)
-    and the attention is transformers' default; ``sdpa_varlen`` is registered here when asked for.
+    and the attention is transformers' default; ``sdpa_varlen`` and ``sdpa_cudnn`` are registered
+    here when asked for.
     """
     import torch
 
@@ -340,8 +342,8 @@ def model_load_kwargs(settings: FinetuneConfig) -> dict[str, Any]:
         "trust_remote_code": settings.trust_remote_code,
     }
     if settings.attn_implementation is not None:
-        if settings.attn_implementation == SDPA_VARLEN:
-            register_sdpa_varlen()
+        if settings.attn_implementation in (SDPA_VARLEN, SDPA_CUDNN):
+            register_attention_variants()
         kwargs["attn_implementation"] = settings.attn_implementation
     return kwargs
 
@@ -353,7 +355,7 @@ def load_model(base_model_dir: Path, settings: FinetuneConfig):
     return AutoModelForCausalLM.from_pretrained(base_model_dir, **model_load_kwargs(settings))
 
 
-# --------------------------------------------------------------------------- attention for packed rows
+# --------------------------------------------------------------------------- attention variants
 
 
 def _sdpa_varlen_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
@@ -363,14 +365,21 @@ def _sdpa_varlen_attention(module, query, key, value, attention_mask, dropout=0.
     ``cu_seq_lens_q``/``cu_seq_lens_k`` (trl's collator computes them on the CPU). transformers
     still hands over sdpa's block-diagonal causal mask built from the position ids (cheap, once
     per forward); here it is replaced by the boundaries, so each example attends causally to
-    itself with a flash kernel instead of a masked one over the whole row. Anything else,
-    including the CPU, is plain sdpa with that mask.
+    itself with a flash kernel instead of a masked one over the whole row. Anything else
+    (the CPU, float32, a padded batch) is plain sdpa with that mask.
     """
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     cu_q, cu_k = kwargs.get("cu_seq_lens_q"), kwargs.get("cu_seq_lens_k")
-    if cu_q is None or cu_k is None or query.shape[0] != 1 or (module.training and dropout > 0) or not query.is_cuda:
+    if (
+        cu_q is None
+        or cu_k is None
+        or query.shape[0] != 1
+        or (module.training and dropout > 0)
+        or not query.is_cuda
+        or query.dtype not in (torch.bfloat16, torch.float16)  # flash kernels take half precision only
+    ):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     varlen_attn, causal = _varlen_kernel()
     # (1, heads, tokens, head_dim) -> (tokens, heads, head_dim)
@@ -399,8 +408,20 @@ def _varlen_kernel():
     raise RuntimeError("this torch's varlen_attn takes neither is_causal nor window_size")
 
 
-def register_sdpa_varlen() -> None:
-    """Make ``attn_implementation="sdpa_varlen"`` known to transformers (idempotent)."""
+def _sdpa_cudnn_attention(module, query, key, value, attention_mask, **kwargs):
+    """sdpa with cuDNN's fused attention preferred over the flash backend (faster on Hopper)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if not query.is_cuda:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    with sdpa_kernel(order, set_priority=True):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+def register_attention_variants() -> None:
+    """Make ``attn_implementation`` ``sdpa_varlen`` and ``sdpa_cudnn`` known to transformers (idempotent)."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
@@ -410,6 +431,11 @@ def register_sdpa_varlen() -> None:
         raise RuntimeError(f"attn_implementation={SDPA_VARLEN} needs torch.nn.attention.varlen (torch >= 2.10)") from exc
     AttentionInterface.register(SDPA_VARLEN, _sdpa_varlen_attention)
     AttentionMaskInterface.register(SDPA_VARLEN, sdpa_mask)
+    AttentionInterface.register(SDPA_CUDNN, _sdpa_cudnn_attention)
+    AttentionMaskInterface.register(SDPA_CUDNN, sdpa_mask)
+
+
+# --------------------------------------------------------------------------- trainer construction
 
 
 def build_trainer(

@@ -16,8 +16,6 @@ from prefect.cache_policies import NO_CACHE
 
 from distill import stages
 from distill.config import PipelineConfig, check_base_model, config_as_dict, load_config
-from distill.manifest import build_manifest, write_manifest
-from distill.models import ModelSessions, endpoint_identity
 from distill.report import headline, write_report
 from distill.rundir import RunDir
 
@@ -85,33 +83,22 @@ def distill_pipeline(config_path: str, run_dir: str | None = None, overrides: li
     logger = get_run_logger()
     config = load_config(config_path, overrides)
     rundir = check_before_work(config, run_dir)
-    rundir.create()
     cache = Path(cache_dir) if cache_dir else DEFAULT_CACHE
-    write_manifest(rundir.manifest, build_manifest(
-        config, Path(config_path).resolve(), endpoint_identity(config.teacher),
-        endpoint_identity(config.judge_endpoint),
-        "SmolLM2-135M-Instruct (dequantized from the embedded GGUF) + LoRA"
-        if config.finetune.base_model == "embedded" else f"{config.finetune.base_model} + LoRA",
-    ))
-    path = stages.RequestPath(rundir, stages.usage_so_far(rundir, config))
-    try:
-        with ModelSessions(config, rundir.logs) as models:
-            for name in ("generate", "filter", "finetune", "evaluate"):
-                if rundir.stage_summary(name) is not None:
-                    logger.info("%s: already finished in %s, skipped", name, rundir.root)
-                    continue
-                logger.info("%s: starting", name)
-                if name == "generate":
-                    summary = generate_flow(config, rundir, models, path)
-                elif name == "filter":
-                    summary = filter_flow(config, rundir, models, path)
-                elif name == "finetune":
-                    summary = finetune_task(config, rundir, cache)
-                else:
-                    summary = evaluate_flow(config, rundir, models, path, cache)
-                logger.info("%s: done %s", name, json.dumps(summary, default=str)[:400])
-    finally:
-        path.close()
+    with stages.run_session(config, Path(config_path), rundir) as (path, models):
+        for name in ("generate", "filter", "finetune", "evaluate"):
+            if rundir.stage_summary(name) is not None:
+                logger.info("%s: already finished in %s, skipped", name, rundir.root)
+                continue
+            logger.info("%s: starting", name)
+            if name == "generate":
+                summary = generate_flow(config, rundir, models, path)
+            elif name == "filter":
+                summary = filter_flow(config, rundir, models, path)
+            elif name == "finetune":
+                summary = finetune_task(config, rundir, cache)
+            else:
+                summary = evaluate_flow(config, rundir, models, path, cache)
+            logger.info("%s: done %s", name, json.dumps(summary, default=str)[:400])
     report = write_report(rundir)
     create_markdown_artifact(key="distill-report", markdown=rundir.report_md.read_text(encoding="utf-8"),
                              description=f"Report of {rundir.root}")

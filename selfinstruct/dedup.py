@@ -28,10 +28,13 @@ How it is fast while staying exact
   leaves room for the rest: ``alpha - 1 <= min(la - i, lb - j)`` at positions i, j.
   Every pool item indexes only its ``pi(l) = l - alpha_min(l) + 2`` rarest elements
   (``alpha_min`` over all admissible partner lengths); a query probes its ``pi`` rarest
-  elements, keeps the postings that pass the length/position test (vectorised with
-  numpy) and computes the LCS only for pool items met at least twice (or once, when
+  elements, keeps the postings that pass the length/position test (postings are kept
+  sorted by length, so the admissible lengths are sliced out; the rest is vectorised
+  with numpy) and computes the LCS only for pool items met at least twice (or once, when
   ``alpha < 2``, i.e. for very short texts).  Frequent tokens ("the", "a", ...) are at the
-  end of the order and are almost never probed.
+  end of the order and are almost never probed.  Near-duplicates are usually caught
+  even earlier: the pool items in one short posting list of the query's rarest
+  elements are scored first.
 * The global order is the document frequency of each element.  :func:`rouge_l_dedup`,
   which sees all instructions up front, fixes it from the whole input; the incremental
   :class:`RougeLDeduplicator` re-derives it from the pool and rebuilds the index each time
@@ -75,7 +78,7 @@ _UNKNOWN_CHAR = "\x00"  # token id 0: a token absent from the pool (never stored
 _MAX_CHAR_ID = 0x10FFFF - 0x800  # token ids encodable as one code point (surrogates skipped)
 _FIRST_REBUILD = 256
 _MAX_INDEXED_LEN = 1 << 15  # posting codes hold the length in 15 bits (and pool ids in 32)
-_NO_CODES = np.empty(0, np.int64)
+_QUICK_MAX = 16  # quick near-duplicate check: postings of a rare element up to this size
 _ELL = 2  # l-prefix filter: a similar pair shares >= min(2, alpha) prefix elements
 
 
@@ -163,42 +166,37 @@ class _Postings:
     """The postings of one element, as int64 codes ``lp << 48 | (lp - j) << 32 | pid``
     (pool id, the pool item's length lp and the element's position j in its prefix).
 
-    ``main`` is sorted -- hence grouped by length, ``offs[lp]`` being the number of codes
-    with length < lp -- so a query slices out just the lengths it can use; new codes go
-    to the unsorted ``tail``, merged into ``main`` when it outgrows 1/8 of it (amortised
-    O(log n) sorting work per posting)."""
+    ``buf[:n_main]`` is sorted -- hence grouped by length, ``offs[lp]`` being the number of
+    codes with length < lp -- so a query slices out just the lengths it can use;
+    ``buf[n_main:n]`` is an unsorted tail of new codes, sorted into the main part when it
+    outgrows 1/8 of it (amortised O(log n) sorting work per posting)."""
 
-    __slots__ = ("main", "offs", "tail", "n_tail")
+    __slots__ = ("buf", "n_main", "n", "offs")
 
     def __init__(self, codes: list[int]) -> None:
+        self.buf = np.empty(max(16, 2 * len(codes)), np.int64)
+        self.n = self.n_main = len(codes)
         if len(codes) == 1:  # the common case while indexing: stay cheap
-            self.main, self.offs = _NO_CODES, [0]
-            self.tail = np.empty(16, np.int64)
-            self.tail[0] = codes[0]
-            self.n_tail = 1
+            self.buf[0] = codes[0]
+            self.n_main, self.offs = 0, [0]
         else:
-            self._set_main(np.sort(np.array(codes, np.int64)))
-            self.tail = np.empty(self._tail_cap(), np.int64)
-            self.n_tail = 0
+            self.buf[: self.n] = codes
+            self._sort()
 
-    def _set_main(self, main) -> None:
-        self.main = main
-        lengths = main >> 48
-        self.offs = np.searchsorted(lengths, np.arange(int(lengths[-1]) + 2)).tolist() if main.size else [0]
-
-    def _tail_cap(self) -> int:
-        return max(16, self.main.size >> 3)
+    def _sort(self) -> None:
+        main = self.buf[: self.n]
+        main.sort()
+        self.n_main = self.n
+        self.offs = np.searchsorted(main >> 48, np.arange(int(main[-1] >> 48) + 2)).tolist()
 
     def append(self, code: int) -> None:
-        n = self.n_tail
-        if n == self.tail.size:
-            merged = np.concatenate([self.main, self.tail])
-            merged.sort()
-            self._set_main(merged)
-            self.tail = np.empty(self._tail_cap(), np.int64)
-            n = 0
-        self.tail[n] = code
-        self.n_tail = n + 1
+        n = self.n
+        if n - self.n_main >= max(16, self.n_main >> 3):
+            self._sort()
+        if n == self.buf.size:
+            self.buf = np.concatenate([self.buf, np.empty(n, np.int64)])
+        self.buf[n] = code
+        self.n = n + 1
 
 
 class _QueryTables:
@@ -411,13 +409,18 @@ class RougeLDeduplicator:
             if hi < lo:
                 break  # hi[i] is non-increasing in i: nothing further can be similar
             offs = post.offs
-            top = len(offs) - 1
+            top = len(offs) - 1  # offs[top] == n_main
             a = offs[lo if lo < top else top]
             b = offs[hi + 1 if hi < top else top]
-            if b > a:
-                parts.append(post.main[a:b])
-            if post.n_tail:
-                parts.append(post.tail[: post.n_tail])
+            n_main = post.n_main
+            if b == n_main:  # the window reaches the end of the sorted part: one slice
+                if post.n > a:
+                    parts.append(post.buf[a : post.n])
+            else:
+                if b > a:
+                    parts.append(post.buf[a:b])
+                if post.n > n_main:
+                    parts.append(post.buf[n_main : post.n])
         if not parts:
             return []
         codes = np.concatenate(parts) if len(parts) > 1 else parts[0]
@@ -436,6 +439,8 @@ class RougeLDeduplicator:
         lq = len(sq)
         if lq == 0:
             return DedupDecision(True, 0.0, None)  # F = 0 against everything
+        best = (0, 1)  # best (LCS, length sum) among the pool items scored
+        checked: list[int] = []
         if lq >= _MAX_INDEXED_LEN:  # absurdly long query: no filtering, check everything
             cands = list(range(len(self._texts)))
         else:
@@ -443,29 +448,57 @@ class RougeLDeduplicator:
             # pool item, so their place in the order is free): they use up the first
             # prefix slots.  If they fill the whole prefix, nothing can be similar.
             n_probe = self._prefix_length(lq) - n_unknown
-            cands = self._candidates(ranked, n_unknown, n_probe, lq) if n_probe > 0 else []
+            if n_probe <= 0:
+                cands = []
+            else:
+                # Quick path for near-duplicates, which nearly always share the query's
+                # rarest elements: score the pool items in one short posting list of
+                # them first, and skip the full candidate search if one exceeds t.
+                index = self._index
+                post = index.get(ranked[0])
+                if n_probe > 1 and (post is None or post.n > _QUICK_MAX):
+                    post = index.get(ranked[1])
+                if post is not None and post.n <= _QUICK_MAX:
+                    tab = self._query_tables(lq)
+                    lo, hi = tab.lo, tab.hi[0]
+                    checked = [c & 0xFFFFFFFF for c in post.buf[: post.n].tolist() if lo <= c >> 48 <= hi]
+                    decision, best = self._verify(sq, checked, best)
+                    if decision is not None:
+                        return decision
+                cands = self._candidates(ranked, n_unknown, n_probe, lq)
+                if checked:
+                    cands = [pid for pid in cands if pid not in checked]
             if self._long:
                 cands += self._long
-        if not cands:
-            return DedupDecision(True, 0.0, None)
+        if cands:
+            decision, best = self._verify(sq, cands, best)
+            if decision is not None:
+                return decision
+        best_lcs, best_den = best
+        return DedupDecision(True, _fmeasure(best_lcs, lq, best_den - lq) if best_lcs else 0.0, None)
 
+    def _verify(
+        self, sq: str, pids: list[int], best: tuple[int, int]
+    ) -> tuple[DedupDecision | None, tuple[int, int]]:
+        """Score ``pids`` exactly: the drop decision for the first one above the threshold
+        (or None), and the best (LCS, length sum) seen, starting from ``best``."""
         seqs = self._seqs
+        lq = len(sq)
         te = self._teff
         lcs_fn = LCSseq.similarity
-        best_lcs, best_den = 0, 1
-        self.n_candidates += len(cands)
-        for pid in cands:
+        best_lcs, best_den = best
+        self.n_candidates += len(pids)
+        for pid in pids:
             sp = seqs[pid]
             lp = len(sp)
             lcs = lcs_fn(sq, sp)
             if 2 * lcs > te * (lq + lp):
                 f = _fmeasure(lcs, lq, lp)
                 if f > self.threshold:
-                    return DedupDecision(False, f, self._texts[pid])
+                    return DedupDecision(False, f, self._texts[pid]), best
             if lcs * best_den > best_lcs * (lq + lp):
                 best_lcs, best_den = lcs, lq + lp
-        best = _fmeasure(best_lcs, lq, best_den - lq) if best_lcs else 0.0
-        return DedupDecision(True, best, None)
+        return None, (best_lcs, best_den)
 
     def _insert(self, text: str, seq: str, ranked: list[int], elems: list[int] | None = None) -> None:
         """Append to the pool.  ``seq`` has no unknown tokens; ``ranked`` holds (at least

@@ -28,11 +28,13 @@ SendShard = Callable[[list[ChatRequest]], list[dict]]
 class SelfInstructRun:
     """State of one generation run: what is kept, what was dropped and why, what to ask next."""
 
-    def __init__(self, settings: GenerateConfig, seeds: list[dict], template: str, budget_exhausted=lambda: False):
+    def __init__(self, settings: GenerateConfig, seeds: list[dict], template: str, budget_exhausted=lambda: False,
+                 domain_similarity: Callable[[str], float] | None = None):
         self.settings = settings
         self.seeds = seeds
         self.template = template
         self.budget_exhausted = budget_exhausted
+        self.domain_similarity = domain_similarity
         self.dedup = RougeLDeduplicator(settings.rouge_threshold)
         for seed in seeds:
             self.dedup.add_seed(seed["instruction"])
@@ -49,7 +51,7 @@ class SelfInstructRun:
         examples = sample_examples(self.seeds, self.settings.seeds_per_prompt, self.settings.seed, index)
         as_json = self.settings.reply_format == "json"
         render = render_generation_prompt_json if as_json else render_generation_prompt
-        prompt = render(self.template, examples, self.settings.tasks_per_request)
+        prompt = render(self.template, examples, self.settings.tasks_per_request, self.settings.domain)
         return ChatRequest(
             key=f"gen-{index:06d}",
             messages=[{"role": "user", "content": prompt}],
@@ -111,6 +113,11 @@ class SelfInstructRun:
                 if reason:
                     self._reject(record_id, f"filter:{reason}", record=record)
                     continue
+                if self.domain_similarity is not None:
+                    similarity = self.domain_similarity(f"{task.instruction}\n{task.input}".strip())
+                    if similarity < self.settings.domain_min_similarity:
+                        self._reject(record_id, "off_domain", record=record, similarity=round(similarity, 4))
+                        continue
                 decision = self.dedup.add(task.instruction)
                 if not decision.kept:
                     self._reject(
@@ -123,17 +130,28 @@ class SelfInstructRun:
     def summary(self) -> dict:
         """Counts at every step of the stage."""
         return {
+            "strategy": "self_instruct",
             "requests": self.counts["requests"],
             "requests_failed": self.counts["request_failed"],
             "tasks_parsed": self.counts["parsed"],
             "dropped": {reason: n for reason, n in sorted(self.counts.items())
                         if reason not in ("requests", "parsed", "beyond_target")},
             "beyond_target": self.counts["beyond_target"],
+            "domain": self.settings.domain,
             "kept": len(self.kept),
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "stop_reason": self.stop_reason,
         }
+
+
+def domain_similarity_scorer(domain: str, seed_instructions: list[str] = ()) -> Callable[[str], float]:
+    """How close a text is to the domain: the highest cosine similarity (all-MiniLM-L6-v2) to
+    the domain description or to any of the user's own seed instructions."""
+    from quality.semantic_dedup import embed_texts
+
+    anchors = embed_texts([domain, *seed_instructions])
+    return lambda text: float((anchors @ embed_texts([text])[0]).max())
 
 
 def run_self_instruct(run: SelfInstructRun, send_shard: SendShard, on_shard=None) -> SelfInstructRun:

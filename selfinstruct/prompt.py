@@ -51,18 +51,28 @@ def format_task(index: int, task: dict) -> str:
     )
 
 
-def render_generation_prompt(template: str, examples: list[dict], num_tasks: int) -> str:
+def domain_guideline(domain: str | None) -> str:
+    """The extra guideline that keeps a domain-specific assistant's tasks on its domain."""
+    if not domain:
+        return ""
+    return (f"\n8. Every task must belong to this domain: {domain.strip()} "
+            "Stay within it, while varying the kind of task as much as the domain allows.")
+
+
+def render_generation_prompt(template: str, examples: list[dict], num_tasks: int, domain: str | None = None) -> str:
     """The full prompt: guidelines, the in-context examples, and the opening of the next task."""
     blocks = "".join(format_task(i, task) for i, task in enumerate(examples, start=1))
     blocks += f"###\n{len(examples) + 1}. Instruction:"
-    return template.format(num_tasks=num_tasks, examples=blocks)
+    return template.format(num_tasks=num_tasks, examples=blocks, domain_guideline=domain_guideline(domain))
 
 
-def render_generation_prompt_json(template: str, examples: list[dict], num_tasks: int) -> str:
+def render_generation_prompt_json(template: str, examples: list[dict], num_tasks: int,
+                                  domain: str | None = None) -> str:
     """The prompt for `reply_format: json`: the examples shown as the JSON the reply should be."""
     shown = {"tasks": [{"instruction": t["instruction"].strip(), "input": t.get("input", "").strip(),
                         "output": t["output"].strip()} for t in examples]}
-    return template.format(num_tasks=num_tasks, examples=json.dumps(shown, indent=1, ensure_ascii=False))
+    return template.format(num_tasks=num_tasks, examples=json.dumps(shown, indent=1, ensure_ascii=False),
+                           domain_guideline=domain_guideline(domain))
 
 
 def sample_examples(seeds: list[dict], count: int, seed: int, request_index: int) -> list[dict]:

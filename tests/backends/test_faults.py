@@ -38,8 +38,10 @@ def katan_answered(url: str) -> int:
 
 
 def test_overloaded_server_503s_are_retried_until_all_succeed(katan, tmp_path):
-    # 16 in flight against a server that takes 4: the other 12 are answered 503 and retried.
-    # The latency keeps requests overlapping on the server, so its in-flight counter exceeds 4.
+    # 16 in flight against a server that takes 4: the rest are answered 503 and retried.
+    # llm-katan counts a request as in flight only across an await, so without --latency-ms its
+    # counter never passes 1 and --max-inflight alone would never answer 503; --max-concurrent
+    # (default 1) lets the 4 it admits run side by side.
     url = katan("--max-inflight", "4", "--max-concurrent", "16", "--latency-ms", "20")
     backend = OpenAICompatibleBackend("echo", [url])
     policy = RetryPolicy(max_retries=60, base_delay_s=0.005, max_delay_s=0.03)

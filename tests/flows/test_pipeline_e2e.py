@@ -54,7 +54,7 @@ def finished_run(tmp_path_factory, student_cache_dir):
 def test_every_file_is_written(finished_run):
     run_dir, result = finished_run
     for name in ("generated.jsonl", "rejected.jsonl", "rated.jsonl", "filtered.jsonl", "train.jsonl",
-                 "heldout.jsonl", "report.json", "report.md", "manifest.json"):
+                 "heldout.jsonl", "report.json", "report.md", "manifest.json", "diversity.json", "diversity.png"):
         assert (run_dir / name).is_file(), name
     adapter = run_dir / "finetune" / "adapter"
     assert (adapter / "adapter_model.safetensors").is_file() and (adapter / "adapter_config.json").is_file()
