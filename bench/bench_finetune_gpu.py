@@ -94,6 +94,22 @@ SETTINGS: dict[str, tuple[dict, dict]] = {
     "compile-liger-b4": (dict(FAST, torch_compile=True, batch_size=4), {"timeout_s": 420}),
     "compile-b6": (dict(BF16, gradient_checkpointing=False, lora_dropout=0.0, torch_compile=True, batch_size=6),
                    {"timeout_s": 420}),
+    "compile-b6-profile": (dict(BF16, gradient_checkpointing=False, lora_dropout=0.0, torch_compile=True,
+                                batch_size=6), {"timeout_s": 420, "profile": True}),
+    "compile-b7": (dict(BF16, gradient_checkpointing=False, lora_dropout=0.0, torch_compile=True, batch_size=7),
+                   {"timeout_s": 420}),
+    "compile-b8": (dict(BF16, gradient_checkpointing=False, lora_dropout=0.0, torch_compile=True, batch_size=8),
+                   {"timeout_s": 420}),
+    "compile-b6-ga2": (dict(BF16, gradient_checkpointing=False, lora_dropout=0.0, torch_compile=True, batch_size=6,
+                            gradient_accumulation_steps=2), {"timeout_s": 420}),
+    "compile-b7-ga2": (dict(BF16, gradient_checkpointing=False, lora_dropout=0.0, torch_compile=True, batch_size=7,
+                            gradient_accumulation_steps=2), {"timeout_s": 420}),
+    "fast-b6-ga2": (dict(FAST, batch_size=6, gradient_accumulation_steps=2), {}),
+    "compile-b7-profile": (dict(BF16, gradient_checkpointing=False, lora_dropout=0.0, torch_compile=True, batch_size=7), {"timeout_s": 420, "profile": True}),
+    "compile-b7-workers2": (dict(BF16, gradient_checkpointing=False, lora_dropout=0.0, torch_compile=True, batch_size=7), {"timeout_s": 420, "sft": {"dataloader_num_workers": 2}}),
+    "compile-b7-log10": (dict(BF16, gradient_checkpointing=False, lora_dropout=0.0, torch_compile=True, batch_size=7), {"timeout_s": 420, "sft": {"logging_steps": 10}}),
+    "compile-gc-b16": (dict(BF16, lora_dropout=0.0, torch_compile=True, gradient_checkpointing=True,
+                            batch_size=16), {"timeout_s": 420}),
     # variable-length documents: padded batches vs packed rows
     "docs-padded-b8": (dict(FAST, batch_size=8), {"data": "docs"}),
     "docs-packed-sdpa-b4": (dict(FAST, packing=True, attn_implementation="sdpa", batch_size=4), {"data": "docs"}),
@@ -250,6 +266,8 @@ def run_setting(name: str, args) -> dict:
             Dataset.from_dict({"input_ids": rows}), model, tokenizer, Path(tmp), settings,
             save_steps=10**9, progress=False, callbacks=[StepTimer()],
         )
+        for key, value in opts.get("sft", {}).items():  # probes of trainer arguments not (yet) in the config
+            setattr(trainer.args, key, value)
         if opts.get("peft_cast"):
             from peft.tuners.tuners_utils import BaseTunerLayer
 
@@ -272,6 +290,8 @@ def run_setting(name: str, args) -> dict:
     step_ends = times[1:]
     if len(step_ends) < steps_total:
         raise RuntimeError(f"only {len(step_ends)} steps ran")
+    if len(counter.batches) < steps_total * ga and mode == "full":  # collated in worker processes: not seen here
+        counter.batches = [(settings.batch_size * seq_len, settings.batch_size * seq_len**2)] * (steps_total * ga)
     per_step = [(sum(t for t, _ in counter.batches[k * ga:(k + 1) * ga]),
                  sum(s for _, s in counter.batches[k * ga:(k + 1) * ga])) for k in range(steps_total)]
     measured = per_step[args.warmup:]
@@ -294,8 +314,8 @@ def kernel_breakdown(prof, wall_us: float) -> dict:
 
     from torch.autograd import DeviceType
 
-    kinds = (("gemm", ("gemm", "nvjet", "cutlass", "xmma", "sm90_", "cublas")),
-             ("attention", ("flash", "fmha", "attention", "cudnn", "sdpa")),
+    kinds = (("attention", ("flash", "fmha", "attention", "cudnn", "sdpa")),
+             ("gemm", ("gemm", "nvjet", "cutlass", "xmma", "sm90_", "cublas")),
              ("triton", ("triton",)),
              ("copy/cast", ("copy", "cast", "to_copy", "memcpy", "memset")))
     by_kind: dict = defaultdict(float)
@@ -311,12 +331,37 @@ def kernel_breakdown(prof, wall_us: float) -> dict:
         by_name[name[:100]] += us
     busy = sum(by_kind.values())
     top = sorted(by_name.items(), key=lambda kv: -kv[1])[:25]
+    # GPU idle: gaps between consecutive kernels, each put down to the top-level CPU op that
+    # overlaps it most (what the host was doing while the GPU waited)
+    kernels = sorted((e.time_range.start, e.time_range.end) for e in prof.events() if e.device_type == DeviceType.CUDA)
+    cpu_ops = sorted((e.time_range.start, e.time_range.end, e.name) for e in prof.events()
+                     if e.device_type == DeviceType.CPU and e.cpu_parent is None)
+    idle_by_op: dict = defaultdict(float)
+    gaps, last_end = [], None
+    for start, end in kernels:
+        if last_end is not None and start - last_end > 50:
+            gaps.append((last_end, start))
+        last_end = max(end, last_end or end)
+    for g0, g1 in gaps:
+        best, best_overlap = "(no op: python)", 0.0
+        for c0, c1, cname in cpu_ops:
+            if c0 > g1:
+                break
+            overlap = min(c1, g1) - max(c0, g0)
+            if overlap > best_overlap:
+                best, best_overlap = cname, overlap
+        idle_by_op[best[:90]] += g1 - g0
+    idle = sum(g1 - g0 for g0, g1 in gaps)
+    print(f"  idle in {len(gaps)} gaps over 50 us: {idle / 1e3:.1f} ms; by the CPU op under the gap:", flush=True)
+    for cname, us in sorted(idle_by_op.items(), key=lambda kv: -kv[1])[:15]:
+        print(f"    {us / 1e3:8.1f} ms  {cname}", flush=True)
     print(f"profile: wall {wall_us / 1e3:.1f} ms, GPU busy {busy / 1e3:.1f} ms", flush=True)
     for kind, us in sorted(by_kind.items(), key=lambda kv: -kv[1]):
         print(f"  {kind:18s} {us / 1e3:9.1f} ms  {us / wall_us:6.1%} of wall", flush=True)
     for name, us in top:
         print(f"  {us / 1e3:9.1f} ms  {name}", flush=True)
-    return {"wall_ms": round(wall_us / 1e3, 1), "busy_ms": round(busy / 1e3, 1),
+    return {"wall_ms": round(wall_us / 1e3, 1), "busy_ms": round(busy / 1e3, 1), "idle_gaps_ms": round(idle / 1e3, 1),
+            "idle_by_cpu_op_ms": {k: round(v / 1e3, 1) for k, v in sorted(idle_by_op.items(), key=lambda kv: -kv[1])[:15]},
             "by_kind_ms": {k: round(v / 1e3, 1) for k, v in by_kind.items()},
             "top_ms": [[n, round(v / 1e3, 2)] for n, v in top]}
 

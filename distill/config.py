@@ -196,7 +196,13 @@ class FinetuneConfig(_Strict):
 class EvaluateConfig(_Strict):
     """Student against teacher on held-out prompts, judged pairwise in both orders."""
 
-    max_prompts: int = Field(8, ge=1, description="Held-out prompts to answer.")
+    sets: list[str] = Field(
+        default_factory=lambda: ["heldout"],
+        description="Prompt sets: heldout (the run's held-out split, never trained on), vicuna_80, "
+        "self_instruct_252, or a path to a JSONL file with instruction (and optional input).",
+    )
+    max_prompts: int = Field(8, ge=1, description="Prompts answered from each set.")
+    compare_base: bool = Field(True, description="Also judge the base student (no adapter) against the teacher.")
     max_new_tokens: int = Field(128, ge=1)
     judge_max_tokens: int = Field(128, ge=8)
 
@@ -305,6 +311,15 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
         # whose student is not downloaded yet can still run its generation stages.
         base_path = (path.parent / base).resolve()
         config = config.model_copy(update={"finetune": config.finetune.model_copy(update={"base_model": str(base_path)})})
+    sets = []
+    for name in config.evaluate.sets:
+        if name not in ("heldout", "vicuna_80", "self_instruct_252"):
+            set_path = Path(name) if Path(name).is_absolute() else (path.parent / name).resolve()
+            if not set_path.is_file():
+                raise ConfigError(f"{path}: key 'evaluate.sets': not a known set and no such file: {set_path}")
+            name = str(set_path)
+        sets.append(name)
+    config = config.model_copy(update={"evaluate": config.evaluate.model_copy(update={"sets": sets})})
     return config.model_copy(update={"seed_tasks": seeds})
 
 

@@ -33,8 +33,10 @@ def build_report(rundir: RunDir) -> dict:
         },
         "seconds": {name: (stages[name] or {}).get("seconds") for name in STAGES},
         "quality": {key: evaluate.get(key) for key in
-                    ("wins", "ties", "losses", "invalid", "win_rate", "win_rate_ci95")},
-        "efficiency": {"student": evaluate.get("student"), "teacher": evaluate.get("teacher")},
+                    ("wins", "ties", "losses", "invalid", "win_rate", "win_rate_ci95", "lc_win_rate", "per_set")},
+        "base_student_quality": evaluate.get("base_student_quality"),
+        "efficiency": {"student": evaluate.get("student"), "base_student": evaluate.get("base_student"),
+                       "teacher": evaluate.get("teacher")},
         "training": {key: finetune.get(key) for key in ("steps", "train_loss", "tokens_seen", "trainable_params")},
         "filter": {key: filtered.get(key) for key in ("selection", "threshold", "top_k", "histogram")},
         "diversity": generate.get("diversity"),
@@ -57,17 +59,27 @@ def render_markdown(report: dict) -> str:
     """The report as a page a person reads."""
     counts, quality = report["counts"], report["quality"]
     lines = ["# Distillation run report", "", f"Run directory: `{report['run_dir']}`", "", "## Quality: student vs teacher", ""]
-    ci = quality.get("win_rate_ci95") or [None, None]
+    lines += ["| against the teacher | set | wins | ties | losses | invalid | win rate | 95% CI | length-controlled |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    rows = [("fine-tuned student", quality), ("base student (no adapter)", report.get("base_student_quality"))]
+    for label, q in rows:
+        if not q:
+            continue
+        for set_name, numbers in [("all", q), *sorted((q.get("per_set") or {}).items())]:
+            ci = numbers.get("win_rate_ci95") or [None, None]
+            lines.append(
+                f"| {label} | {set_name} | {_fmt(numbers.get('wins'))} | {_fmt(numbers.get('ties'))} | "
+                f"{_fmt(numbers.get('losses'))} | {_fmt(numbers.get('invalid'))} | {_fmt(numbers.get('win_rate'))} | "
+                f"{_fmt(ci[0])} – {_fmt(ci[1])} | {_fmt(numbers.get('lc_win_rate'))} |")
     lines += [
-        "| wins | ties | losses | invalid | win rate | 95% CI |", "|---|---|---|---|---|---|",
-        f"| {_fmt(quality['wins'])} | {_fmt(quality['ties'])} | {_fmt(quality['losses'])} | "
-        f"{_fmt(quality['invalid'])} | {_fmt(quality['win_rate'])} | {_fmt(ci[0])} – {_fmt(ci[1])} |", "",
-        "Each prompt is judged twice, with the answers in both orders; a verdict that flips with the order is a tie.",
+        "", "Each prompt is judged twice, with the answers in both orders; a verdict that flips with the order is a tie.",
         "", "## Cost: student vs teacher", "",
         "| model | parameters | size on disk (MB) | mean latency (s) | p95 latency (s) | tokens/s |", "|---|---|---|---|---|---|",
     ]
-    for role in ("student", "teacher"):
-        eff = report["efficiency"].get(role) or {}
+    for role in ("student", "base_student", "teacher"):
+        eff = report["efficiency"].get(role)
+        if not eff:
+            continue
         size = eff.get("size_on_disk_bytes")
         lines.append(
             f"| {role}: {eff.get('identity', 'n/a')} | {_fmt(eff.get('parameters'))} | "

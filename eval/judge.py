@@ -26,8 +26,10 @@ def prompt_text(item: dict) -> str:
     return chat_user_message(item["instruction"], item.get("input", ""))
 
 
-def pairwise_requests(items: list[dict], student: dict, teacher: dict, template: str, max_tokens: int) -> list[ChatRequest]:
-    """Two requests per item: student as A then teacher as A. `student`/`teacher` map item id to answer."""
+def pairwise_requests(items: list[dict], student: dict, teacher: dict, template: str, max_tokens: int,
+                      key_prefix: str = "judge") -> list[ChatRequest]:
+    """Two requests per item: student as A then teacher as A. `student`/`teacher` map item id to answer;
+    `key_prefix` tells apart the judgments of several students of one run."""
     requests = []
     for item in items:
         pairs = {"student_first": (student[item["id"]], teacher[item["id"]]),
@@ -35,7 +37,7 @@ def pairwise_requests(items: list[dict], student: dict, teacher: dict, template:
         for order, (answer_a, answer_b) in pairs.items():
             prompt = template.format(instruction=prompt_text(item), answer_a=answer_a, answer_b=answer_b)
             requests.append(ChatRequest(
-                key=f"judge-{item['id']}-{order}",
+                key=f"{key_prefix}-{item['id']}-{order}",
                 messages=[{"role": "user", "content": prompt}],
                 max_tokens=max_tokens,
                 temperature=0.0,
@@ -46,14 +48,14 @@ def pairwise_requests(items: list[dict], student: dict, teacher: dict, template:
     return requests
 
 
-def judgments(items: list[dict], outcomes: list[dict]) -> list[dict]:
+def judgments(items: list[dict], outcomes: list[dict], key_prefix: str = "judge") -> list[dict]:
     """One record per item: both raw verdicts and the combined outcome for the student."""
     by_key = {outcome["key"]: outcome for outcome in outcomes}
     records = []
     for item in items:
         verdicts = {}
         for order in ("student_first", "teacher_first"):
-            outcome = by_key.get(f"judge-{item['id']}-{order}")
+            outcome = by_key.get(f"{key_prefix}-{item['id']}-{order}")
             text = outcome.get("text") if outcome and outcome.get("ok") else None
             verdicts[order] = (parse_verdict(text) if text is not None else None, text)
         first, first_text = verdicts["student_first"]

@@ -40,8 +40,9 @@ How it is computed here
   prompt, and the answer-alone pass scores the same cut answer. A record whose prompt leaves
   no room for an answer token, or whose answer is empty, gets NaN scores (never selected).
 * Batches are right-padded (padding never changes the real tokens' outputs under a causal
-  mask) and formed from sequences of similar length (sorted, then restored to input order),
-  so little compute goes to padding. Logits are computed only at the answer positions, a
+  mask) and formed from sequences of similar length (sorted within windows of
+  ``sort_window`` records, then restored to input order), so little compute goes to padding
+  and memory does not grow with the number of records. Logits are computed only at the answer positions, a
   chunk of positions at a time, from the decoder's last hidden states and the LM head: the
   full ``batch x length x vocabulary`` logits tensor is never built.
 
@@ -216,45 +217,50 @@ def ifd_scores(
     prompt_format: IfdPromptFormat = "plain",
     start_token_id: int | None = None,
     chunk_positions: int = 2048,
+    sort_window: int = 1024,
 ) -> list[IfdScore]:
     """The IFD of every record (dicts with ``instruction``, optional ``input``, ``output``), in order.
 
     ``model`` is a causal LM (``AutoModelForCausalLM``), ``tokenizer`` its tokenizer.
     ``max_length`` bounds the conditioned sequence in tokens; ``batch_size`` is the number of
     sequences per forward pass (each record needs two); ``chunk_positions`` bounds the
-    answer positions whose logits exist at once. See the module docstring for the details.
+    answer positions whose logits exist at once; records are tokenized and their sequences
+    sorted by length ``sort_window`` records at a time, so memory does not grow with the
+    number of records (only the returned scores do). ``start_token_id``: see the module
+    docstring (None: ``<|endoftext|>``, else BOS, else EOS; negative: no start token).
     """
     import torch
 
     if max_length < 2:
         raise ValueError(f"max_length must be at least 2, got {max_length}")
-    if batch_size < 1 or chunk_positions < 1:
-        raise ValueError("batch_size and chunk_positions must be positive")
+    if batch_size < 1 or chunk_positions < 1 or sort_window < 1:
+        raise ValueError("batch_size, chunk_positions and sort_window must be positive")
     start = _start_token(tokenizer, start_token_id)
-    flat, answer_counts = _sequences(records, tokenizer, max_length, prompt_format, start)
-    todo = sorted((item for item in flat if item is not None), key=lambda item: -len(item[1]))
-    mean_nll: dict[int, float] = {}
     plain_head = _uses_plain_head(model)
+    scores: list[IfdScore] = []
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
-            for begin in range(0, len(todo), batch_size):
-                batch = todo[begin:begin + batch_size]
-                sums, counts = _batch_nll(model, batch, chunk_positions, plain_head)
-                for (slot, _, _), total, count in zip(batch, sums, counts):
-                    mean_nll[slot] = total / count
+            for window_start in range(0, len(records), sort_window):
+                window = records[window_start:window_start + sort_window]
+                flat, answer_counts = _sequences(window, tokenizer, max_length, prompt_format, start)
+                todo = sorted((item for item in flat if item is not None), key=lambda item: -len(item[1]))
+                mean_nll: dict[int, float] = {}
+                for begin in range(0, len(todo), batch_size):
+                    batch = todo[begin:begin + batch_size]
+                    sums, counts = _batch_nll(model, batch, chunk_positions, plain_head)
+                    for (slot, _, _), total, count in zip(batch, sums, counts):
+                        mean_nll[slot] = total / count
+                for index, count in enumerate(answer_counts):
+                    if count == 0:
+                        scores.append(_NAN_SCORE)
+                        continue
+                    conditioned, alone = mean_nll[2 * index], mean_nll[2 * index + 1]
+                    scores.append(IfdScore(ifd=math.exp(conditioned - alone), ppl_conditioned=math.exp(conditioned),
+                                           ppl_answer=math.exp(alone), answer_tokens=count))
     finally:
         model.train(was_training)
-
-    scores = []
-    for index, count in enumerate(answer_counts):
-        if count == 0:
-            scores.append(_NAN_SCORE)
-            continue
-        conditioned, alone = mean_nll[2 * index], mean_nll[2 * index + 1]
-        scores.append(IfdScore(ifd=math.exp(conditioned - alone), ppl_conditioned=math.exp(conditioned),
-                               ppl_answer=math.exp(alone), answer_tokens=count))
     return scores
 
 

@@ -69,3 +69,11 @@ def test_not_a_mapping(tmp_path):
     path.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(path)
+
+
+def test_evaluation_sets_are_checked(tmp_path):
+    path = write(tmp_path, "name: x\nseed_tasks: seeds.jsonl\nevaluate:\n  sets: [heldout, vicuna_80, mine.jsonl]\n")
+    with pytest.raises(ConfigError, match="evaluate.sets.*mine.jsonl"):
+        load_config(path)
+    (tmp_path / "mine.jsonl").write_text('{"instruction": "Say hi."}\n')
+    assert load_config(path).evaluate.sets == ["heldout", "vicuna_80", str((tmp_path / "mine.jsonl").resolve())]

@@ -22,8 +22,8 @@ SMALL = [
     "--set", "generate.target_records=24",
     "--set", "generate.requests_per_shard=4",
     "--set", "finetune.max_steps=3",
-    "--set", "finetune.heldout_records=3",
-    "--set", "evaluate.max_prompts=3",
+    "--set", "finetune.heldout_records=2",
+    "--set", "evaluate.max_prompts=2",
     "--set", "evaluate.max_new_tokens=48",
 ]
 
@@ -58,7 +58,8 @@ def test_every_file_is_written(finished_run):
         assert (run_dir / name).is_file(), name
     adapter = run_dir / "finetune" / "adapter"
     assert (adapter / "adapter_model.safetensors").is_file() and (adapter / "adapter_config.json").is_file()
-    for name in ("student_answers.jsonl", "teacher_answers.jsonl", "judgments.jsonl"):
+    for name in ("prompts.jsonl", "student_answers.jsonl", "base_student_answers.jsonl", "teacher_answers.jsonl",
+                 "judgments.jsonl", "judgments_base_student.jsonl"):
         assert (run_dir / "eval" / name).is_file(), name
     assert "report.md" in result.stdout and "win rate" in result.stdout
 
@@ -109,7 +110,14 @@ def test_counts_add_up(finished_run):
     assert quality["wins"] + quality["ties"] + quality["losses"] + quality["invalid"] == len(judgments)
     assert all(j["outcome"] in ("win", "tie", "loss", "invalid") for j in judgments)
     assert all("student_first" in j and "teacher_first" in j for j in judgments)
-    for role in ("student", "teacher"):
+    prompts = lines(run_dir / "eval" / "prompts.jsonl")
+    assert {p["set"] for p in prompts} == {"heldout", "vicuna_80"}
+    assert set(quality["per_set"]) == {"heldout", "vicuna_80"}
+    assert sum(q["judged"] for q in quality["per_set"].values()) == len(judgments)
+    assert not {p["instruction"] for p in prompts if p["set"] == "heldout"} & {r["instruction"] for r in train}
+    base = report["base_student_quality"]
+    assert base["wins"] + base["ties"] + base["losses"] + base["invalid"] == len(judgments)
+    for role in ("student", "base_student", "teacher"):
         efficiency = report["efficiency"][role]
         assert efficiency["parameters"] > 100_000_000
         assert efficiency["size_on_disk_bytes"] > 0 and efficiency["mean_latency_s"] > 0

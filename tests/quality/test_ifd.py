@@ -103,10 +103,13 @@ def test_no_start_token_leaves_the_first_answer_token_out_of_ppl_answer():
 def test_padding_and_batching_do_not_change_the_hand_example():
     records = [{"instruction": "q", "output": "ab" * n} for n in (1, 5, 2, 9)]
     one_by_one = [ifd_scores([r], BigramLM(TABLE), CharTokenizer())[0] for r in records]
-    batched = ifd_scores(records, BigramLM(TABLE), CharTokenizer(), batch_size=3, chunk_positions=5)
-    for single, together in zip(one_by_one, batched):
-        assert together.ifd == pytest.approx(single.ifd, rel=1e-6)
-        assert together.answer_tokens == single.answer_tokens
+    for window in (1024, 3):  # all records sorted together, or three at a time
+        batched = ifd_scores(records, BigramLM(TABLE), CharTokenizer(), batch_size=3, chunk_positions=5,
+                             sort_window=window)
+        assert len(batched) == len(records)
+        for single, together in zip(one_by_one, batched):
+            assert together.ifd == pytest.approx(single.ifd, rel=1e-6)
+            assert together.answer_tokens == single.answer_tokens
 
 
 def test_unscorable_records_get_nan_and_need_no_forward_pass():
