@@ -62,10 +62,11 @@ class RetryPolicy:
     max_retries: int = 5
     base_delay_s: float = 0.5
     max_delay_s: float = 30.0
+    max_retry_after_s: float = 120.0
 
     def delay(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(retry_after, self.max_delay_s * 4)
+        if retry_after is not None:  # the server's word wins over our own backoff, within reason
+            return min(retry_after, self.max_retry_after_s)
         backoff = min(self.max_delay_s, self.base_delay_s * (2 ** (attempt - 1)))
         return backoff * (0.5 + random.random() / 2)
 
@@ -176,6 +177,7 @@ async def run_requests_async(
     finally:
         for task in workers:
             task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
         await backend.aclose()
     stats.wall_s = time.perf_counter() - started
     if stats.skipped_for_budget:

@@ -12,6 +12,8 @@ from pathlib import Path
 # Prefect reads these when it is imported: no telemetry, and our own loggers in its logs.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# The ephemeral API server starts in ~15 s on 2 cores; a busy machine needs longer than 20 s.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 OUR_LOGGERS = ("backends", "selfinstruct", "quality", "finetune", "eval", "distill")
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", ",".join(OUR_LOGGERS))
 os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")

@@ -128,6 +128,7 @@ def atomic_file(path: str | Path, mode: str = "w") -> Iterator[IO]:
     try:
         text = {"encoding": "utf-8", "newline": "\n"} if "b" not in mode else {}
         with os.fdopen(fd, mode, **text) as handle:
+            os.fchmod(handle.fileno(), 0o644)  # mkstemp's 0600 would carry over to the output
             yield handle
             handle.flush()
             os.fsync(handle.fileno())

@@ -16,9 +16,10 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
+
+from distill.records import atomic_file
 
 __all__ = ["BIN_CENTERS", "UNSCORED", "score_bin", "score_bin_counts", "score_histogram_png", "per_score_examples"]
 
@@ -104,17 +105,8 @@ def score_histogram_png(
     target.parent.mkdir(parents=True, exist_ok=True)
     figure = _draw(score_bin_counts(scores), threshold, title)
 
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            os.fchmod(stream.fileno(), 0o644)  # mkstemp's 0600 would carry over to the PNG
-            figure.savefig(stream, format="png")
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_file(target, "wb") as stream:
+        figure.savefig(stream, format="png")
     return target
 
 
