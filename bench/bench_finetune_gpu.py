@@ -30,7 +30,16 @@ times --steps optimizer steps after --warmup (cuda-synchronised wall time betwee
 so data loading, logging and the optimizer are included), and reports peak allocated memory.
 
 Usage:  python bench/bench_finetune_gpu.py [--out DIR] [--only a,b,...] [--tiny] [--budget-s 540]
-            [--steps 8] [--warmup 3] [--list]
+            [--steps 8] [--warmup 3] [--without FIELD,...] [--check-varlen] [--list]
+
+On the lent H100 (no trl/datasets/liger/pydantic there: carried as wheels in .whl/, see
+docs/benchmarks.md), one call measures several settings, e.g.
+    export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+    python3 bench/bench_finetune_gpu.py --out $OUT/final --steps 10 --warmup 3 \
+        --only fp32w-gc-b4,best-b7,best-b6,best-nocompile-liger-b6
+CPU smoke test of the code paths (tiny model, no liger or compile):
+    python bench/bench_finetune_gpu.py --tiny --seq-len 256 --steps 2 --warmup 1 \
+        --without use_liger_kernel,torch_compile --only fast-b4,docs-packed-varlen-b4
 """
 
 from __future__ import annotations
@@ -67,12 +76,17 @@ TINY = dict(
 PEAKS = [("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4), ("H200", 989.4), ("H20", 148.0),
          ("A100", 312.0), ("L40S", 362.0)]
 
-# name -> (FinetuneConfig overrides, bench options). Options: data ("full" | "docs"), peft_cast
-# (put back peft's float32 cast of LoRA inputs, to measure what turning it off gives), loop
-# (plain loop instead of the trainer), timeout_s, cuda_only.
+# name -> (FinetuneConfig overrides, bench options). Options: data ("full" | "docs"); peft_cast
+# (put back peft's float32 cast of LoRA inputs, to measure what turning it off gives); loop (the
+# plain loop instead of the trainer); profile (2 profiled steps after the timed ones: GPU time by
+# kernel kind and the GPU's idle gaps, printed to the log); sft (SFTConfig fields set on the
+# built trainer, to probe arguments before they become settings); timeout_s.
 BASE = dict(max_length=2048, lora_r=16, lora_alpha=32, target_modules="all-linear", learning_rate=2e-4)
 BF16 = dict(model_dtype="bfloat16", bf16=True)
 FAST = dict(BF16, gradient_checkpointing=False, use_liger_kernel=True, lora_dropout=0.0)
+COMPILE = dict(BF16, gradient_checkpointing=False, lora_dropout=0.0, torch_compile=True)
+BEST = dict(COMPILE, dataloader_num_workers=2, logging_steps=10)
+LONG = {"timeout_s": 420}  # compilation takes 15-25 s more
 SETTINGS: dict[str, tuple[dict, dict]] = {
     # what train_lora did on a GPU before: float32 weights, bf16 autocast, checkpointing, batch 4
     "fp32w-gc-b4": (dict(batch_size=4), {}),
@@ -81,35 +95,31 @@ SETTINGS: dict[str, tuple[dict, dict]] = {
     "bf16w-b2": (dict(BF16, gradient_checkpointing=False, batch_size=2), {}),
     "bf16w-liger-b2": (dict(BF16, gradient_checkpointing=False, use_liger_kernel=True, batch_size=2), {}),
     "bf16w-liger-b4": (dict(BF16, gradient_checkpointing=False, use_liger_kernel=True, batch_size=4), {}),
-    "fast-b4": (dict(FAST, batch_size=4), {}),  # + lora_dropout 0
+    "fast-b4": (dict(FAST, batch_size=4), {}),  # liger + lora_dropout 0
     "fast-b6": (dict(FAST, batch_size=6), {}),
     "fast-b8": (dict(FAST, batch_size=8), {}),
+    "fast-b6-ga2": (dict(FAST, batch_size=6, gradient_accumulation_steps=2), {}),
     "fast-gc-b16": (dict(FAST, gradient_checkpointing=True, batch_size=16), {}),
     "fast-sdpavarlen-b4": (dict(FAST, attn_implementation="sdpa_varlen", batch_size=4), {}),
     "fast-cudnn-b4": (dict(FAST, attn_implementation="sdpa_cudnn", batch_size=4), {}),
     "fast-cudnn-b6": (dict(FAST, attn_implementation="sdpa_cudnn", batch_size=6), {}),
     "fast-b4-profile": (dict(FAST, batch_size=4), {"profile": True}),
-    "compile-b4": (dict(BF16, gradient_checkpointing=False, lora_dropout=0.0, torch_compile=True, batch_size=4),
-                   {"timeout_s": 420}),
-    "compile-liger-b4": (dict(FAST, torch_compile=True, batch_size=4), {"timeout_s": 420}),
-    "compile-b6": (dict(BF16, gradient_checkpointing=False, lora_dropout=0.0, torch_compile=True, batch_size=6),
-                   {"timeout_s": 420}),
-    "compile-b6-profile": (dict(BF16, gradient_checkpointing=False, lora_dropout=0.0, torch_compile=True,
-                                batch_size=6), {"timeout_s": 420, "profile": True}),
-    "compile-b7": (dict(BF16, gradient_checkpointing=False, lora_dropout=0.0, torch_compile=True, batch_size=7),
-                   {"timeout_s": 420}),
-    "compile-b8": (dict(BF16, gradient_checkpointing=False, lora_dropout=0.0, torch_compile=True, batch_size=8),
-                   {"timeout_s": 420}),
-    "compile-b6-ga2": (dict(BF16, gradient_checkpointing=False, lora_dropout=0.0, torch_compile=True, batch_size=6,
-                            gradient_accumulation_steps=2), {"timeout_s": 420}),
-    "compile-b7-ga2": (dict(BF16, gradient_checkpointing=False, lora_dropout=0.0, torch_compile=True, batch_size=7,
-                            gradient_accumulation_steps=2), {"timeout_s": 420}),
-    "fast-b6-ga2": (dict(FAST, batch_size=6, gradient_accumulation_steps=2), {}),
-    "compile-b7-profile": (dict(BF16, gradient_checkpointing=False, lora_dropout=0.0, torch_compile=True, batch_size=7), {"timeout_s": 420, "profile": True}),
-    "compile-b7-workers2": (dict(BF16, gradient_checkpointing=False, lora_dropout=0.0, torch_compile=True, batch_size=7), {"timeout_s": 420, "sft": {"dataloader_num_workers": 2}}),
-    "compile-b7-log10": (dict(BF16, gradient_checkpointing=False, lora_dropout=0.0, torch_compile=True, batch_size=7), {"timeout_s": 420, "sft": {"logging_steps": 10}}),
-    "compile-gc-b16": (dict(BF16, lora_dropout=0.0, torch_compile=True, gradient_checkpointing=True,
-                            batch_size=16), {"timeout_s": 420}),
+    "compile-b4": (dict(COMPILE, batch_size=4), LONG),
+    "compile-liger-b4": (dict(COMPILE, use_liger_kernel=True, batch_size=4), LONG),
+    "compile-b6": (dict(COMPILE, batch_size=6), LONG),
+    "compile-b6-profile": (dict(COMPILE, batch_size=6), {**LONG, "profile": True}),
+    "compile-b7": (dict(COMPILE, batch_size=7), LONG),
+    "compile-b8": (dict(COMPILE, batch_size=8), LONG),
+    "compile-b6-ga2": (dict(COMPILE, batch_size=6, gradient_accumulation_steps=2), LONG),
+    "compile-b7-ga2": (dict(COMPILE, batch_size=7, gradient_accumulation_steps=2), LONG),
+    "compile-b7-profile": (dict(COMPILE, batch_size=7), {**LONG, "profile": True}),
+    "compile-b7-workers2": (dict(COMPILE, batch_size=7), {**LONG, "sft": {"dataloader_num_workers": 2}}),
+    "compile-b7-log10": (dict(COMPILE, batch_size=7), {**LONG, "sft": {"logging_steps": 10}}),
+    "compile-gc-b16": (dict(COMPILE, gradient_checkpointing=True, batch_size=16), LONG),
+    # the recommended GPU settings (docs/benchmarks.md)
+    "best-b7": (dict(BEST, batch_size=7), LONG),
+    "best-b6": (dict(BEST, batch_size=6), LONG),
+    "best-nocompile-liger-b6": (dict(BEST, torch_compile=False, use_liger_kernel=True, batch_size=6), {}),
     # variable-length documents: padded batches vs packed rows
     "docs-padded-b8": (dict(FAST, batch_size=8), {"data": "docs"}),
     "docs-packed-sdpa-b4": (dict(FAST, packing=True, attn_implementation="sdpa", batch_size=4), {"data": "docs"}),
@@ -202,7 +212,7 @@ def run_setting(name: str, args) -> dict:
     from transformers import AutoModelForCausalLM, LlamaConfig, TrainerCallback
 
     from distill.config import FinetuneConfig
-    from finetune.train import build_lora_config, build_trainer_for_dataset, model_load_kwargs
+    from finetune.train import build_trainer_for_dataset, model_load_kwargs
 
     overrides, opts = SETTINGS[name]
     overrides = {k: v for k, v in overrides.items() if k not in args.without.split(",")}

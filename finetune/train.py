@@ -10,7 +10,11 @@ Reading order: :func:`train_lora` is the entry point; it
    ``SFTConfig`` with CPU-friendly settings (:func:`build_sft_config`) and a peft
    ``LoraConfig``. For a prompt/completion dataset trl computes the loss on the completion
    tokens only (``completion_only_loss``, set explicitly here) and appends the tokenizer's
-   end-of-sequence token to every completion;
+   end-of-sequence token to every completion. The GPU speed settings of ``FinetuneConfig``
+   (``model_dtype``, ``bf16``, ``gradient_checkpointing``, ``attn_implementation``, ``packing``,
+   ``use_liger_kernel``, ``torch_compile``, ``dataloader_num_workers``, ``logging_steps``) all
+   default to the CPU behaviour; ``bench/bench_finetune_gpu.py`` measures them through
+   :func:`build_trainer_for_dataset` and docs/benchmarks.md gives the recommended set;
 4. trains, resuming from the last complete checkpoint under ``output_dir/checkpoints`` when
    one exists from an interrupted run of the same data and settings;
 5. saves the adapter (``adapter_model.safetensors`` + ``adapter_config.json``) and the
@@ -58,6 +62,8 @@ _SPEED_SETTINGS = (
     "packing",
     "use_liger_kernel",
     "torch_compile",
+    "dataloader_num_workers",
+    "logging_steps",
 )
 SDPA_VARLEN = "sdpa_varlen"
 SDPA_CUDNN = "sdpa_cudnn"
@@ -268,7 +274,7 @@ def build_sft_config(checkpoints_dir: Path, settings: FinetuneConfig, *, save_st
         fp16=False,
         activation_checkpointing=checkpointing,
         use_liger_kernel=settings.use_liger_kernel,
-        dataloader_num_workers=0,
+        dataloader_num_workers=settings.dataloader_num_workers,
         dataloader_pin_memory=cuda,
         # Checkpoints for crash recovery (peft models save only the adapter, as safetensors).
         save_strategy="steps",
@@ -277,7 +283,7 @@ def build_sft_config(checkpoints_dir: Path, settings: FinetuneConfig, *, save_st
         save_only_model=False,
         # Bookkeeping
         logging_strategy="steps",
-        logging_steps=1,
+        logging_steps=settings.logging_steps,
         include_num_input_tokens_seen="non_padding",
         report_to="none",
         disable_tqdm=not progress,
