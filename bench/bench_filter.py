@@ -25,7 +25,7 @@ rejections and exports. --no-plant sends the records unchanged: every reply is t
     Every run uses a fresh run directory / journal, so every request is sent.
 (b) memory: --memory-n (50,000) synthetic records (alpaca_5000 with deterministic edits, each
     record distinct) through filter_stage (S = --shard); RSS (psutil) is sampled after every
-    shard (from the stage's `send` hook), every 0.2 s by a thread (for the peak), and at the
+    shard (from the stage's `send` hook), every 0.05 s by a thread (for peaks), and at the
     entry and exit of each step of filter_stage (the functions it calls are wrapped here; the
     stage's code is unchanged), then after it returns, before and after gc + malloc_trim.
 (c) where the memory goes: --trace-n records through filter_stage under tracemalloc (25
@@ -37,7 +37,7 @@ rejections and exports. --no-plant sends the records unchanged: every reply is t
     scored by SmolLM2-135M on the CPU with --ifd-threads torch threads; records/s.
 
 Usage:  python bench/bench_filter.py [--n 2000] [--in-flight 64] [--shard 1024] [--repeats 3]
-            [--workers 2] [--memory-n 50000] [--trace-n 5000] [--ifd-n 48] [--ifd-threads 1]
+            [--workers 2] [--memory-n 50000] [--trace-n 1000] [--ifd-n 48] [--ifd-threads 1]
             [--no-plant] [--skip-throughput] [--skip-memory] [--skip-trace]
 """
 
@@ -253,22 +253,28 @@ def run_direct(url: str, records: list[dict], in_flight: int, journal_path: Path
 
 
 class RssSampler(threading.Thread):
-    """Samples RSS every `every` seconds until stopped; keeps the peak."""
+    """Samples RSS every `every` seconds until stopped; keeps every sample (for peaks)."""
 
-    def __init__(self, every: float = 0.2):
+    def __init__(self, every: float = 0.05):
         super().__init__(daemon=True)
         self.every, self.samples, self._stop_event = every, [], threading.Event()
 
     def run(self) -> None:
-        start = time.perf_counter()
         while not self._stop_event.is_set():
-            self.samples.append((time.perf_counter() - start, rss_mb()))
+            self.samples.append(rss_mb())
             self._stop_event.wait(self.every)
+
+    def mark(self) -> int:
+        return len(self.samples)
+
+    def peak(self, begin: int = 0, end: int | None = None) -> float:
+        window = self.samples[begin:end]
+        return max(window) if window else 0.0
 
     def stop(self) -> float:
         self._stop_event.set()
         self.join()
-        return max(rss for _, rss in self.samples)
+        return self.peak()
 
 
 # The steps of filter_stage, as (module or class, attribute, label): wrapped to log RSS around them.
@@ -287,8 +293,9 @@ STEPS = [
 
 
 @contextlib.contextmanager
-def wrapped_steps(log: list, before=None):
-    """Wrap filter_stage's steps so that each logs (label, RSS at entry, RSS at exit, seconds)."""
+def wrapped_steps(log: list, before=None, sampler: RssSampler | None = None):
+    """Wrap filter_stage's steps so that each logs (label, RSS at entry, RSS at exit, seconds,
+    peak RSS inside, sampler marks at entry and exit)."""
     originals = []
     for owner, name, label in STEPS:
         original = getattr(owner, name)
@@ -303,8 +310,12 @@ def wrapped_steps(log: list, before=None):
                 if before:
                     before(shown)
                 entry, started = rss_mb(), time.perf_counter()
+                first = sampler.mark() if sampler else 0
                 result = original(*args, **kwargs)
-                log.append((shown, entry, rss_mb(), time.perf_counter() - started))
+                exit_ = rss_mb()
+                last = sampler.mark() if sampler else 0
+                inside = max(entry, exit_, sampler.peak(first, last) if sampler else 0.0)
+                log.append((shown, entry, exit_, time.perf_counter() - started, inside, first, last))
                 return result
             return wrapper
 
@@ -401,7 +412,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="timed rounds (default 3)")
     ap.add_argument("--workers", type=int, default=2, help="llm-katan uvicorn workers (default 2)")
     ap.add_argument("--memory-n", type=int, default=50_000, help="records in the memory run (default 50000)")
-    ap.add_argument("--trace-n", type=int, default=5000, help="records in the tracemalloc run (default 5000)")
+    ap.add_argument("--trace-n", type=int, default=1000, help="records in the tracemalloc run (default 1000)")
     ap.add_argument("--ifd-n", type=int, default=48, help="alpaca records scored by quality.ifd (0: skip; default 48)")
     ap.add_argument("--ifd-threads", type=int, default=1, help="torch threads for IFD scoring (default 1)")
     ap.add_argument("--ifd-batch", type=int, default=8, help="IFD batch size in sequences (default 8)")
@@ -484,6 +495,7 @@ def main(argv=None) -> int:
                       f"requests_per_shard {args.shard}, {args.in_flight} in flight")
                 shard_samples: list[tuple[int, float]] = []
                 steps: list[tuple] = []
+                gaps: list[tuple] = []
                 rated = 0
 
                 def on_shard(count: int) -> None:
@@ -494,7 +506,7 @@ def main(argv=None) -> int:
                 start_rss = rss_mb()
                 sampler = RssSampler()
                 sampler.start()
-                with wrapped_steps(steps):
+                with wrapped_steps(steps, sampler=sampler):
                     summary, wall, _ = run_stage(url, records_path, tmp / "mem-run", args.in_flight, args.shard,
                                                  on_shard=on_shard)
                 peak = sampler.stop()
@@ -514,9 +526,19 @@ def main(argv=None) -> int:
                 per_record = (last_rss - first_rss) * 2**20 / max(1, last_done - first_done)
                 print(f"    growth while rating {first_done} -> {last_done}: {last_rss - first_rss:+.1f} MB "
                       f"({per_record:.0f} bytes/record)")
-                print("    RSS around each step of filter_stage (entry -> exit):")
-                for label, entry, exit_, seconds in steps:
-                    print(f"      {label:<38} {entry:8.1f} -> {exit_:8.1f} MB  ({exit_ - entry:+7.1f})  {seconds:6.2f} s")
+                print("    RSS around each step of filter_stage (entry -> exit, peak inside), and in filter_stage's "
+                      "own code between steps:")
+                previous = None
+                for label, entry, exit_, seconds, inside, first, last in steps:
+                    if previous is not None and abs(entry - previous[2]) >= 1:
+                        gap_peak = max(previous[2], entry, sampler.peak(previous[6], first))
+                        gap = f"(filter_stage, {previous[0]} -> {label})"
+                        print(f"      {gap:<58} {previous[2]:8.1f} -> {entry:8.1f} MB  ({entry - previous[2]:+7.1f})  "
+                              f"peak {gap_peak:7.1f}")
+                        gaps.append((gap, entry - previous[2], gap_peak))
+                    print(f"      {label:<58} {entry:8.1f} -> {exit_:8.1f} MB  ({exit_ - entry:+7.1f})  "
+                          f"peak {inside:7.1f}  {seconds:6.2f} s")
+                    previous = (label, entry, exit_, seconds, inside, first, last)
                 print(f"    RSS after filter_stage returned {after_return:.1f} MB; after gc + malloc_trim "
                       f"{after_trim:.1f} MB")
                 mem_rows += [
@@ -527,9 +549,12 @@ def main(argv=None) -> int:
                      f"{last_rss - first_rss:+.0f} MB ({per_record:.0f} B/record): "
                      f"{'flat' if last_rss - first_rss <= 10 else 'NOT flat'}"),
                 ]
-                for label, entry, exit_, _ in steps:
-                    if abs(exit_ - entry) >= 5:
-                        mem_rows.append((f"step {label}", f"{exit_ - entry:+.0f} MB"))
+                for label, entry, exit_, _, inside, _, _ in steps:
+                    if abs(exit_ - entry) >= 5 or inside - entry >= 5:
+                        mem_rows.append((f"step {label}", f"{exit_ - entry:+.0f} MB (peak inside {inside - entry:+.0f})"))
+                for gap, delta, gap_peak in gaps:
+                    if abs(delta) >= 5:
+                        mem_rows.append((gap, f"{delta:+.0f} MB"))
                 mem_rows += [("RSS after return / after gc + malloc_trim", f"{after_return:.0f} / {after_trim:.0f} MB")]
 
             # ------------------------------------------------------------- (c) tracemalloc
