@@ -50,7 +50,9 @@ FINGERPRINT_FILE = "run_fingerprint.json"
 # Settings left out of a run's fingerprint: a checkpoint stays resumable when they change.
 # epochs/max_steps only say how long to go on; base_model is recorded as the resolved directory
 # and heldout_records as the data itself.
-_NOT_FINGERPRINTED = {"epochs", "max_steps", "heldout_records", "base_model"}
+# Settings that may change between a crash and its resume: how long to train, and knobs that
+# do not change what is learned (how often to log, how many loader processes).
+_NOT_FINGERPRINTED = {"epochs", "max_steps", "heldout_records", "base_model", "logging_steps", "dataloader_num_workers"}
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 # GPU speed settings added after the first release: fingerprinted only when set to something
 # other than their default, so that checkpoints written before they existed stay resumable.
