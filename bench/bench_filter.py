@@ -390,7 +390,7 @@ def stage_locals(frame_name: str = "filter_stage") -> dict:
     for thread_frame in sys._current_frames().values():
         frame = thread_frame
         while frame is not None:
-            if frame.f_code.co_name == frame_name and frame.f_code.co_filename == stages.__file__:
+            if frame.f_code.co_name == frame_name and frame.f_code.co_filename == stages.filter.__file__:
                 return dict(frame.f_locals)
             frame = frame.f_back
     return {}
