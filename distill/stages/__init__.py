@@ -7,7 +7,7 @@ the CLI's single-stage commands do, the stages need no orchestrator. One module 
 """
 
 from distill.stages.session import (RequestPath, SendShard, StageInputError, run_session,  # noqa: F401
-                                    send_shard, tokens_of, usage_so_far)
+                                    send_shard, send_shards, tokens_of, usage_so_far)
 from distill.stages.generate import generate_stage, write_diversity_report  # noqa: F401
 from distill.stages.filter import export_filtered, filter_stage, near_duplicate_drops  # noqa: F401
 from distill.stages.finetune import finetune_stage, split_heldout, student_base_dir  # noqa: F401

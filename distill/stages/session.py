@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from backends.base import ChatBackend, ChatRequest
 from backends.factory import prices_of
@@ -86,6 +86,17 @@ def send_shard(path: RequestPath, backend: ChatBackend, endpoint: ModelEndpoint,
                requests: list[ChatRequest]) -> list[dict]:
     """The plain (orchestrator-free) way to send a shard."""
     return path.send(backend, endpoint, journal_name, requests)
+
+
+def send_shards(send: SendShard, path: RequestPath, backend: ChatBackend, endpoint: ModelEndpoint,
+                journal_name: str, shards: Iterable[list[ChatRequest]]) -> Iterator[list[dict]]:
+    """Send shards and yield each shard's outcomes, in shard order. This default sends one
+    shard after another; the flow may swap in a version that keeps several shards in flight
+    (the stages consume outcomes shard by shard either way, so memory stays bounded)."""
+    for shard in shards:
+        if path.meter.exhausted:
+            return
+        yield send(path, backend, endpoint, journal_name, shard)
 
 
 def usage_so_far(rundir: RunDir, config: PipelineConfig) -> UsageMeter:
