@@ -7,15 +7,15 @@ uvicorn workers (--workers); its CPU use is measured too, to show it is not the 
 
 (a) bare:     asyncio + openai.AsyncOpenAI(max_retries=0) with its default transport, a
               semaphore of --in-flight, one task per request.
-(b) project:  run_requests_async(OpenAICompatibleBackend(...)) with a Journal in a temp dir,
-              max_in_flight=--in-flight, the same N requests.
-    Diagnostics (off with --no-diagnostics), to locate any gap between (a) and (b):
-(d1) bare-httpx:     (a) on a legacy httpx.AsyncClient, the transport OpenAICompatibleBackend
-                     builds; (b)/(d1) is the runner's own overhead.
-(d2) project-httpx2: (b) with the backend's client built on httpx2 (openai's own transport),
-                     i.e. the proposed fix, defined here as a subclass (backends/ is untouched).
+(b) runner:   run_requests_async(OpenAICompatibleBackend(...)) with a Journal in a temp dir,
+              max_in_flight=--in-flight, the same N requests: the request path as shipped.
+(s) stage:    the generate stage itself (distill.stages.generate_stage) on a temp run
+              directory, the teacher an `openai` endpoint at the server with max_in_flight =
+              --in-flight, max_requests = N, requests_per_shard = --stage-shard: request
+              rendering, the runner, parsing, Alpaca's filters and the ROUGE-L dedup of every
+              reply (echo replies hold the prompt's example tasks, so every reply is parsed).
     After one warm-up run each, the variants are interleaved --repeats times (the order rotates
-    each round) and medians are reported; the target is (b) >= 90% of (a). Client CPU seconds
+    each round) and medians are reported; the target is (s) >= 90% of (a). Client CPU seconds
     per request (this process only) are printed too: the least noisy measure of a path's cost
     on a machine where client and server share the cores.
 (c) memory: --memory-n requests (default 20,000) through (b) in one call; RSS (psutil) is
@@ -24,7 +24,7 @@ uvicorn workers (--workers); its CPU use is measured too, to show it is not the 
     outcomes are dropped (gc + malloc_trim) to show how much of the growth they held.
 
 Usage:  python bench/bench_request_path.py [--n 1000] [--in-flight 64] [--repeats 5]
-            [--workers 2] [--memory-n 20000] [--no-diagnostics] [--skip-throughput] [--skip-memory]
+            [--workers 2] [--stage-shard 256] [--memory-n 20000] [--skip-throughput] [--skip-memory]
 """
 
 from __future__ import annotations
@@ -35,19 +35,15 @@ import ctypes
 import gc
 import os
 import platform
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import httpx  # noqa: E402
 import httpx2  # noqa: E402
 import openai  # noqa: E402
 import psutil  # noqa: E402
@@ -55,72 +51,15 @@ import psutil  # noqa: E402
 from backends.base import ChatRequest  # noqa: E402
 from backends.openai_compat import OpenAICompatibleBackend  # noqa: E402
 from backends.runner import RetryPolicy, run_requests_async  # noqa: E402
+from bench.katan_server import MODEL, start_katan  # noqa: E402
+from distill.config import GenerateConfig, ModelEndpoint, PipelineConfig  # noqa: E402
 from distill.records import Journal  # noqa: E402
+from distill.rundir import RunDir  # noqa: E402
+from distill.stages import RequestPath, generate_stage, send_shard, usage_so_far  # noqa: E402
+from backends.factory import open_chat_backend  # noqa: E402
 
-MODEL = "echo"
 # Retries only matter if the server misbehaves; in echo mode without faults there are none.
 POLICY = RetryPolicy(max_retries=3, base_delay_s=0.01, max_delay_s=0.1)
-
-
-# ----------------------------------------------------------------------------- server
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def katan_command(port: int, workers: int, stats_file: str) -> list[str]:
-    katan = Path(sys.executable).parent / "llm-katan"
-    return [str(katan), "-m", "echo", "-b", "echo", "-p", str(port), "-h", "127.0.0.1",
-            "--disable-dashboard", "--stats-file", stats_file, "--log-level", "warning",
-            "--max-concurrent", "1024", "-w", str(workers)]
-
-
-def start_katan(workers: int, stats_file: str) -> tuple[subprocess.Popen, str, list[str]]:
-    port = free_port()
-    command = katan_command(port, workers, stats_file)
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"llm-katan exited with {process.returncode}: {' '.join(command)}")
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
-            return process, f"http://127.0.0.1:{port}/v1", command
-        except OSError:
-            time.sleep(0.3)
-    process.terminate()
-    raise RuntimeError("llm-katan did not start in 60 s")
-
-
-def tree_cpu_s(process: subprocess.Popen) -> float:
-    """CPU seconds (user + system) used so far by the server: its process and uvicorn's workers."""
-    total = 0.0
-    try:
-        root = psutil.Process(process.pid)
-        for proc in [root, *root.children(recursive=True)]:
-            try:
-                times = proc.cpu_times()
-                total += times.user + times.system
-            except psutil.NoSuchProcess:
-                pass
-    except psutil.NoSuchProcess:
-        pass
-    return total
-
-
-def stop_katan(process: subprocess.Popen) -> None:
-    # Only the server we started (its own session/process group: uvicorn's workers included).
-    try:
-        os.killpg(process.pid, 15)
-    except ProcessLookupError:
-        return
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, 9)
-        process.wait(timeout=5)
 
 
 # ----------------------------------------------------------------------------- workload
@@ -130,20 +69,9 @@ def make_requests(n: int, prefix: str) -> list[ChatRequest]:
                         max_tokens=32, meta={"i": i}) for i in range(n)]
 
 
-def bare_client(url: str, in_flight: int, legacy_httpx: bool) -> openai.AsyncOpenAI:
-    if legacy_httpx:
-        # What OpenAICompatibleBackend._client builds: a legacy `httpx` client handed to openai.
-        limits = httpx.Limits(max_connections=in_flight, max_keepalive_connections=in_flight)
-        return openai.AsyncOpenAI(api_key="not-needed", base_url=url, max_retries=0, timeout=120.0,
-                                  http_client=httpx.AsyncClient(limits=limits, timeout=120.0))
-    # The plain client: openai's own default transport (httpx2); the semaphore bounds connections.
-    return openai.AsyncOpenAI(api_key="not-needed", base_url=url, max_retries=0, timeout=120.0)
-
-
-async def run_bare(url: str, requests: list[ChatRequest], in_flight: int,
-                   legacy_httpx: bool = False) -> tuple[float, float, int]:
-    """Bare baseline: one AsyncOpenAI client, a semaphore, one task per request."""
-    client = bare_client(url, in_flight, legacy_httpx)
+async def run_bare(url: str, requests: list[ChatRequest], in_flight: int) -> tuple[float, float, int]:
+    """Bare baseline: one AsyncOpenAI client (openai's default transport), a semaphore, one task per request."""
+    client = openai.AsyncOpenAI(api_key="not-needed", base_url=url, max_retries=0, timeout=120.0)
     semaphore = asyncio.Semaphore(in_flight)
     failures = 0
 
@@ -167,22 +95,9 @@ async def run_bare(url: str, requests: list[ChatRequest], in_flight: int,
     return wall, cpu, failures
 
 
-class Httpx2Backend(OpenAICompatibleBackend):
-    """The proposed fix, for comparison only: the backend's client on openai's own httpx2 transport."""
-
-    def _client(self, url: str) -> openai.AsyncOpenAI:
-        if url not in self._clients:
-            limits = httpx2.Limits(max_connections=self._max_connections,
-                                   max_keepalive_connections=self._max_connections)
-            self._clients[url] = openai.AsyncOpenAI(
-                api_key=self._api_key, base_url=url, timeout=self._timeout_s, max_retries=0,
-                http_client=openai.DefaultAsyncHttpx2Client(limits=limits, timeout=self._timeout_s))
-        return self._clients[url]
-
-
 async def run_project(url: str, requests: list[ChatRequest], in_flight: int, journal_path: Path,
-                      on_outcome=None, backend_class=OpenAICompatibleBackend) -> tuple[float, float, int, list[dict]]:
-    backend = backend_class(MODEL, [url], max_connections=in_flight)
+                      on_outcome=None) -> tuple[float, float, int, list[dict]]:
+    backend = OpenAICompatibleBackend(MODEL, [url], max_connections=in_flight)
     with Journal(journal_path) as journal:
         cpu0, wall0 = time.process_time(), time.perf_counter()
         outcomes, stats = await run_requests_async(backend, requests, journal, max_in_flight=in_flight,
@@ -190,6 +105,37 @@ async def run_project(url: str, requests: list[ChatRequest], in_flight: int, jou
         wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     assert len(outcomes) == len(requests) and stats.sent == len(requests), (len(outcomes), stats)
     return wall, cpu, stats.failed, outcomes
+
+
+def run_generate_stage(url: str, n: int, in_flight: int, shard: int, root: Path,
+                       on_shard=None) -> tuple[float, float, int]:
+    """The generate stage on a fresh run directory, n requests to the server; (wall, cpu, failed).
+    on_shard(requests_done) is called after every shard."""
+    teacher = ModelEndpoint(backend="openai", model=MODEL, base_urls=[url], max_in_flight=in_flight, max_retries=3)
+    config = PipelineConfig(name="bench-generate", seed_tasks=REPO / "data" / "seed_tasks.jsonl", teacher=teacher,
+                            generate=GenerateConfig(max_requests=n, target_records=10**9, requests_per_shard=shard,
+                                                    max_tokens=32))
+    rundir = RunDir(root).create()
+    path = RequestPath(rundir, usage_so_far(rundir, config))
+    try:
+        with open_chat_backend(config.teacher) as backend:
+            cpu0, wall0 = time.process_time(), time.perf_counter()
+            done = 0
+
+            def send(path_, backend_, endpoint, journal_name, requests):
+                nonlocal done
+                outcomes = send_shard(path_, backend_, endpoint, journal_name, requests)
+                done += len(outcomes)
+                if on_shard:
+                    on_shard(done)
+                return outcomes
+
+            summary = generate_stage(config, rundir, backend, path, send=send)
+            wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    finally:
+        path.close()
+    assert summary["requests"] == n, summary
+    return wall, cpu, summary["requests_failed"]
 
 
 # ----------------------------------------------------------------------------- memory
@@ -313,36 +259,31 @@ def main(argv=None) -> int:
                     help="also send the memory run as calls of this many requests on one journal (0: skip)")
     ap.add_argument("--tracemalloc", type=int, default=0, metavar="N",
                     help="attribute memory growth over N requests with tracemalloc (slow; default off)")
-    ap.add_argument("--no-diagnostics", action="store_true",
-                    help="time only (a) and (b), not the two variants that locate the gap")
+    ap.add_argument("--stage-shard", type=int, default=256, help="requests per shard in variant (s) (default 256)")
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--skip-memory", action="store_true")
     args = ap.parse_args(argv)
 
     print(f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs, "
-          f"{psutil.virtual_memory().total / 2**30:.0f} GiB; openai {openai.__version__}, httpx {httpx.__version__}")
+          f"{psutil.virtual_memory().total / 2**30:.0f} GiB; openai {openai.__version__}, httpx2 {httpx2.__version__}")
     rows: list[tuple] = []
     mem_rows: list[tuple] = []
     with tempfile.TemporaryDirectory(prefix="bench-request-path-") as tmpdir:
         tmp = Path(tmpdir)
-        process, url, command = start_katan(args.workers, str(tmp / "katan-stats.json"))
-        print(f"server: {' '.join([Path(command[0]).name] + command[1:])}")
+        server = start_katan("--max-concurrent", "1024", stats_file=tmp / "katan-stats.json", workers=args.workers)
+        url = server.url
+        print(f"server: {' '.join([Path(server.command[0]).name] + server.command[1:])}")
         try:
             if not args.skip_throughput:
                 variants = {
                     "bare": ("(a) bare AsyncOpenAI (default transport) + semaphore",
                              lambda journal: run_bare(url, make_requests(args.n, "b"), args.in_flight)),
-                    "project": ("(b) run_requests_async + Journal + OpenAICompatibleBackend",
+                    "project": ("(b) runner: run_requests_async + Journal + OpenAICompatibleBackend",
                                 lambda journal: run_project(url, make_requests(args.n, "p"), args.in_flight, journal)),
+                    "stage": (f"(s) generate stage, shards of {args.stage_shard}",
+                              lambda journal: run_generate_stage(url, args.n, args.in_flight, args.stage_shard,
+                                                                 journal.with_suffix(".run"))),
                 }
-                if not args.no_diagnostics:
-                    variants["bare-httpx"] = (
-                        "(d1) bare AsyncOpenAI on a legacy httpx.AsyncClient (as the backend builds it)",
-                        lambda journal: run_bare(url, make_requests(args.n, "l"), args.in_flight, legacy_httpx=True))
-                    variants["project-httpx2"] = (
-                        "(d2) (b) with the backend's client on httpx2 (proposed fix)",
-                        lambda journal: run_project(url, make_requests(args.n, "q"), args.in_flight, journal,
-                                                    backend_class=Httpx2Backend))
                 print(f"\n[a/b] {args.n} requests per run, {args.in_flight} in flight; 1 warm-up + {args.repeats} "
                       f"timed runs of each variant, interleaved (order rotates each round)")
                 timings: dict[str, list[tuple[float, float, float]]] = {name: [] for name in variants}
@@ -353,16 +294,18 @@ def main(argv=None) -> int:
                     nonlocal run_index
                     run_index += 1
                     journal = tmp / f"tp-{run_index}.jsonl"  # a fresh journal each run: every request is sent
-                    server0 = tree_cpu_s(process)
-                    result = asyncio.run(variants[name][1](journal))
-                    server = tree_cpu_s(process) - server0
+                    server0 = server.cpu_seconds()
+                    result = variants[name][1](journal)
+                    if asyncio.iscoroutine(result):
+                        result = asyncio.run(result)
+                    server_cpu = server.cpu_seconds() - server0
                     wall, cpu, failed = result[:3]
                     journal.unlink(missing_ok=True)
                     print(f"    {label:<8} {name:<15} {args.n / wall:6.0f} req/s  {wall:6.2f} s wall  "
-                          f"client {cpu / args.n * 1e6:5.0f} us CPU/req  server {server / args.n * 1e6:5.0f} us CPU/req"
+                          f"client {cpu / args.n * 1e6:5.0f} us CPU/req  server {server_cpu / args.n * 1e6:5.0f} us CPU/req"
                           f"  failed {failed}", flush=True)
                     if timed:
-                        timings[name].append((args.n / wall, cpu / args.n, server / args.n))
+                        timings[name].append((args.n / wall, cpu / args.n, server_cpu / args.n))
 
                 names = list(variants)
                 for name in names:
@@ -378,21 +321,16 @@ def main(argv=None) -> int:
                 base_rate = medians["bare"][0]
                 pair = {name: statistics.median(values) for name, values in paired.items()}
                 print("    medians (rate; rate / bare's in the same round; client and server CPU per request):")
-                for name, (rate, cpu, server) in medians.items():
+                for name, (rate, cpu, server_cpu) in medians.items():
                     print(f"      {name:<15} {rate:6.0f} req/s  {pair[name]:6.1%} of bare  "
-                          f"client {cpu * 1e6:5.0f} us CPU/req  server {server * 1e6:5.0f} us CPU/req")
-                ratio = pair["project"]
-                print(f"    project / bare = {ratio:.1%} (paired median; ratio of medians "
-                      f"{medians['project'][0] / base_rate:.1%}): {'meets' if ratio >= 0.9 else 'BELOW'} the 90% target")
-                if "bare-httpx" in medians:
-                    own = statistics.median(p / b for p, b in zip(paired["project"], paired["bare-httpx"]))
-                    print(f"    project / bare-httpx = {own:.1%}: the runner's own cost on the same transport; "
-                          f"client CPU/req {medians['project'][1] / medians['bare-httpx'][1]:.2f}x")
-                    print(f"    project-httpx2 / bare = {pair['project-httpx2']:.1%}: the path with the proposed fix; "
-                          f"client CPU/req {medians['project-httpx2'][1] / medians['bare'][1]:.2f}x")
-                for name, (rate, cpu, server) in medians.items():
+                          f"client {cpu * 1e6:5.0f} us CPU/req  server {server_cpu * 1e6:5.0f} us CPU/req")
+                for name in ("project", "stage"):
+                    ratio = pair[name]
+                    print(f"    {name} / bare = {ratio:.1%} (paired median; ratio of medians "
+                          f"{medians[name][0] / base_rate:.1%}): {'meets' if ratio >= 0.9 else 'BELOW'} the 90% target")
+                for name, (rate, cpu, server_cpu) in medians.items():
                     rows.append((variants[name][0], f"{rate:.0f} req/s", f"{pair[name]:.1%}",
-                                 f"{cpu * 1e6:.0f} us", f"{server * 1e6:.0f} us"))
+                                 f"{cpu * 1e6:.0f} us", f"{server_cpu * 1e6:.0f} us"))
 
             if not args.skip_memory:
                 print(f"\n[c] memory: {args.memory_n} requests through run_requests_async, {args.in_flight} in flight, "
@@ -403,10 +341,22 @@ def main(argv=None) -> int:
                     mem = memory_run(url, args.memory_n, args.in_flight, args.sample_every, tmp, args.memory_shard)
                     report_memory(f"(c2) {args.memory_n // args.memory_shard} calls of {args.memory_shard:,} requests, "
                                   f"one journal, outcomes dropped per call", mem, args, mem_rows)
+                gc.collect()
+                samples = [(0, rss_mb())]
+                wall, cpu, failed = run_generate_stage(url, args.memory_n, args.in_flight, args.memory_shard or 1000,
+                                                       tmp / "mem-stage", lambda done: samples.append((done, rss_mb())))
+                gc.collect()
+                after = rss_mb()
+                report_memory(f"(c3) the generate stage, {args.memory_n:,} requests in shards of "
+                              f"{args.memory_shard or 1000:,}",
+                              {"samples": samples, "wall": wall, "cpu": cpu, "failed": failed, "after_return": after,
+                               "after_drop": after, "journal_bytes": (tmp / "mem-stage" / "work" /
+                                                                      "generate_requests.jsonl").stat().st_size},
+                              args, mem_rows)
             if args.tracemalloc:
                 trace_growth(url, args.tracemalloc, args.in_flight, tmp)
         finally:
-            stop_katan(process)
+            server.stop()
 
     if rows:
         print(f"\n| path ({args.n} requests, {args.in_flight} in flight, median of {args.repeats}) | requests/s "

@@ -35,35 +35,18 @@ def student_cache_dir() -> Path:
 @pytest.fixture
 def katan(tmp_path):
     """Start llm-katan's echo server (a real third-party OpenAI-compatible server) with fault flags."""
-    import subprocess
     import sys
-    import time
-    import urllib.request
 
-    from backends.embedded_server import free_port
+    sys.path.insert(0, str(REPO))
+    from bench.katan_server import start_katan
 
     started = []
 
     def start(*flags: str) -> str:
-        port = free_port()
-        katan_bin = Path(sys.executable).parent / "llm-katan"
-        process = subprocess.Popen(
-            [str(katan_bin), "-m", "echo", "-b", "echo", "-p", str(port), "-h", "127.0.0.1",
-             "--stats-file", str(tmp_path / f"katan-{port}.json"), "--disable-dashboard", *flags],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        started.append(process)
-        url = f"http://127.0.0.1:{port}/v1"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
-                return url
-            except OSError:
-                time.sleep(0.3)
-        raise RuntimeError("llm-katan did not start")
+        server = start_katan(*flags, stats_file=tmp_path / f"katan-{len(started)}.json")
+        started.append(server)
+        return server.url
 
     yield start
-    for process in started:
-        process.terminate()
-        process.wait(timeout=10)
+    for server in started:
+        server.stop()
