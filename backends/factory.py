@@ -32,7 +32,7 @@ def open_chat_backend(endpoint: ModelEndpoint, log_dir: Path | None = None) -> I
     if endpoint.backend == "vllm":
         from backends.vllm_inprocess import VLLMInProcessBackend
 
-        yield VLLMInProcessBackend(endpoint.model)
+        yield VLLMInProcessBackend(endpoint.model, api=endpoint.api, engine_args=endpoint.engine_args)
         return
     yield OpenAICompatibleBackend(
         endpoint.model, endpoint.base_urls, endpoint.api_key_env, endpoint.timeout_s,

@@ -1,54 +1,81 @@
 """Backend for vLLM running inside this process (`backend: vllm` in a config).
 
-Written against vLLM's documented AsyncLLMEngine API: the engine batches concurrent
-requests itself, so the runner's window of requests in flight feeds it directly. vLLM is
-an optional extra (`pip install -e .[vllm]`) and needs a GPU; it cannot run on the CPU-only
-machines this project is tested on, where the same protocol is exercised through vLLM's
-OpenAI-compatible server stand-ins (llama.cpp, llm-katan) instead.
+Written against vLLM's documented engine API (vLLM >= 0.12): `AsyncEngineArgs` +
+`AsyncLLMEngine.from_engine_args`, `engine.generate(prompt, SamplingParams, request_id,
+lora_request=...)` as an async stream of `RequestOutput`s, structured output through
+`SamplingParams(structured_outputs=StructuredOutputsParams(json=...))` (the `guided_*`
+fields it replaced were removed in 0.12), LoRA adapters through `LoRARequest(name, id, path)`
+with `enable_lora=True`. The engine batches concurrent requests itself, so the runner's
+window of requests in flight feeds it directly: set `max_in_flight` in the hundreds.
+
+vLLM is an optional extra (`pip install -e .[vllm]`) and needs a GPU; it cannot run on the
+CPU-only machines this project is tested on, where the protocol vLLM's server speaks is
+exercised through llama.cpp and llm-katan instead, and this module's mapping of requests
+onto the engine is tested against a stand-in of the engine (tests/backends/test_vllm_inprocess.py).
 """
 
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
+from typing import Any
 
 from backends.base import BackendError, ChatReply, ChatRequest
 
 
 class VLLMInProcessBackend:
-    """Chat requests answered by an in-process vLLM engine."""
+    """Chat (or completion) requests answered by an in-process vLLM engine, optionally
+    through a LoRA adapter on top of the base model."""
 
-    def __init__(self, model: str, max_model_len: int | None = None, trust_remote_code: bool = False):
+    def __init__(self, model: str, *, api: str = "chat", adapter_dir: str | Path | None = None,
+                 max_lora_rank: int = 64, engine_args: dict[str, Any] | None = None):
         try:
             from vllm import AsyncEngineArgs, AsyncLLMEngine, SamplingParams
+            from vllm.sampling_params import StructuredOutputsParams
         except ImportError as exc:
-            raise RuntimeError("backend 'vllm' needs the vllm extra: pip install -e .[vllm]") from exc
-        args = AsyncEngineArgs(model=model, max_model_len=max_model_len, trust_remote_code=trust_remote_code)
-        self._engine = AsyncLLMEngine.from_engine_args(args)
+            raise RuntimeError("backend 'vllm' needs vLLM (>= 0.12) on a GPU machine: pip install -e .[vllm]") from exc
+        settings = dict(engine_args or {})
+        if adapter_dir is not None:
+            settings.setdefault("enable_lora", True)
+            settings.setdefault("max_lora_rank", max_lora_rank)
+        self._engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(model=model, **settings))
         self._sampling_params = SamplingParams
-        self._tokenizer = None
-        self.model = model
-        self.identity = f"vllm:{model}"
+        self._structured = StructuredOutputsParams
+        self._lora = None
+        if adapter_dir is not None:
+            from vllm.lora.request import LoRARequest
 
-    async def _render(self, messages: list[dict]) -> str:
+            self._lora = LoRARequest(Path(adapter_dir).name, 1, str(adapter_dir))
+        self._tokenizer = None
+        self.api = api
+        self.model = model
+        self.identity = f"vllm:{model}" + (f"+lora:{Path(adapter_dir).name}" if adapter_dir else "")
+
+    async def _prompt(self, messages: list[dict]) -> str:
+        """The text the engine continues: the chat template applied, or the plain prompt for
+        `api: completions` (as the OpenAI-compatible backend joins the messages)."""
+        if self.api == "completions":
+            return "\n\n".join(m["content"] for m in messages)
         if self._tokenizer is None:
             self._tokenizer = await self._engine.get_tokenizer()
         return self._tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    async def chat(self, request: ChatRequest) -> ChatReply:
-        prompt = await self._render(request.messages)
-        params = {
-            "max_tokens": request.max_tokens,
-            "temperature": request.temperature,
-            "top_p": request.top_p,
-            "seed": request.seed,
-        }
-        if request.json_mode:
-            from vllm.sampling_params import GuidedDecodingParams
+    def sampling_params(self, request: ChatRequest):
+        """vLLM's sampling parameters for one request."""
+        params: dict[str, Any] = {"max_tokens": request.max_tokens, "temperature": request.temperature,
+                                  "top_p": request.top_p, "seed": request.seed}
+        if request.json_schema is not None:
+            params["structured_outputs"] = self._structured(json=request.json_schema)
+        elif request.json_mode:
+            params["structured_outputs"] = self._structured(json_object=True)
+        return self._sampling_params(**params)
 
-            params["guided_decoding"] = GuidedDecodingParams(json_object=True)
+    async def chat(self, request: ChatRequest) -> ChatReply:
+        prompt = await self._prompt(request.messages)
         final = None
         try:
-            async for output in self._engine.generate(prompt, self._sampling_params(**params), str(uuid.uuid4())):
+            async for output in self._engine.generate(prompt, self.sampling_params(request), str(uuid.uuid4()),
+                                                      lora_request=self._lora):
                 final = output
         except Exception as exc:  # the engine's own errors carry no HTTP status
             raise BackendError(f"vllm: {type(exc).__name__}: {exc}", retryable=False) from exc
@@ -65,4 +92,3 @@ class VLLMInProcessBackend:
 
     async def aclose(self) -> None:
         """The engine lives as long as the backend; nothing per event loop to close."""
-

@@ -8,7 +8,7 @@ resolved against the directory of the config file.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -51,6 +51,17 @@ class ModelEndpoint(_Strict):
     price_input_per_mtok: float = Field(0.0, ge=0, description="USD per million prompt tokens.")
     price_output_per_mtok: float = Field(0.0, ge=0, description="USD per million completion tokens.")
     context_length: int = Field(4096, ge=256, description="Context window of the embedded server.")
+    engine_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="backend vllm only: keyword arguments for vLLM's AsyncEngineArgs "
+        "(tensor_parallel_size, gpu_memory_utilization, max_model_len, ...).",
+    )
+
+    @model_validator(mode="after")
+    def _engine_args_need_vllm(self) -> "ModelEndpoint":
+        if self.engine_args and self.backend != "vllm":
+            raise ValueError(f"engine_args is for backend vllm only (backend is {self.backend})")
+        return self
 
 
 class EvolveConfig(_Strict):
