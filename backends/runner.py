@@ -85,9 +85,12 @@ class RunStats:
     wall_s: float = 0.0
 
 
-def outcome_entry(request: ChatRequest, reply, attempts: int, latency_s: float, error: str | None) -> dict:
-    """The journal line for one request."""
+def outcome_entry(request: ChatRequest, reply, attempts: int, latency_s: float, error: str | None,
+                  attempt_errors: list[str] | None = None) -> dict:
+    """The journal line for one request; `attempt_errors` names the kind of each failed attempt."""
     entry = {"key": request.key, "meta": request.meta, "attempts": attempts, "latency_s": round(latency_s, 4)}
+    if attempt_errors:
+        entry["attempt_errors"] = attempt_errors
     if reply is None:
         entry.update(ok=False, error=error)
     else:
@@ -102,21 +105,47 @@ def outcome_entry(request: ChatRequest, reply, attempts: int, latency_s: float, 
     return entry
 
 
+def error_kind(exc: BackendError) -> str:
+    """A short name for what went wrong ("HTTP 503", "APITimeoutError"), without the URL."""
+    return f"HTTP {exc.status}" if exc.status else str(exc).split(": ", 1)[-1]
+
+
 async def _send_with_retries(backend: ChatBackend, request: ChatRequest, policy: RetryPolicy, stats: RunStats):
     attempt = 0
     started = time.perf_counter()
+    kinds: list[str] = []
     while True:
         attempt += 1
         try:
             reply = await backend.chat(request)
-            return reply, attempt, time.perf_counter() - started, None
+            return reply, attempt, time.perf_counter() - started, None, kinds
         except BackendError as exc:
-            kind = f"HTTP {exc.status}" if exc.status else str(exc).split(": ", 1)[-1]
+            kind = error_kind(exc)
+            kinds.append(kind)
             stats.errors[kind] = stats.errors.get(kind, 0) + 1
             if not exc.retryable or attempt > policy.max_retries:
-                return None, attempt, time.perf_counter() - started, str(exc)
+                return None, attempt, time.perf_counter() - started, str(exc), kinds
             stats.retries += 1
             await asyncio.sleep(policy.delay(attempt, exc.retry_after))
+
+
+def fault_counts(outcomes: Iterable[dict]) -> dict:
+    """What the faults behind a set of journal outcomes cost: requests that failed after their
+    retries, and the retries made, in all and by the kind of error that caused each one."""
+    failed = 0
+    retries_by_kind: dict[str, int] = {}
+    final_errors: dict[str, int] = {}
+    for outcome in outcomes:
+        kinds = list(outcome.get("attempt_errors") or [])
+        if not outcome.get("ok"):
+            failed += 1
+            # The last failed attempt was not retried: it is why the request failed.
+            last = kinds.pop() if kinds else (outcome.get("error") or "unknown").split(": ", 1)[-1]
+            final_errors[last] = final_errors.get(last, 0) + 1
+        for kind in kinds:
+            retries_by_kind[kind] = retries_by_kind.get(kind, 0) + 1
+    return {"requests_failed": failed, "failed_by_kind": dict(sorted(final_errors.items())),
+            "retries": sum(retries_by_kind.values()), "retries_by_kind": dict(sorted(retries_by_kind.items()))}
 
 
 async def run_requests_async(
@@ -151,13 +180,13 @@ async def run_requests_async(
             stats.skipped_for_budget += 1
             return
         stats.sent += 1
-        reply, attempts, latency, error = await _send_with_retries(backend, request, policy, stats)
+        reply, attempts, latency, error, kinds = await _send_with_retries(backend, request, policy, stats)
         if reply is not None:
             meter.add(reply.prompt_tokens, reply.completion_tokens, prices)
             stats.succeeded += 1
         else:
             stats.failed += 1
-        entry = outcome_entry(request, reply, attempts, latency, error)
+        entry = outcome_entry(request, reply, attempts, latency, error, kinds)
         journal.append(entry)
         outcomes[request.key] = entry
         if on_outcome:

@@ -297,6 +297,25 @@ def _merge(base: dict, extra: dict) -> dict:
     return merged
 
 
+def _did_you_mean(loc: tuple) -> str:
+    """", did you mean 'threshold'?" for a misspelt key, naming the closest key of its section."""
+    import difflib
+    import typing
+
+    section: type[BaseModel] = PipelineConfig
+    for part in loc[:-1]:
+        field = section.model_fields.get(str(part))
+        if field is None:
+            return ""
+        models = [t for t in (field.annotation, *typing.get_args(field.annotation))
+                  if isinstance(t, type) and issubclass(t, BaseModel)]
+        if not models:
+            return ""
+        section = models[0]
+    close = difflib.get_close_matches(str(loc[-1]), list(section.model_fields), n=1, cutoff=0.6)
+    return f", did you mean '{close[0]}'?" if close else ""
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
     """Read, merge CLI overrides into, and validate a config file; check that its files exist."""
     path = Path(path)
@@ -318,7 +337,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
         for err in exc.errors():
             key = ".".join(str(part) for part in err["loc"]) or "(top level)"
             if err["type"] == "extra_forbidden":
-                problems.append(f"{path}: unknown key '{key}'")
+                problems.append(f"{path}: unknown key '{key}'{_did_you_mean(err['loc'])}")
             else:
                 problems.append(f"{path}: key '{key}': {err['msg']} (got {err.get('input')!r})")
         raise ConfigError("\n".join(problems)) from None

@@ -20,6 +20,25 @@ class RecordError(ValueError):
     """A record file that cannot be used; the message names the file, line and field."""
 
 
+# No record, journal entry or teacher reply comes near this; a longer line is a broken file,
+# and reading it whole could take gigabytes (a file with no newline at all is one line).
+MAX_LINE_BYTES = 16 * 1024 * 1024
+
+
+def _raw_lines(path: Path, handle: IO[bytes]) -> Iterator[tuple[int, bytes]]:
+    """Yield (line number, bytes) of an open file, never holding more than MAX_LINE_BYTES of one line."""
+    number = 0
+    while True:
+        raw = handle.readline(MAX_LINE_BYTES + 1)
+        if not raw:
+            return
+        number += 1
+        if len(raw) > MAX_LINE_BYTES:
+            raise RecordError(f"{path}:{number}: line longer than {MAX_LINE_BYTES // (1024 * 1024)} MiB "
+                              "(a broken file, or not JSONL); not read")
+        yield number, raw
+
+
 def _decode_line(path: Path, number: int, raw: bytes) -> Any:
     try:
         text = raw.decode("utf-8")
@@ -37,7 +56,7 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
     if not path.is_file():
         raise RecordError(f"{path}: file not found")
     with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
+        for number, raw in _raw_lines(path, handle):
             if raw.strip():
                 yield number, _decode_line(path, number, raw)
 
@@ -200,7 +219,7 @@ class Journal:
         if self.path.exists():
             with self.path.open("rb") as handle:
                 offset = 0
-                for number, raw in enumerate(handle, start=1):
+                for number, raw in _raw_lines(self.path, handle):
                     if raw.strip():
                         self._offsets[_decode_line(self.path, number, raw)["key"]] = offset
                     offset += len(raw)
