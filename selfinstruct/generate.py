@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 from backends.base import ChatRequest
 from distill.config import GenerateConfig
@@ -22,7 +22,8 @@ from selfinstruct.prompt import TASKS_SCHEMA, render_generation_prompt, render_g
 
 log = logging.getLogger(__name__)
 
-SendShard = Callable[[list[ChatRequest]], list[dict]]
+# Takes the shards to send (pulled lazily) and yields each one's outcomes in shard order.
+SendShards = Callable[[Iterable[list[ChatRequest]]], Iterable[list[dict]]]
 
 
 class SelfInstructRun:
@@ -63,16 +64,27 @@ class SelfInstructRun:
             meta={"request": index, "next_index": len(examples) + 1},
         )
 
+    def _reason_to_stop(self, next_request: int) -> str | None:
+        if len(self.kept) >= self.settings.target_records:
+            return "target_reached"
+        if next_request >= self.settings.max_requests:
+            return "max_requests"
+        if self.budget_exhausted():
+            return "budget"
+        return None
+
     @property
     def done(self) -> bool:
+        """True once every request sent so far is absorbed and no more should be sent."""
         if self.stop_reason is None:
-            if len(self.kept) >= self.settings.target_records:
-                self.stop_reason = "target_reached"
-            elif self.next_request >= self.settings.max_requests:
-                self.stop_reason = "max_requests"
-            elif self.budget_exhausted():
-                self.stop_reason = "budget"
+            self.stop_reason = self._reason_to_stop(self.next_request)
         return self.stop_reason is not None
+
+    def planned_shards(self) -> Iterator[list[ChatRequest]]:
+        """Shards to send while none of the limits is reached. A sender that keeps several shards
+        in flight pulls ahead of `absorb`, so this checks without settling `stop_reason`."""
+        while self._reason_to_stop(self.next_request) is None:
+            yield self.next_shard()
 
     def next_shard(self) -> list[ChatRequest]:
         """The next shard of requests to send."""
@@ -154,14 +166,25 @@ def domain_similarity_scorer(domain: str, seed_instructions: list[str] = ()) -> 
     return lambda text: float((anchors @ embed_texts([text])[0]).max())
 
 
-def run_self_instruct(run: SelfInstructRun, send_shard: SendShard, on_shard=None) -> SelfInstructRun:
-    """Send shards until the target, the request limit or the budget is reached."""
-    while not run.done:
-        shard = run.next_shard()
-        outcomes = send_shard(shard)
-        run.absorb(outcomes)
-        if on_shard:
-            on_shard(run)
-        log.info("generate: %d/%d requests, %d/%d records kept, %d dropped", run.counts["requests"],
-                 run.settings.max_requests, len(run.kept), run.settings.target_records, len(run.rejected))
+def run_self_instruct(run: SelfInstructRun, send_shards: SendShards, on_shard=None) -> SelfInstructRun:
+    """Send shards until the target, the request limit or the budget is reached. Outcomes are
+    absorbed in shard order, so the records kept do not depend on how many shards were in flight;
+    shards sent ahead past the target stay in the journal unabsorbed, as if never sent."""
+    replies = iter(send_shards(run.planned_shards()))
+    try:
+        # The request limit and the budget end the planned shards; only the target needs a
+        # check here, since shards sent ahead may carry replies past it.
+        for outcomes in replies:
+            run.absorb(outcomes)
+            if on_shard:
+                on_shard(run)
+            log.info("generate: %d/%d requests, %d/%d records kept, %d dropped", run.counts["requests"],
+                     run.settings.max_requests, len(run.kept), run.settings.target_records, len(run.rejected))
+            if len(run.kept) >= run.settings.target_records:
+                break
+    finally:
+        close = getattr(replies, "close", None)
+        if close:
+            close()
+    run.done  # settles stop_reason
     return run

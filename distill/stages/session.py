@@ -3,8 +3,10 @@ directory (lock, manifest, models), and the budget already spent."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
@@ -90,13 +92,125 @@ def send_shard(path: RequestPath, backend: ChatBackend, endpoint: ModelEndpoint,
 
 def send_shards(send: SendShard, path: RequestPath, backend: ChatBackend, endpoint: ModelEndpoint,
                 journal_name: str, shards: Iterable[list[ChatRequest]]) -> Iterator[list[dict]]:
-    """Send shards and yield each shard's outcomes, in shard order. This default sends one
-    shard after another; the flow may swap in a version that keeps several shards in flight
-    (the stages consume outcomes shard by shard either way, so memory stays bounded)."""
+    """Send shards and yield each shard's outcomes, in shard order. A plain `send` sends one
+    shard after another; a sender with a `send_many` method (`WindowedShardSender`, which the
+    flow passes on a Dask cluster) keeps several in flight. The stages consume outcomes shard by
+    shard either way, so memory stays bounded and decisions are taken in request order."""
+    send_many = getattr(send, "send_many", None)
+    if send_many is not None:
+        yield from send_many(path, backend, endpoint, journal_name, shards)
+        return
     for shard in shards:
         if path.meter.exhausted:
             return
         yield send(path, backend, endpoint, journal_name, shard)
+
+
+class _ShardMemory:
+    """The journal interface of run_requests over a dict: a detached shard journals nothing itself."""
+
+    def __init__(self):
+        self._entries: dict[str, dict] = {}
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._entries
+
+    def get(self, key: str) -> dict:
+        return self._entries[key]
+
+    def append(self, entry: dict) -> None:
+        self._entries[entry["key"]] = entry
+
+
+def send_detached(backend: ChatBackend, endpoint: ModelEndpoint, requests: list[ChatRequest],
+                  max_in_flight: int) -> list[dict]:
+    """Send a shard anywhere (a Dask worker) and return its outcomes; the caller journals them.
+    Only picklable things go in and come out, and nothing is written where it runs."""
+    outcomes, stats = run_requests(
+        backend, requests, _ShardMemory(), max_in_flight=max_in_flight,
+        policy=RetryPolicy(max_retries=endpoint.max_retries), prices=prices_of(endpoint),
+    )
+    log.info("detached shard: %d sent, %d failed, %d retries", stats.sent, stats.failed, stats.retries)
+    return outcomes
+
+
+class WindowedShardSender:
+    """Keeps up to `window` shards in flight through `submit` (a Prefect task's `.submit` on the
+    Dask runner) and hands their outcomes back in shard order.
+
+    Workers only send; this process, which holds the run directory, reuses replies already in
+    the journal, appends the new ones and charges the budget. So the journal stays one file with
+    one writer, and a run on a cluster decides exactly what a run in one process decides. At most
+    `window * per_shard_in_flight` requests are in flight across all workers. The budget is
+    checked before each shard is submitted, so a run may overshoot it by the shards in flight.
+    """
+
+    def __init__(self, submit: Callable, window: int, max_requests_in_flight: int | None = None):
+        self.submit = submit
+        self.window = window
+        self.max_requests_in_flight = max_requests_in_flight
+
+    def shard_window(self, endpoint: ModelEndpoint) -> tuple[int, int]:
+        """(shards in flight, requests in flight per shard) under the global cap."""
+        per_shard = endpoint.max_in_flight
+        shards = self.window
+        if self.max_requests_in_flight is not None:
+            per_shard = min(per_shard, self.max_requests_in_flight)
+            shards = max(1, min(shards, self.max_requests_in_flight // per_shard))
+        return shards, per_shard
+
+    def __call__(self, path: RequestPath, backend: ChatBackend, endpoint: ModelEndpoint, journal_name: str,
+                 requests: list[ChatRequest]) -> list[dict]:
+        """One shard, the same way (for callers that send shard by shard)."""
+        return next(iter(self.send_many(path, backend, endpoint, journal_name, [requests])), [])
+
+    def send_many(self, path: RequestPath, backend: ChatBackend, endpoint: ModelEndpoint, journal_name: str,
+                  shards: Iterable[list[ChatRequest]]) -> Iterator[list[dict]]:
+        """Yield each shard's outcomes in shard order, with up to the window of shards in flight."""
+        journal = path.journal(journal_name)
+        prices = prices_of(endpoint)
+        window, per_shard = self.shard_window(endpoint)
+        planned = iter(shards)
+        in_flight: collections.deque = collections.deque()
+
+        def submit_next() -> bool:
+            if path.meter.exhausted:
+                return False
+            shard = next(planned, None)
+            if shard is None:
+                return False
+            # Only successes are reused, as in run_requests: a failure may succeed now.
+            reused = {r.key: journal.get(r.key) for r in shard if r.key in journal and journal.get(r.key).get("ok")}
+            pending = [r for r in shard if r.key not in reused]
+            future = self.submit(backend, endpoint, pending, per_shard) if pending else None
+            in_flight.append((shard, reused, future))
+            return True
+
+        def collect(shard, reused, future) -> list[dict]:
+            fresh = {}
+            for entry in (future.result() if future is not None else []):
+                journal.append(entry)
+                if entry.get("ok"):
+                    path.meter.add(entry.get("prompt_tokens", 0), entry.get("completion_tokens", 0), prices)
+                fresh[entry["key"]] = entry
+            log.info("%s shard: %d sent, %d reused", journal_name, len(fresh), len(reused))
+            return [reused.get(r.key) or fresh[r.key] for r in shard if r.key in reused or r.key in fresh]
+
+        finished = False
+        try:
+            while len(in_flight) < window and submit_next():
+                pass
+            while in_flight:
+                outcomes = collect(*in_flight.popleft())
+                submit_next()
+                yield outcomes
+            finished = True
+        finally:
+            # The stage stopped early (target reached): what was sent is paid for, so keep it
+            # for a rerun. On an error or interrupt, leave the rest to the journal's next run.
+            stopped_early = not finished and sys.exc_info()[0] in (None, GeneratorExit)
+            while in_flight and stopped_early:
+                collect(*in_flight.popleft())
 
 
 def usage_so_far(rundir: RunDir, config: PipelineConfig) -> UsageMeter:
