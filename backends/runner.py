@@ -23,6 +23,11 @@ from distill.records import Journal
 log = logging.getLogger(__name__)
 
 
+# Far above any reply within a request's max_tokens; journal lines stay well under the
+# record readers' line limit (distill.records.MAX_LINE_BYTES) even with every character escaped.
+MAX_REPLY_CHARS = 1_000_000
+
+
 @dataclass
 class Prices:
     """USD per million tokens."""
@@ -63,6 +68,9 @@ class RetryPolicy:
     base_delay_s: float = 0.5
     max_delay_s: float = 30.0
     max_retry_after_s: float = 120.0
+    # A whole attempt's deadline. The HTTP client's timeout is per read, so a server that
+    # trickles an endless reply would otherwise hold a request (and a run) forever.
+    attempt_timeout_s: float | None = None
 
     def delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:  # the server's word wins over our own backoff, within reason
@@ -94,10 +102,16 @@ def outcome_entry(request: ChatRequest, reply, attempts: int, latency_s: float, 
     if reply is None:
         entry.update(ok=False, error=error)
     else:
+        text, finish_reason = reply.text, reply.finish_reason
+        if len(text) > MAX_REPLY_CHARS:
+            # A server that ignores max_tokens: keep what a reply cut at the limit would hold,
+            # so that one babbling reply cannot make the journal unreadable on resume.
+            entry["cut_from_chars"] = len(text)
+            text, finish_reason = text[:MAX_REPLY_CHARS], "length"
         entry.update(
             ok=True,
-            text=reply.text,
-            finish_reason=reply.finish_reason,
+            text=text,
+            finish_reason=finish_reason,
             prompt_tokens=reply.prompt_tokens,
             completion_tokens=reply.completion_tokens,
             endpoint=reply.endpoint,
@@ -117,7 +131,11 @@ async def _send_with_retries(backend: ChatBackend, request: ChatRequest, policy:
     while True:
         attempt += 1
         try:
-            reply = await backend.chat(request)
+            try:
+                reply = await asyncio.wait_for(backend.chat(request), policy.attempt_timeout_s)
+            except TimeoutError:
+                raise BackendError(f"no complete reply within {policy.attempt_timeout_s:g} s: AttemptTimeout",
+                                   retryable=True) from None
             return reply, attempt, time.perf_counter() - started, None, kinds
         except BackendError as exc:
             kind = error_kind(exc)
