@@ -71,7 +71,7 @@ def _run_stage(args) -> None:
         if args.command == "generate":
             summary = stages.generate_stage(config, rundir, models.teacher(), path)
         elif args.command == "filter":
-            summary = stages.filter_stage(config, rundir, models.judge(), path)
+            summary = stages.filter_stage(config, rundir, models.judge(), path, cache_dir=cache)
         elif args.command == "finetune":
             summary = stages.finetune_stage(config, rundir, cache)
         else:

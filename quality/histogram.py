@@ -12,6 +12,7 @@ renamed over it, so a reader never sees half a PNG.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import math
@@ -21,7 +22,7 @@ from typing import Sequence
 
 from distill.records import atomic_file
 
-__all__ = ["BIN_CENTERS", "UNSCORED", "score_bin", "score_bin_counts", "score_histogram_png", "per_score_examples"]
+__all__ = ["BIN_CENTERS", "UNSCORED", "score_bin", "score_bin_counts", "score_histogram_png", "per_score_examples", "ScoreExamples"]
 
 BIN_CENTERS: tuple[float, ...] = tuple(i / 2 for i in range(11))
 UNSCORED = "unscored"
@@ -115,6 +116,33 @@ def _content_digest(record: dict) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+class ScoreExamples:
+    """Collects :func:`per_score_examples` one record at a time, holding only the records
+    chosen so far (at most ``per_bin`` per bin), so a stage can pick them while streaming."""
+
+    def __init__(self, per_bin: int = 2):
+        if per_bin < 0:
+            raise ValueError(f"per_bin must be non-negative, got {per_bin}")
+        self.per_bin = per_bin
+        self._chosen: dict[str, list[tuple[str, int, dict]]] = {label: [] for label in score_bin_counts([])}
+        self._seen: set[str] = set()
+
+    def add(self, position: int, record: dict) -> None:
+        """Consider the record at ``position`` (positions must increase)."""
+        label = score_bin(record.get("score"))
+        self._seen.add(label)
+        chosen = self._chosen[label]
+        entry = (_content_digest(record), position)
+        if len(chosen) < self.per_bin or (chosen and entry < chosen[-1][:2]):
+            bisect.insort(chosen, (*entry, record), key=lambda item: item[:2])
+            del chosen[self.per_bin:]
+
+    def examples(self) -> dict[str, list[dict]]:
+        """Bin label -> the chosen records in input order (bins with no records left out)."""
+        return {label: [record for _, _, record in sorted(chosen, key=lambda item: item[1])]
+                for label, chosen in self._chosen.items() if label in self._seen}
+
+
 def per_score_examples(rated: Sequence[dict], per_bin: int = 2) -> dict[str, list[dict]]:
     """Up to ``per_bin`` example records for every bin that has records.
 
@@ -125,16 +153,7 @@ def per_score_examples(rated: Sequence[dict], per_bin: int = 2) -> dict[str, lis
     favour the first records of a run. Equal records are taken in input order. The examples
     are the input dicts themselves, listed in input order.
     """
-    if per_bin < 0:
-        raise ValueError(f"per_bin must be non-negative, got {per_bin}")
-    members: dict[str, list[tuple[str, int]]] = {label: [] for label in score_bin_counts([])}
+    collected = ScoreExamples(per_bin)
     for position, record in enumerate(rated):
-        members[score_bin(record.get("score"))].append((_content_digest(record), position))
-
-    examples: dict[str, list[dict]] = {}
-    for label, entries in members.items():
-        if not entries:
-            continue
-        chosen = sorted(position for _, position in sorted(entries)[:per_bin])
-        examples[label] = [rated[position] for position in chosen]
-    return examples
+        collected.add(position, record)
+    return collected.examples()

@@ -54,13 +54,16 @@ by default the embedded SmolLM2-135M-Instruct plain directory (``ensure_plain_st
 from __future__ import annotations
 
 import math
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
 __all__ = [
     "DOCUMENT_SEPARATOR",
+    "IfdRanking",
     "IfdScore",
+    "ifd_ranking",
     "PROMPT_FORMATS",
     "ifd_prompt",
     "ifd_scores",
@@ -264,6 +267,76 @@ def ifd_scores(
     return scores
 
 
+@dataclass(frozen=True)
+class IfdRanking:
+    """Superfiltering's decision for every record, from IFD values alone (NaN: unscored), so
+    a stage can select from a corpus it does not hold: ``ranks`` (1: highest IFD below
+    ``max_ifd``; 0: not ranked), how many are kept (``limit``) and the lowest kept IFD."""
+
+    values: array
+    ranks: array
+    limit: int
+    cutoff_ifd: float | None
+    max_ifd: float
+
+    def value(self, position: int) -> float | None:
+        """The IFD of the record at ``position``, or None when it was not scored."""
+        value = self.values[position]
+        return None if math.isnan(value) else value
+
+    def decision(self, position: int, record: dict) -> dict | None:
+        """None when the record at ``position`` is kept, else a copy with the reason and its IFD."""
+        value, rank = self.value(position), self.ranks[position]
+        if value is None:
+            return {**record, "reason": "ifd_unscored", "ifd": None}
+        if rank == 0:
+            return {**record, "reason": "ifd_not_below_max", "ifd": value, "max_ifd": self.max_ifd}
+        if rank <= self.limit:
+            return None
+        return {**record, "reason": "ifd_below_cut", "ifd": value, "rank": rank, "k": self.limit,
+                "cutoff_ifd": self.cutoff_ifd}
+
+
+def ifd_value(score: IfdScore | float | None) -> float:
+    """A score as a plain IFD number, NaN when it is missing or not a number."""
+    value = score.ifd if isinstance(score, IfdScore) else score
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return math.nan
+    return float(value)
+
+
+def ifd_ranking(
+    scores: Sequence[IfdScore | float | None],
+    keep_fraction: float | None = None,
+    top_k: int | None = None,
+    max_ifd: float = 1.0,
+) -> IfdRanking:
+    """Rank the scores as :func:`select_by_ifd` does (highest IFD below ``max_ifd`` first,
+    equal IFDs in input order) and fix how many are kept."""
+    if keep_fraction is not None and top_k is not None:
+        raise ValueError("give keep_fraction or top_k, not both")
+    if keep_fraction is not None:
+        if isinstance(keep_fraction, bool) or not 0 <= keep_fraction <= 1:
+            raise ValueError(f"keep_fraction must be in [0, 1], got {keep_fraction!r}")
+        k: int | None = math.floor(keep_fraction * len(scores) + 1e-9)
+    elif top_k is not None:
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+            raise ValueError(f"top_k must be a non-negative integer, got {top_k!r}")
+        k = top_k
+    else:
+        k = None
+
+    values = array("d", (ifd_value(score) for score in scores))
+    eligible = [position for position, value in enumerate(values) if value < max_ifd]  # NaN < x is False
+    eligible.sort(key=lambda position: -values[position])  # stable: input order on ties
+    ranks = array("q", bytes(8 * len(values)))
+    for rank, position in enumerate(eligible, start=1):
+        ranks[position] = rank
+    limit = len(eligible) if k is None else k
+    cutoff = values[eligible[limit - 1]] if 0 < limit <= len(eligible) else None
+    return IfdRanking(values, ranks, limit, cutoff, max_ifd)
+
+
 def select_by_ifd(
     records: Sequence[dict],
     scores: Sequence[IfdScore | float | None],
@@ -284,50 +357,11 @@ def select_by_ifd(
     ``"ifd_not_below_max"`` with ``max_ifd``, or ``"ifd_below_cut"`` with ``rank``, ``k`` and
     ``cutoff_ifd``) and its ``ifd``, in input order.
     """
+    from quality.select import split_by_decision
+
     if len(scores) != len(records):
         raise ValueError(f"{len(records)} records but {len(scores)} scores")
-    if keep_fraction is not None and top_k is not None:
-        raise ValueError("give keep_fraction or top_k, not both")
-    if keep_fraction is not None:
-        if isinstance(keep_fraction, bool) or not 0 <= keep_fraction <= 1:
-            raise ValueError(f"keep_fraction must be in [0, 1], got {keep_fraction!r}")
-        k: int | None = math.floor(keep_fraction * len(records) + 1e-9)
-    elif top_k is not None:
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
-            raise ValueError(f"top_k must be a non-negative integer, got {top_k!r}")
-        k = top_k
-    else:
-        k = None
-
-    values: list[float | None] = []
-    for score in scores:
-        value = score.ifd if isinstance(score, IfdScore) else score
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-            value = None
-        values.append(None if value is None else float(value))
-
-    eligible = [(position, value) for position, value in enumerate(values)
-                if value is not None and value < max_ifd]
-    ranking = sorted(eligible, key=lambda item: -item[1])  # stable: input order on ties
-    rank_of = {position: rank for rank, (position, _) in enumerate(ranking, start=1)}
-    limit = len(ranking) if k is None else k
-    cutoff = ranking[limit - 1][1] if 0 < limit <= len(ranking) else None
-
-    kept: list[dict] = []
-    dropped: list[dict] = []
-    for position, record in enumerate(records):
-        value = values[position]
-        rank = rank_of.get(position)
-        if value is None:
-            dropped.append({**record, "reason": "ifd_unscored", "ifd": None})
-        elif rank is None:
-            dropped.append({**record, "reason": "ifd_not_below_max", "ifd": value, "max_ifd": max_ifd})
-        elif rank <= limit:
-            kept.append(record)
-        else:
-            dropped.append({**record, "reason": "ifd_below_cut", "ifd": value, "rank": rank, "k": limit,
-                            "cutoff_ifd": cutoff})
-    return kept, dropped
+    return split_by_decision(records, ifd_ranking(scores, keep_fraction, top_k, max_ifd).decision)
 
 
 def load_ifd_model(model_dir: str | Path | None = None, cache_dir: str | Path | None = None,
