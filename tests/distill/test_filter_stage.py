@@ -174,3 +174,39 @@ def test_ifd_instead_of_judge_selects_by_ifd_alone(katan, tmp_path, student_cach
     assert summary["kept"] == 2 and summary["selection"] == "ifd" and summary["histogram"] is None
     rejected = lines(rundir.rejected)
     assert len(rejected) == 4 and dict(Counter(r["reason"] for r in rejected)) == summary["dropped"]
+
+
+def test_records_past_the_budget_are_kept_out_as_not_rated(katan, tmp_path):
+    from distill.config import BudgetConfig
+
+    records = planted(alpaca(len(PLANTED)))
+    config = make_config(katan(), requests_per_shard=3, threshold=4.5)
+    # The first shard alone spends more than one token: no second shard is sent.
+    config = config.model_copy(update={"budget": BudgetConfig(max_tokens=1)})
+    rundir, summary = run_filter(config, tmp_path / "run", records)
+
+    assert len(lines(rundir.journal("rate"))) == 3 and [r["id"] for r in lines(rundir.rated)] == ["r0", "r1", "r2"]
+    not_rated = [r for r in lines(rundir.rejected) if r["reason"] == "not_rated:budget"]
+    assert [r["id"] for r in not_rated] == [f"r{i}" for i in range(3, len(PLANTED))]
+    assert summary["counts"]["not_rated:budget"] == len(PLANTED) - 3 and summary["kept"] == 2
+
+
+def test_ifd_settings_are_validated():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="keep_fraction or filter.ifd.top_k, not both"):
+        FilterConfig(ifd={"enabled": True, "keep_fraction": 0.1, "top_k": 5})
+    with pytest.raises(ValidationError, match="mode"):
+        FilterConfig(ifd={"mode": "after_judge"})
+    with pytest.raises(ValidationError, match="keep_fraction"):
+        FilterConfig(ifd={"keep_fraction": 1.5})
+    assert FilterConfig().ifd.enabled is False and FilterConfig().requests_per_shard == 256
+
+
+def test_a_missing_ifd_model_directory_is_named(katan, tmp_path):
+    from distill.stages import StageInputError
+
+    config = make_config(katan(), ifd={**IFD, "model": str(tmp_path / "no-such-model")})
+    with pytest.raises(StageInputError, match=r"filter.ifd.model: .*no-such-model is not a model directory"):
+        run_filter(config, tmp_path / "run", planted(alpaca(3)))
+    assert not (tmp_path / "run" / "filtered.jsonl").exists() and not (tmp_path / "run" / "rejected.jsonl").exists()
