@@ -125,6 +125,12 @@ SETTINGS: dict[str, tuple[dict, dict]] = {
     "docs-packed-sdpa-b4": (dict(FAST, packing=True, attn_implementation="sdpa", batch_size=4), {"data": "docs"}),
     "docs-packed-varlen-b4": (dict(FAST, packing=True, attn_implementation="sdpa_varlen", batch_size=4),
                               {"data": "docs"}),
+    # QLoRA (method: qlora): the base saved once in bf16, then loaded 4-bit (NF4) through load_model
+    "qlora-gc-b4": (dict(BF16, method="qlora", batch_size=4), LONG),
+    "qlora-b4": (dict(BF16, method="qlora", gradient_checkpointing=False, lora_dropout=0.0, batch_size=4), LONG),
+    "qlora-paged8-b4": (dict(BF16, method="qlora", gradient_checkpointing=False, lora_dropout=0.0, batch_size=4,
+                             optimizer="paged_adamw_8bit"), LONG),
+    "qlora-gc-b16": (dict(BF16, method="qlora", lora_dropout=0.0, batch_size=16), LONG),
     # reference: no Trainer, plain transformers + peft (peft's defaults), bf16 weights, autocast
     "plain-loop-b2": (dict(BF16, gradient_checkpointing=False, batch_size=2), {"loop": True}),
 }
@@ -212,7 +218,7 @@ def run_setting(name: str, args) -> dict:
     from transformers import AutoModelForCausalLM, LlamaConfig, TrainerCallback
 
     from distill.config import FinetuneConfig
-    from finetune.train import build_trainer_for_dataset, model_load_kwargs
+    from finetune.train import build_trainer_for_dataset, load_model, model_load_kwargs
 
     overrides, opts = SETTINGS[name]
     overrides = {k: v for k, v in overrides.items() if k not in args.without.split(",")}
@@ -230,8 +236,11 @@ def run_setting(name: str, args) -> dict:
     kwargs = model_load_kwargs(settings)
     kwargs.pop("trust_remote_code", None)
     t0 = time.perf_counter()
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(LlamaConfig(**cfg), **kwargs)
+    if settings.method == "qlora":  # quantized on loading: through a saved copy, as a user's model is
+        model = load_model(saved_base_model(cfg, args), settings)
+    else:
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(LlamaConfig(**cfg), **kwargs)
     result["attn_implementation"] = model.config._attn_implementation
     if cuda:
         torch.cuda.synchronize()
@@ -316,6 +325,26 @@ def run_setting(name: str, args) -> dict:
     # padded slots, to show what padding costs in the "docs" setting
     result["tokens_per_step"] = round(tokens / len(measured))
     return result
+
+
+def saved_base_model(cfg: dict, args) -> Path:
+    """A random-weight model of ``cfg`` saved in bf16 (once per machine, reused by later settings)."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    path = Path(args.model_cache) / ("tiny" if args.tiny else "llama-2-7b-shape")
+    if (path / "config.json").is_file():
+        return path
+    torch.manual_seed(0)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = AutoModelForCausalLM.from_config(LlamaConfig(**cfg), dtype=torch.bfloat16)
+    tmp = path.with_name(path.name + ".tmp")
+    model.save_pretrained(tmp)
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    tmp.rename(path)
+    return path
 
 
 def kernel_breakdown(prof, wall_us: float) -> dict:
@@ -542,6 +571,7 @@ def driver(args) -> int:
         cmd = [sys.executable, __file__, "--worker", name, "--result", str(res_file), "--steps", str(args.steps),
                "--warmup", str(args.warmup), "--seq-len", str(args.seq_len), "--without", args.without]
         cmd += ["--tiny"] if args.tiny else []
+        cmd += ["--model-cache", args.model_cache]
         t0 = time.monotonic()
         print(f"--- {name}", flush=True)
         log.write(f"\n===== {name}: {' '.join(cmd)}\n")
@@ -598,6 +628,8 @@ def main() -> int:
                     "for a CPU smoke test")
     ap.add_argument("--check-varlen", action="store_true", help="check sdpa_varlen against unpacked runs, then exit")
     ap.add_argument("--list", action="store_true")
+    ap.add_argument("--model-cache", default=os.path.join(tempfile.gettempdir(), "bench_finetune_models"),
+                    help="where QLoRA settings save the random base model once, to load it quantized")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -187,7 +187,7 @@ class FilterConfig(_Strict):
 
 
 class FinetuneConfig(_Strict):
-    """LoRA fine-tuning of the student with trl's SFTTrainer."""
+    """Fine-tuning of the student with trl's SFTTrainer: LoRA, QLoRA or full."""
 
     base_model: str = Field(
         "embedded",
@@ -256,6 +256,41 @@ class FinetuneConfig(_Strict):
         description="Log the loss every this many optimizer steps. Each log waits for the GPU; 10 "
         "costs less on a fast one.",
     )
+    # What is trained, how the trained weights are delivered, and on how many processes.
+    method: Literal["lora", "qlora", "full"] = Field(
+        "lora",
+        description="lora: a LoRA adapter on the frozen base. qlora: the same on a 4-bit (NF4, double-"
+        "quantized) base through bitsandbytes; needs a CUDA GPU. full: every weight trained, no adapter "
+        "(for small students; the whole model is saved).",
+    )
+    optimizer: Literal["adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"] | None = Field(
+        None,
+        description="None: the trainer's default AdamW. The 8-bit and paged ones come from bitsandbytes and "
+        "need a CUDA GPU; paged optimizer states move to host memory under pressure (QLoRA's memory spikes).",
+    )
+    merge: bool = Field(
+        False, description="Also write the base model with the adapter merged in (finetune/merged), for serving."
+    )
+    num_processes: int = Field(
+        1, ge=1, le=64,
+        description="Training processes, started through accelerate launch when above 1: one per GPU, or CPU "
+        "processes talking gloo when there is no GPU. The adapter and summary come out as with one.",
+    )
+    distributed: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description="With num_processes > 1: ddp keeps a whole model copy per process; fsdp shards weights, "
+        "gradients and optimizer states over the processes, for students that do not fit one GPU.",
+    )
+
+    @model_validator(mode="after")
+    def _method_settings_agree(self) -> "FinetuneConfig":
+        if self.merge and self.method == "full":
+            raise ValueError("merge applies to lora/qlora: method full already saves the whole model")
+        if self.method == "qlora" and self.model_dtype != "bfloat16":
+            raise ValueError("method qlora computes in bfloat16: set finetune.model_dtype: bfloat16")
+        if self.method == "qlora" and self.num_processes > 1 and self.distributed == "fsdp":
+            raise ValueError("method qlora with distributed fsdp is not supported; use ddp")
+        return self
 
 
 class EvaluateConfig(_Strict):

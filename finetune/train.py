@@ -1,9 +1,10 @@
-"""LoRA fine-tuning of the student on instruction records, with trl's SFTTrainer.
+"""Fine-tuning of the student on instruction records with trl's SFTTrainer: LoRA, QLoRA or full.
 
-Reading order: :func:`train_lora` is the entry point; it
+Reading order: :func:`train_student` is the entry point; it
 
-1. validates the records and the base model directory (:func:`validate_records`), before
-   anything heavy is loaded;
+1. validates the records, the base model directory (:func:`validate_records`) and that this
+   machine can do what ``settings.method``/``optimizer`` ask (:func:`check_hardware`: QLoRA and
+   bitsandbytes' optimizers need CUDA), before anything heavy is loaded;
 2. turns the records into prompt/completion pairs in the configured prompt format and
    drops those longer than ``max_length`` tokens (:func:`prepare_examples`);
 3. builds the trainer (:func:`build_trainer`): a ``datasets.Dataset`` of the pairs, an
@@ -15,10 +16,18 @@ Reading order: :func:`train_lora` is the entry point; it
    ``use_liger_kernel``, ``torch_compile``, ``dataloader_num_workers``, ``logging_steps``) all
    default to the CPU behaviour; ``bench/bench_finetune_gpu.py`` measures them through
    :func:`build_trainer_for_dataset` and docs/benchmarks.md gives the recommended set;
-4. trains, resuming from the last complete checkpoint under ``output_dir/checkpoints`` when
-   one exists from an interrupted run of the same data and settings;
-5. saves the adapter (``adapter_model.safetensors`` + ``adapter_config.json``) and the
-   tokenizer to ``output_dir/adapter`` and writes ``output_dir/training_summary.json``.
+4. trains (:func:`run_training`), resuming from the last complete checkpoint under
+   ``output_dir/checkpoints`` when one exists from an interrupted run of the same data and
+   settings; with ``num_processes > 1`` the same function runs in every process of an
+   ``accelerate launch`` (``finetune/launch.py``);
+5. saves the adapter (``adapter_model.safetensors`` + ``adapter_config.json``; for ``full``,
+   the whole model in ``output_dir/model``) and the tokenizer, and writes
+   ``output_dir/training_summary.json``.
+
+Methods: ``lora`` wraps the base in a peft LoRA adapter; ``qlora`` loads the base in 4 bits
+(NF4, double quantization, bf16 compute) through bitsandbytes, prepares it for k-bit training
+(peft's ``prepare_model_for_kbit_training``) and adds the same adapter; ``full`` trains every
+weight (no peft).
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import re
 import shutil
 import time
@@ -36,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.config import FinetuneConfig
+from distill.records import write_json
 from finetune.prompt_format import to_prompt_completion
 
 logger = logging.getLogger(__name__)
@@ -45,6 +56,7 @@ OPTIONAL_FIELDS = ("input",)  # a string when present, possibly empty; missing m
 DEFAULT_SAVE_STEPS = 50
 CHECKPOINTS_DIR = "checkpoints"
 ADAPTER_DIR = "adapter"
+FULL_MODEL_DIR = "model"  # method full: the whole trained model
 SUMMARY_FILE = "training_summary.json"
 FINGERPRINT_FILE = "run_fingerprint.json"
 # Settings left out of a run's fingerprint: a checkpoint stays resumable when they change.
@@ -52,7 +64,9 @@ FINGERPRINT_FILE = "run_fingerprint.json"
 # and heldout_records as the data itself.
 # Settings that may change between a crash and its resume: how long to train, and knobs that
 # do not change what is learned (how often to log, how many loader processes).
-_NOT_FINGERPRINTED = {"epochs", "max_steps", "heldout_records", "base_model", "logging_steps", "dataloader_num_workers"}
+_NOT_FINGERPRINTED = {
+    "epochs", "max_steps", "heldout_records", "base_model", "logging_steps", "dataloader_num_workers", "merge",
+}
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 # GPU speed settings added after the first release: fingerprinted only when set to something
 # other than their default, so that checkpoints written before they existed stay resumable.
@@ -66,7 +80,12 @@ _SPEED_SETTINGS = (
     "torch_compile",
     "dataloader_num_workers",
     "logging_steps",
+    "method",
+    "optimizer",
+    "num_processes",
+    "distributed",
 )
+BITSANDBYTES_OPTIMIZERS = ("adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit")
 SDPA_VARLEN = "sdpa_varlen"
 SDPA_CUDNN = "sdpa_cudnn"
 
@@ -75,11 +94,15 @@ class TrainingDataError(ValueError):
     """The records cannot be trained on; the message names the record and field at fault."""
 
 
+class TrainingSetupError(RuntimeError):
+    """The settings ask for something this machine cannot do (say, QLoRA without a CUDA GPU)."""
+
+
 @dataclass
 class TrainResult:
-    """What one call of :func:`train_lora` produced."""
+    """What one call of :func:`train_student` produced."""
 
-    adapter_dir: Path
+    trained_dir: Path  # the adapter (lora, qlora) or the whole model (full), with the tokenizer
     train_records: int  # examples trained on (after dropping those longer than max_length)
     steps: int  # optimizer steps of the whole run, resumed ones included
     train_loss: float  # mean training loss over all logged steps of the run
@@ -90,12 +113,20 @@ class TrainResult:
     final_loss: float = math.nan  # loss of the last logged step
     dropped_records: int = 0  # records whose prompt + completion exceed max_length
     resumed_from: str | None = None  # checkpoint this call resumed from, if any
+    method: str = "lora"
+    processes: int = 1  # training processes (accelerate launch when more than one)
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON-able data."""
         data = asdict(self)
-        data["adapter_dir"] = str(self.adapter_dir)
+        data["trained_dir"] = str(self.trained_dir)
         return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "TrainResult":
+        """The result back from :meth:`to_json`'s data (extra keys, as in the summary file, ignored)."""
+        fields = {name: data[name] for name in cls.__dataclass_fields__ if name in data}
+        return cls(**{**fields, "trained_dir": Path(data["trained_dir"])})
 
 
 # --------------------------------------------------------------------------- validation
@@ -137,6 +168,34 @@ def _check_base_model_dir(base_model_dir: Path) -> Path:
             f"{base_model_dir} is not a Hugging Face model directory (it has no config.json)"
         )
     return base_model_dir
+
+
+def check_hardware(settings: FinetuneConfig) -> None:
+    """Raise :class:`TrainingSetupError` unless this machine can run ``settings``' method and optimizer.
+
+    QLoRA's 4-bit layers and bitsandbytes' 8-bit/paged optimizers need a CUDA GPU and the
+    bitsandbytes package; ``num_processes`` may not exceed the GPUs there are.
+    """
+    wants_bitsandbytes = settings.method == "qlora" or settings.optimizer in BITSANDBYTES_OPTIMIZERS
+    what = "method qlora" if settings.method == "qlora" else f"optimizer {settings.optimizer}"
+    if wants_bitsandbytes and not _use_cuda():
+        raise TrainingSetupError(
+            f"finetune: {what} needs a CUDA GPU (bitsandbytes' kernels) and this machine has none; "
+            "use method lora (or full) and the default optimizer here"
+        )
+    if wants_bitsandbytes:
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError as exc:
+            raise TrainingSetupError(f"finetune: {what} needs the bitsandbytes package (pip install bitsandbytes)") from exc
+    if settings.num_processes > 1 and _use_cuda():
+        import torch
+
+        if settings.num_processes > torch.cuda.device_count():
+            raise TrainingSetupError(
+                f"finetune.num_processes={settings.num_processes} but this machine has "
+                f"{torch.cuda.device_count()} GPU(s): one process per GPU"
+            )
 
 
 # --------------------------------------------------------------------------- data
@@ -262,6 +321,7 @@ def build_sft_config(checkpoints_dir: Path, settings: FinetuneConfig, *, save_st
         gradient_accumulation_steps=settings.gradient_accumulation_steps,
         seed=settings.seed,
         data_seed=settings.seed,
+        **({"optim": settings.optimizer} if settings.optimizer else {}),
         # Data: prompt/completion pairs, loss on the completion only. Packing (off by default) uses
         # trl's best-fit-decreasing strategy, which turns on padding-free batches by itself.
         max_length=settings.max_length,
@@ -290,7 +350,23 @@ def build_sft_config(checkpoints_dir: Path, settings: FinetuneConfig, *, save_st
         report_to="none",
         disable_tqdm=not progress,
         trust_remote_code=settings.trust_remote_code,
+        **_distributed_arguments(settings, checkpointing),
     )
+
+
+def _distributed_arguments(settings: FinetuneConfig, checkpointing: bool) -> dict[str, Any]:
+    """Trainer arguments for several processes: DDP over the adapter, or FSDP for big students."""
+    if settings.num_processes == 1:
+        return {}
+    if settings.distributed == "ddp":
+        # Every trainable weight gets a gradient in every step: no search for unused ones.
+        return {"ddp_find_unused_parameters": False}
+    # FSDP wraps each decoder layer (the model's _no_split_modules); use_orig_params lets frozen
+    # base weights and trainable LoRA weights share a flat parameter.
+    return {
+        "fsdp": "full_shard auto_wrap",
+        "fsdp_config": {"use_orig_params": True, "activation_checkpointing": checkpointing},
+    }
 
 
 def build_lora_config(settings: FinetuneConfig):
@@ -356,11 +432,34 @@ def model_load_kwargs(settings: FinetuneConfig) -> dict[str, Any]:
     return kwargs
 
 
+def quantization_kwargs(settings: FinetuneConfig) -> dict[str, Any]:
+    """``from_pretrained`` arguments for ``method: qlora`` (QLoRA's recipe: NF4 weights, quantized
+    quantization constants, bf16 compute, on this process's GPU); empty for the other methods."""
+    if settings.method != "qlora":
+        return {}
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return {
+        "quantization_config": BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        ),
+        # Each process's own GPU (train_student refuses qlora without one; "cpu" serves smoke tests).
+        "device_map": {"": int(os.environ.get("LOCAL_RANK", "0")) if torch.cuda.is_available() else "cpu"},
+    }
+
+
 def load_model(base_model_dir: Path, settings: FinetuneConfig):
-    """The base model, in ``settings.model_dtype`` (float32 unless set) with the configured attention."""
+    """The base model, in ``settings.model_dtype`` (float32 unless set) with the configured attention;
+    4-bit quantized for ``method: qlora``."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(base_model_dir, **model_load_kwargs(settings))
+    return AutoModelForCausalLM.from_pretrained(
+        base_model_dir, **model_load_kwargs(settings), **quantization_kwargs(settings)
+    )
 
 
 # --------------------------------------------------------------------------- attention variants
@@ -456,7 +555,8 @@ def build_trainer(
     save_steps: int = DEFAULT_SAVE_STEPS,
     progress: bool = True,
 ):
-    """An ``SFTTrainer`` wrapping ``model`` in a fresh LoRA adapter, over the prompt/completion ``pairs``."""
+    """An ``SFTTrainer`` over the prompt/completion ``pairs``: ``model`` in a fresh LoRA adapter, or
+    the whole model for ``method: full``."""
     from datasets import Dataset
 
     return build_trainer_for_dataset(
@@ -478,17 +578,26 @@ def build_trainer_for_dataset(
     """:func:`build_trainer` for any dataset trl takes: prompt/completion pairs, or tokenized rows
     (an ``input_ids`` column, as the GPU benchmark feeds it). Applies the speed settings that act
     on the wrapped model: no input casting in the LoRA layers under bf16 autocast, and regional
-    ``torch.compile``."""
+    ``torch.compile``. A 4-bit model (``method: qlora``) is prepared for k-bit training first."""
     from transformers import PrinterCallback
     from trl import SFTTrainer
 
     args = build_sft_config(checkpoints_dir, settings, save_steps=save_steps, progress=progress)
+    if getattr(model, "is_loaded_in_4bit", False):
+        from peft import prepare_model_for_kbit_training
+
+        # Norms and embeddings to float32, base frozen; input gradients on for checkpointing.
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=args.activation_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
     trainer = SFTTrainer(
         model=model,
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
-        peft_config=build_lora_config(settings),
+        peft_config=None if settings.method == "full" else build_lora_config(settings),
         callbacks=[_log_progress_callback(), *(callbacks or [])],
     )
     if not progress:
@@ -554,25 +663,40 @@ def _losses(log_history: list[dict]) -> list[float]:
     return [entry["loss"] for entry in log_history if "loss" in entry]
 
 
-def _save_adapter(trainer: Any, tokenizer: Any, adapter_dir: Path) -> None:
-    """Write the adapter and tokenizer to ``adapter_dir``, replacing an older one only when done."""
-    tmp = adapter_dir.with_name(f".{adapter_dir.name}.tmp")
-    if tmp.exists():
+def _save_trained(trainer: Any, trained_dir: Path, method: str) -> None:
+    """Write the adapter (or, for ``full``, the whole model) and the tokenizer to ``trained_dir``,
+    replacing an older one only when done. Every process calls it (FSDP gathers the weights
+    from all); the main process alone writes."""
+    tmp = trained_dir.with_name(f".{trained_dir.name}.tmp")
+    main = trainer.is_world_process_zero()
+    if main and tmp.exists():
         shutil.rmtree(tmp)
-    trainer.model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    for required in ("adapter_model.safetensors", "adapter_config.json"):
-        if not (tmp / required).is_file():
-            raise RuntimeError(f"saving the adapter did not write {required} in {tmp}")
-    if adapter_dir.exists():
-        shutil.rmtree(adapter_dir)
-    tmp.rename(adapter_dir)
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(tmp))  # peft models save the adapter only; safetensors; the tokenizer too
+    trainer.accelerator.wait_for_everyone()
+    if not main:
+        return
+    (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle; the summary has the settings
+    required = ("config.json",) if method == "full" else ("adapter_model.safetensors", "adapter_config.json")
+    for name in required:
+        if not (tmp / name).is_file():
+            raise RuntimeError(f"saving the trained weights did not write {name} in {tmp}")
+    if not any(tmp.glob("*.safetensors")):
+        raise RuntimeError(f"saving the trained weights wrote no safetensors file in {tmp}")
+    if trained_dir.exists():
+        shutil.rmtree(trained_dir)
+    tmp.rename(trained_dir)
+
+
+def trained_dir_for(output_dir: Path, settings: FinetuneConfig) -> Path:
+    """Where the trained weights go: ``adapter/`` for lora and qlora, ``model/`` for full."""
+    return Path(output_dir) / (FULL_MODEL_DIR if settings.method == "full" else ADAPTER_DIR)
 
 
 # --------------------------------------------------------------------------- entry point
 
 
-def train_lora(
+def train_student(
     records: list[dict],
     base_model_dir: Path,
     output_dir: Path,
@@ -581,53 +705,94 @@ def train_lora(
     *,
     save_steps: int = DEFAULT_SAVE_STEPS,
 ) -> TrainResult:
-    """LoRA-fine-tune the model in ``base_model_dir`` on ``records``; save the adapter under ``output_dir``.
+    """Fine-tune the model in ``base_model_dir`` on ``records`` (``settings.method``); save the result under ``output_dir``.
 
     Everything is checked before training starts: :class:`TrainingDataError` for an empty
     list, an incomplete record (the message names its index and field) or records none of
-    which fit ``settings.max_length``; :class:`FileNotFoundError` for a missing base model.
+    which fit ``settings.max_length``; :class:`FileNotFoundError` for a missing base model;
+    :class:`TrainingSetupError` for QLoRA (or a bitsandbytes optimizer) without a CUDA GPU.
 
     ``output_dir`` receives ``checkpoints/`` (one every ``save_steps`` optimizer steps and
     at the end, the last two kept), ``adapter/`` (``adapter_model.safetensors``,
-    ``adapter_config.json`` and the tokenizer) and ``training_summary.json``. When
-    ``checkpoints/`` holds a complete checkpoint of the same data and settings (say, after
-    a crash), training resumes from it; only ``epochs`` and ``max_steps`` may differ.
+    ``adapter_config.json`` and the tokenizer; ``model/`` with the whole model for ``full``)
+    and ``training_summary.json``. When ``checkpoints/`` holds a complete checkpoint of the
+    same data and settings (say, after a crash), training resumes from it; only ``epochs``,
+    ``max_steps`` and bookkeeping settings may differ. With ``num_processes > 1`` the
+    training runs in that many processes under ``accelerate launch``, with the same outputs.
     ``progress`` shows progress bars; per-step losses always go to this module's logger.
     """
     validate_records(records)
     base_model_dir = _check_base_model_dir(base_model_dir)
+    check_hardware(settings)
     if save_steps < 1:
         raise ValueError(f"save_steps must be at least 1, got {save_steps}")
     output_dir = Path(output_dir)
     checkpoints_dir = output_dir / CHECKPOINTS_DIR
-    adapter_dir = output_dir / ADAPTER_DIR
 
     tokenizer = load_tokenizer(base_model_dir, settings)
     pairs, dropped = prepare_examples(records, tokenizer, settings)
-    model = load_model(base_model_dir, settings)
     fingerprint = _fingerprint(pairs, base_model_dir, settings)
     resume_from = _resume_checkpoint(checkpoints_dir, fingerprint)
     checkpoints_dir.mkdir(parents=True, exist_ok=True)
     (checkpoints_dir / FINGERPRINT_FILE).write_text(json.dumps(fingerprint, indent=2) + "\n", encoding="utf-8")
 
+    if settings.num_processes > 1:
+        from finetune.launch import launch_training
+
+        launch_training(
+            pairs, len(dropped), base_model_dir, output_dir, settings,
+            progress=progress, save_steps=save_steps, resume_from=resume_from,
+        )
+        return TrainResult.from_json(json.loads((output_dir / SUMMARY_FILE).read_text(encoding="utf-8")))
+    return run_training(
+        pairs, len(dropped), base_model_dir, output_dir, settings,
+        progress=progress, save_steps=save_steps, resume_from=resume_from, tokenizer=tokenizer,
+    )
+
+
+def run_training(
+    pairs: list[dict[str, str]],
+    dropped_records: int,
+    base_model_dir: Path,
+    output_dir: Path,
+    settings: FinetuneConfig,
+    *,
+    progress: bool,
+    save_steps: int,
+    resume_from: Path | None,
+    tokenizer: Any = None,
+) -> TrainResult:
+    """The training itself, on prepared pairs: load, train, save, summarise.
+
+    Runs in this process, or in each process of an ``accelerate launch`` (the trainer finds
+    the process group in the environment); only the main process writes the outputs.
+    """
+    output_dir = Path(output_dir)
+    checkpoints_dir = output_dir / CHECKPOINTS_DIR
+    trained_dir = trained_dir_for(output_dir, settings)
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(base_model_dir, settings)
+    model = load_model(base_model_dir, settings)
     with _datasets_progress(progress):
         trainer = build_trainer(
             pairs, model, tokenizer, checkpoints_dir, settings, save_steps=save_steps, progress=progress
         )
-    trainable, total = trainer.model.get_nb_trainable_parameters()
-    logger.info(
-        "training a LoRA adapter on %s: %d examples, %d trainable of %d parameters%s",
-        base_model_dir, len(pairs), trainable, total, f", resuming from {resume_from}" if resume_from else "",
-    )
+    trainable, total = _parameter_counts(trainer.model)
+    processes = trainer.args.world_size
+    if trainer.is_world_process_zero():
+        logger.info(
+            "training (%s) on %s: %d examples, %d trainable of %d parameters, %d process(es)%s",
+            settings.method, base_model_dir, len(pairs), trainable, total, processes,
+            f", resuming from {resume_from}" if resume_from else "",
+        )
 
     started = time.monotonic()
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     runtime = time.monotonic() - started
 
-    _save_adapter(trainer, tokenizer, adapter_dir)
+    _save_trained(trainer, trained_dir, settings.method)
     losses = _losses(trainer.state.log_history)
     result = TrainResult(
-        adapter_dir=adapter_dir,
+        trained_dir=trained_dir,
         train_records=len(pairs),
         steps=trainer.state.global_step,
         train_loss=sum(losses) / len(losses) if losses else math.nan,
@@ -636,13 +801,24 @@ def train_lora(
         trainable_params=int(trainable),
         total_params=int(total),
         final_loss=losses[-1] if losses else math.nan,
-        dropped_records=len(dropped),
+        dropped_records=dropped_records,
         resumed_from=str(resume_from) if resume_from else None,
+        method=settings.method,
+        processes=processes,
     )
-    summary = {**result.to_json(), "base_model_dir": str(base_model_dir), "settings": settings.model_dump(mode="json")}
-    (output_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    logger.info(
-        "adapter saved to %s: %d steps, mean loss %.4f, final loss %.4f, %.1f s",
-        adapter_dir, result.steps, result.train_loss, result.final_loss, runtime,
-    )
+    if trainer.is_world_process_zero():
+        summary = {**result.to_json(), "base_model_dir": str(base_model_dir), "settings": settings.model_dump(mode="json")}
+        write_json(output_dir / SUMMARY_FILE, summary)
+        logger.info(
+            "%s saved to %s: %d steps, mean loss %.4f, final loss %.4f, %.1f s",
+            trained_dir.name, trained_dir, result.steps, result.train_loss, result.final_loss, runtime,
+        )
     return result
+
+
+def _parameter_counts(model: Any) -> tuple[int, int]:
+    """(trainable, total) parameters; a 4-bit weight counts its unpacked size, as peft counts it."""
+    if hasattr(model, "get_nb_trainable_parameters"):
+        return model.get_nb_trainable_parameters()
+    total = sum(p.numel() for p in model.parameters())
+    return sum(p.numel() for p in model.parameters() if p.requires_grad), total

@@ -34,7 +34,7 @@ from finetune.train import (  # noqa: E402
     load_model,
     load_tokenizer,
     prepare_examples,
-    train_lora,
+    train_student,
     validate_records,
 )
 
@@ -139,20 +139,20 @@ def test_overlong_records_are_dropped(tokenizer):
 def test_bad_records_fail_before_anything_loads(tmp_path, records, message):
     # The base model does not even exist: the records are checked first.
     with pytest.raises(TrainingDataError, match=message):
-        train_lora(records, tmp_path / "no-model", tmp_path / "out", settings(), progress=False)
+        train_student(records, tmp_path / "no-model", tmp_path / "out", settings(), progress=False)
 
 
 def test_missing_base_model_dir(tmp_path):
     with pytest.raises(FileNotFoundError, match="base model directory not found"):
-        train_lora(RECORDS, tmp_path / "no-model", tmp_path / "out", settings(), progress=False)
+        train_student(RECORDS, tmp_path / "no-model", tmp_path / "out", settings(), progress=False)
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="config.json"):
-        train_lora(RECORDS, tmp_path / "empty", tmp_path / "out", settings(), progress=False)
+        train_student(RECORDS, tmp_path / "empty", tmp_path / "out", settings(), progress=False)
 
 
 def test_no_record_fits_max_length(student_dir, tmp_path):
     with pytest.raises(TrainingDataError, match="none of the 8 records fits max_length=16"):
-        train_lora(RECORDS, student_dir, tmp_path / "out", settings(max_length=16), progress=False)
+        train_student(RECORDS, student_dir, tmp_path / "out", settings(max_length=16), progress=False)
     assert not (tmp_path / "out" / "adapter").exists()
 
 
@@ -204,7 +204,7 @@ def test_checkpoints_of_another_run_are_not_resumed(tmp_path, tokenizer):
 def first_run(student_dir, tmp_path_factory):
     """Two real optimizer steps, a checkpoint after each."""
     out = tmp_path_factory.mktemp("lora")
-    result = train_lora(RECORDS, student_dir, out, settings(max_steps=2), progress=False, save_steps=1)
+    result = train_student(RECORDS, student_dir, out, settings(max_steps=2), progress=False, save_steps=1)
     state = json.loads((out / "checkpoints" / "checkpoint-2" / "trainer_state.json").read_text())
     return out, result, state
 
@@ -212,7 +212,7 @@ def first_run(student_dir, tmp_path_factory):
 def test_training_writes_an_adapter(first_run):
     out, result, _ = first_run
     adapter = out / "adapter"
-    assert result.adapter_dir == adapter
+    assert result.trained_dir == adapter
     for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json"):
         assert (adapter / name).is_file(), name
     assert not (adapter / "adapter_model.bin").exists()
@@ -253,7 +253,7 @@ def test_adapter_changes_the_model(first_run, student_dir, tokenizer):
 
 def test_resume_continues_from_the_checkpoint(first_run, student_dir):
     out, first, state_after_2 = first_run
-    result = train_lora(RECORDS, student_dir, out, settings(max_steps=3), progress=False, save_steps=1)
+    result = train_student(RECORDS, student_dir, out, settings(max_steps=3), progress=False, save_steps=1)
     assert result.resumed_from is not None and result.resumed_from.endswith("checkpoint-2")
     assert result.steps == 3
     state = json.loads((out / "checkpoints" / "checkpoint-3" / "trainer_state.json").read_text())

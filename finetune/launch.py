@@ -1,0 +1,127 @@
+"""Training in several processes: ``accelerate launch`` running this module once per process.
+
+:func:`finetune.train.train_student` does the checks, the data preparation and the checkpoint
+bookkeeping once, in the caller's process; with ``num_processes > 1`` it then calls
+:func:`launch_training`, which writes the prepared pairs and settings to
+``output_dir/launch/job.json`` and runs
+
+    python -m accelerate.commands.launch --multi_gpu --num_processes N ... -m finetune.launch job.json
+
+Each of the N processes runs :func:`main`, which hands the job to
+:func:`finetune.train.run_training`: the trainer finds the process group in the environment
+(DDP over NCCL on GPUs, over gloo on CPU; FSDP when ``distributed: fsdp``), and only the main
+process writes the adapter and ``training_summary.json``, so the outputs look as with one.
+
+accelerate's ``--cpu`` flag starts a single process (its simple launcher), so the torchrun
+launcher behind ``--multi_gpu`` is used on CPU too; the trainer's ``use_cpu`` then selects gloo.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from distill.config import FinetuneConfig
+from distill.records import write_json
+
+logger = logging.getLogger(__name__)
+
+JOB_DIR = "launch"
+JOB_FILE = "job.json"
+
+
+def _free_port() -> int:
+    """A TCP port nobody listens on now, for the process group's rendezvous."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch_command(job_file: Path, settings: FinetuneConfig, port: int) -> list[str]:
+    """The ``accelerate launch`` command line that trains ``job_file`` in ``settings.num_processes`` processes."""
+    return [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--multi_gpu",  # torchrun's launcher: N processes, on GPUs or (use_cpu) on CPU
+        "--num_processes", str(settings.num_processes),
+        "--num_machines", "1",
+        "--mixed_precision", "no",  # the trainer's own bf16 setting applies
+        "--dynamo_backend", "no",  # torch_compile is the trainer's business too
+        "--main_process_port", str(port),
+        "-m", "finetune.launch", str(job_file),
+    ]
+
+
+def launch_training(
+    pairs: list[dict[str, str]],
+    dropped_records: int,
+    base_model_dir: Path,
+    output_dir: Path,
+    settings: FinetuneConfig,
+    *,
+    progress: bool,
+    save_steps: int,
+    resume_from: Path | None,
+) -> None:
+    """Train ``pairs`` in ``settings.num_processes`` processes; raise if the launch fails.
+
+    The outputs (adapter or model, checkpoints, ``training_summary.json``) land in
+    ``output_dir`` exactly as :func:`finetune.train.run_training` writes them in one process.
+    """
+    job_file = Path(output_dir) / JOB_DIR / JOB_FILE
+    write_json(job_file, {
+        "pairs": pairs,
+        "dropped_records": dropped_records,
+        "base_model_dir": str(base_model_dir),
+        "output_dir": str(output_dir),
+        "settings": settings.model_dump(mode="json"),
+        "progress": progress,
+        "save_steps": save_steps,
+        "resume_from": str(resume_from) if resume_from else None,
+    })
+    command = launch_command(job_file, settings, _free_port())
+    repo_root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [repo_root, os.environ.get("PYTHONPATH")]))}
+    env.setdefault("OMP_NUM_THREADS", "1")  # N processes share the cores
+    logger.info("launching %d training processes (%s): %s", settings.num_processes, settings.distributed, " ".join(command))
+    completed = subprocess.run(command, env=env, check=False)
+    if completed.returncode != 0:
+        raise RuntimeError(
+            f"accelerate launch of {settings.num_processes} training processes exited with code "
+            f"{completed.returncode} (their output is above); job: {job_file}"
+        )
+    job_file.unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """One training process of a launch: read the job file named on the command line and train."""
+    from finetune.train import run_training
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        raise SystemExit("usage: python -m finetune.launch JOB_FILE  (started by accelerate launch)")
+    job = json.loads(Path(args[0]).read_text(encoding="utf-8"))
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format=f"%(asctime)s rank{rank} %(name)s %(levelname)s %(message)s",
+    )
+    run_training(
+        job["pairs"],
+        job["dropped_records"],
+        Path(job["base_model_dir"]),
+        Path(job["output_dir"]),
+        FinetuneConfig(**job["settings"]),
+        progress=job["progress"] and rank == 0,
+        save_steps=job["save_steps"],
+        resume_from=Path(job["resume_from"]) if job["resume_from"] else None,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

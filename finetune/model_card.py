@@ -1,0 +1,142 @@
+"""The model card (README.md) written next to a trained student: where its data came from and how it was trained.
+
+:func:`gather_provenance` reads a run directory (its manifest, the stage summaries and the
+record files) into plain data; :func:`render_model_card` turns that and the training summary
+into Markdown; :func:`write_model_card` puts it in a directory. The card names the teacher and
+judge, the hashes of the seed tasks and of every prompt file, the record counts at each stage,
+the generation and filter settings, and the training settings and results. Secrets never get
+in: the config holds only the names of environment variables, and credentials or query strings
+in endpoint URLs are cut out (:func:`without_credentials`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from distill.config import PipelineConfig
+from distill.records import write_atomic
+from distill.rundir import RunDir
+
+CARD_FILE = "README.md"
+_URL_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
+_URL_QUERY = re.compile(r"\?[^\s,]*")
+# Generation settings that shape the data (the rest are about throughput).
+GENERATE_KEYS = ("strategy", "target_records", "seeds_per_prompt", "tasks_per_request", "temperature", "top_p",
+                 "rouge_threshold", "domain")
+
+
+def without_credentials(text: str) -> str:
+    """``text`` with any ``user:password@`` in URLs and any ``?query`` removed."""
+    return _URL_QUERY.sub("", _URL_USERINFO.sub(r"\g<scheme>", text))
+
+
+def _line_count(path: Path) -> int | None:
+    """Non-blank lines of a JSONL file (its records), or None when the file is not there."""
+    if not path.is_file():
+        return None
+    with path.open("rb") as handle:
+        return sum(1 for line in handle if line.strip())
+
+
+def gather_provenance(config: PipelineConfig, rundir: RunDir) -> dict[str, Any]:
+    """Where the training data came from, read from ``rundir``: models, hashes, counts, settings."""
+    manifest = json.loads(rundir.manifest.read_text(encoding="utf-8")) if rundir.manifest.is_file() else {}
+    generated = rundir.stage_summary("generate") or {}
+    filtered = rundir.stage_summary("filter") or {}
+    generate_settings = config.generate.model_dump(mode="json")
+    return {
+        "teacher": without_credentials(str(manifest.get("teacher") or generated.get("teacher") or config.teacher.model)),
+        "judge": without_credentials(str(manifest.get("judge") or filtered.get("judge") or "")) or None,
+        "seed_tasks_sha256": manifest.get("seed_tasks_sha256"),
+        "prompts_sha256": manifest.get("prompts_sha256", {}),
+        "counts": {
+            "teacher requests": generated.get("requests"),
+            "generated records": _line_count(rundir.generated),
+            "after dedup (filter input)": filtered.get("after_dedup"),
+            "rated by the judge": filtered.get("rated"),
+            "kept by the filter": _line_count(rundir.filtered),
+            "trained on": _line_count(rundir.train),
+            "held out for evaluation": _line_count(rundir.heldout),
+        },
+        "generate_settings": {key: generate_settings[key] for key in GENERATE_KEYS if key in generate_settings},
+        "filter_settings": config.filter.model_dump(mode="json"),
+    }
+
+
+def _table(rows: dict[str, Any]) -> list[str]:
+    lines = ["| | |", "|---|---|"]
+    for key, value in rows.items():
+        shown = "–" if value is None else (json.dumps(value) if isinstance(value, dict | list) else str(value))
+        lines.append(f"| {key} | {shown} |")
+    return lines
+
+
+def render_model_card(provenance: dict[str, Any], training: dict[str, Any], weights: str) -> str:
+    """The card's Markdown. ``training`` is ``training_summary.json``'s data; ``weights`` says what the
+    directory holds: "adapter" (LoRA/QLoRA adapter), "merged" (base + adapter) or "model" (full)."""
+    settings = training.get("settings", {})
+    base = Path(str(training.get("base_model_dir", ""))).name or "?"
+    what = {
+        "adapter": f"a LoRA adapter ({settings.get('method', 'lora')}) for the base model `{base}`; load it with peft",
+        "merged": f"the base model `{base}` with the LoRA adapter merged in; loads with plain transformers",
+        "model": f"the whole fine-tuned model (full fine-tuning of `{base}`)",
+    }[weights]
+    results = {key: training.get(key) for key in (
+        "method", "processes", "train_records", "dropped_records", "steps", "train_loss", "final_loss",
+        "tokens_seen", "trainable_params", "total_params", "resumed_from")}
+    lines = [
+        "---",
+        f"library_name: {'peft' if weights == 'adapter' else 'transformers'}",
+        "tags: [distillation, self-instruct, alpagasus, trl, sft]",
+        "---",
+        "",
+        "# Distilled instruction-following student",
+        "",
+        f"This directory holds {what}. It was trained with the distill pipeline: instructions and answers",
+        "generated by a teacher model (self-instruct), rated by a judge and filtered (AlpaGasus), then",
+        "supervised fine-tuning with trl's SFTTrainer, the loss on the answers only.",
+        "",
+        "## Data provenance",
+        "",
+        f"- Teacher: `{provenance.get('teacher')}`",
+        f"- Judge: `{provenance.get('judge') or 'none (no rating)'}`",
+        f"- Seed tasks SHA-256: `{provenance.get('seed_tasks_sha256')}`",
+        "",
+        "Record counts at each stage:",
+        "",
+        *_table(provenance.get("counts", {})),
+        "",
+        "Generation settings:",
+        "",
+        *_table(provenance.get("generate_settings", {})),
+        "",
+        "Filter settings:",
+        "",
+        *_table(provenance.get("filter_settings", {})),
+        "",
+        "Prompt files (SHA-256):",
+        "",
+        *_table({f"`{name}`": f"`{digest}`" for name, digest in provenance.get("prompts_sha256", {}).items()}),
+        "",
+        "## Training",
+        "",
+        f"Base model: `{base}`; prompt format: {settings.get('prompt_format')}.",
+        "",
+        *_table(results),
+        "",
+        "Settings (`finetune` section of the config):",
+        "",
+        *_table(settings),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_model_card(directory: Path, text: str) -> Path:
+    """Write ``text`` as ``directory/README.md`` (atomically); return the path."""
+    path = Path(directory) / CARD_FILE
+    write_atomic(path, text)
+    return path

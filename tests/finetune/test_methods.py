@@ -1,0 +1,89 @@
+"""Training methods besides LoRA: full fine-tuning for real on CPU, QLoRA's refusal without CUDA.
+
+QLoRA itself needs a CUDA GPU (bitsandbytes' 4-bit kernels); it is exercised on the H100 by
+``bench/bench_finetune_gpu.py`` (the qlora-* settings, docs/benchmarks.md). Here the test is
+that asking for it on a machine without CUDA fails with a clear error before anything loads.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("trl")
+
+from pydantic import ValidationError  # noqa: E402
+
+from distill.config import FinetuneConfig  # noqa: E402
+from finetune.train import TrainingSetupError, train_student  # noqa: E402
+
+def settings(**overrides) -> FinetuneConfig:
+    base = {"max_length": 128, "batch_size": 2, "max_steps": 2, "learning_rate": 1e-4, "seed": 0}
+    return FinetuneConfig(**{**base, **overrides})
+
+
+# --------------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"method": "qlora"}, "set finetune.model_dtype: bfloat16"),
+        ({"method": "full", "merge": True}, "merge applies to lora/qlora"),
+        ({"method": "qlora", "model_dtype": "bfloat16", "num_processes": 2, "distributed": "fsdp"}, "use ddp"),
+        ({"method": "dora"}, "method"),
+        ({"optimizer": "sgd"}, "optimizer"),
+        ({"num_processes": 0}, "num_processes"),
+    ],
+)
+def test_inconsistent_method_settings_are_refused(overrides, message):
+    with pytest.raises(ValidationError, match=message):
+        settings(**overrides)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
+@pytest.mark.parametrize(
+    "overrides, what",
+    [
+        ({"method": "qlora", "model_dtype": "bfloat16"}, "method qlora"),
+        ({"optimizer": "paged_adamw_8bit"}, "optimizer paged_adamw_8bit"),
+    ],
+)
+def test_bitsandbytes_methods_need_cuda_and_fail_before_loading(student_dir, short_records, tmp_path, overrides, what):
+    out = tmp_path / "out"
+    with pytest.raises(TrainingSetupError, match=f"{what} needs a CUDA GPU"):
+        train_student(short_records, student_dir, out, settings(**overrides), progress=False)
+    assert not out.exists()  # refused before any output (or checkpoint folder) was made
+
+
+# --------------------------------------------------------------------------- full fine-tuning
+
+
+def test_full_finetuning_trains_and_saves_every_weight(student_dir, short_records, tmp_path):
+    from safetensors import safe_open
+
+    out = tmp_path / "full"
+    result = train_student(short_records[:4], student_dir, out, settings(method="full"), progress=False, save_steps=100)
+    model_dir = out / "model"
+    assert result.trained_dir == model_dir and result.method == "full"
+    assert result.steps == 2 and math.isfinite(result.final_loss)
+    assert result.trainable_params == result.total_params  # no adapter: everything trains
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        assert (model_dir / name).is_file(), name
+    assert not (out / "adapter").exists() and not (model_dir / "adapter_config.json").exists()
+    assert not (model_dir / "training_args.bin").exists()
+
+    # The saved weights moved away from the base's.
+    name = "model.layers.0.mlp.down_proj.weight"
+    with safe_open(student_dir / "model.safetensors", "pt") as before, safe_open(model_dir / "model.safetensors", "pt") as after:
+        changed = (after.get_tensor(name).float() - before.get_tensor(name).float()).abs().max().item()
+    assert changed > 0
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["method"] == "full" and summary["settings"]["method"] == "full"
