@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from backends.base import ChatBackend
+from backends.factory import prices_of
 from backends.runner import fault_counts
-from distill.config import PipelineConfig
+from distill.config import ModelEndpoint, PipelineConfig
 from distill.records import read_seed_tasks, write_json, write_jsonl
 from distill.rundir import RunDir
 from distill.stages.session import RequestPath, SendShard, send_shard, send_shards
@@ -28,14 +29,54 @@ def write_diversity_report(config: PipelineConfig, rundir: RunDir, records: list
             "share_with_input": stats["share_with_input"]}
 
 
+class ReplayedSpend:
+    """On a rerun, the budget meets the journaled replies' spend again as each one is reused, in
+    request order. Counting it all up front would stop a resumed run before its first shard and
+    leave it nothing to keep; replayed, a rerun stops where the uninterrupted run stopped."""
+
+    def __init__(self, path: RequestPath, endpoint: ModelEndpoint, journal_name: str):
+        self.meter = path.meter
+        self.prices = prices_of(endpoint)
+        self.pending = {e["key"]: (e.get("prompt_tokens", 0), e.get("completion_tokens", 0))
+                        for e in path.journal(journal_name).entries() if e.get("ok")}
+        for prompt_tokens, completion_tokens in self.pending.values():
+            self.meter.add(-prompt_tokens, -completion_tokens, self.prices)
+
+    def replay(self, keys: Iterable[str]) -> None:
+        """Charge again the journaled replies among these keys (new ones are charged as they come)."""
+        for key in keys:
+            if key in self.pending:
+                self.meter.add(*self.pending.pop(key), self.prices)
+
+    def charging(self, send: SendShard) -> SendShard:
+        """`send`, charging each shard's journaled replies before the runner decides what to send, as
+        the first run had been charged for them by then; it then skips what the first run skipped.
+        (A sender that keeps several shards in flight is charged as its outcomes come back.)"""
+        if hasattr(send, "send_many"):
+            return send
+
+        def send_charged(path, backend, endpoint, journal_name, requests):
+            self.replay(r.key for r in requests)
+            return send(path, backend, endpoint, journal_name, requests)
+        return send_charged
+
+    def settle(self) -> None:
+        """Charge what was journaled but not reused (replies past the target), for the stages after."""
+        for prompt_tokens, completion_tokens in self.pending.values():
+            self.meter.add(prompt_tokens, completion_tokens, self.prices)
+        self.pending.clear()
+
+
 class OutcomeLog:
     """Keeps the outcomes a stage consumed (one small entry each), so its summary can count the faults."""
 
-    def __init__(self):
+    def __init__(self, spend: ReplayedSpend):
+        self.spend = spend
         self.entries: list[dict] = []
 
     def keep(self, outcomes: list[dict]) -> list[dict]:
         """Note one shard's outcomes and hand them on (only those with a fault take memory)."""
+        self.spend.replay(o["key"] for o in outcomes)
         self.entries += [{k: o.get(k) for k in ("ok", "error", "attempt_errors")}
                          for o in outcomes if not o.get("ok") or o.get("attempt_errors")]
         return outcomes
@@ -58,12 +99,20 @@ class OutcomeLog:
 def generate_stage(config: PipelineConfig, rundir: RunDir, teacher: ChatBackend, path: RequestPath,
                    send: SendShard = send_shard) -> dict:
     """Self-instruct from the seed tasks into generated.jsonl (drops into rejected.jsonl)."""
+    started = time.perf_counter()
+    seeds = read_seed_tasks(config.seed_tasks)
+    spend = ReplayedSpend(path, config.teacher, "generate")
+    try:
+        return _generate(config, rundir, teacher, path, spend.charging(send), seeds, OutcomeLog(spend), started)
+    finally:
+        spend.settle()
+
+
+def _generate(config: PipelineConfig, rundir: RunDir, teacher: ChatBackend, path: RequestPath, send: SendShard,
+              seeds: list[dict], consumed: OutcomeLog, started: float) -> dict:
     from selfinstruct.generate import SelfInstructRun, domain_similarity_scorer, run_self_instruct
     from selfinstruct.prompt import load_template
 
-    started = time.perf_counter()
-    seeds = read_seed_tasks(config.seed_tasks)
-    consumed = OutcomeLog()
     if config.generate.strategy == "evol_instruct":
         from selfinstruct.evolve_run import run_evol_instruct
 
