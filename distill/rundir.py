@@ -78,6 +78,10 @@ class RunDir:
         """Where one stage's rejections are kept (rejected.jsonl merges every stage's)."""
         return self.work / f"rejected_{stage}.jsonl"
 
+    def rejection_spool(self, stage: str) -> "RejectionSpool":
+        """A scratch file that collects a running stage's rejections as they happen."""
+        return RejectionSpool(self.work / f"rejected_{stage}.spool.jsonl")
+
     def write_rejections(self, stage: str, rejections: Iterable[dict]) -> None:
         """Store one stage's rejections (any iterable, written as it is read) and rebuild
         rejected.jsonl from every stage's."""
@@ -92,3 +96,32 @@ class RunDir:
                 if path.is_file():
                     with path.open("rb") as part:
                         shutil.copyfileobj(part, merged)
+
+
+class RejectionSpool:
+    """A stage's rejections written to disk as they happen, so a long run holds none of them
+    in memory; read back once (streamed) when the stage stores them. Starts empty each run."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = path.open("w", encoding="utf-8")
+        self._count = 0
+
+    def append(self, rejection: dict) -> None:
+        self._file.write(json.dumps(rejection, ensure_ascii=False) + "\n")
+        self._count += 1
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[dict]:
+        self._file.flush()
+        with self.path.open(encoding="utf-8") as lines:
+            for line in lines:
+                yield json.loads(line)
+
+    def close(self) -> None:
+        """Drop the scratch file (its contents are stored by then, or the stage failed)."""
+        self._file.close()
+        self.path.unlink(missing_ok=True)

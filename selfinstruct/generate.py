@@ -30,7 +30,7 @@ class SelfInstructRun:
     """State of one generation run: what is kept, what was dropped and why, what to ask next."""
 
     def __init__(self, settings: GenerateConfig, seeds: list[dict], template: str, budget_exhausted=lambda: False,
-                 domain_similarity: Callable[[str], float] | None = None):
+                 domain_similarity: Callable[[str], float] | None = None, rejected=None):
         self.settings = settings
         self.seeds = seeds
         self.template = template
@@ -40,7 +40,8 @@ class SelfInstructRun:
         for seed in seeds:
             self.dedup.add_seed(seed["instruction"])
         self.kept: list[dict] = []
-        self.rejected: list[dict] = []
+        # Any list-like sink: a plain list, or a RejectionSpool that keeps them on disk.
+        self.rejected = [] if rejected is None else rejected
         self.counts: Counter = Counter()
         self.next_request = 0
         self.prompt_tokens = 0
