@@ -305,6 +305,17 @@ class EvaluateConfig(_Strict):
     compare_base: bool = Field(True, description="Also judge the base student (no adapter) against the teacher.")
     max_new_tokens: int = Field(128, ge=1)
     judge_max_tokens: int = Field(128, ge=8)
+    batch_size: int = Field(
+        8, ge=1, description="Prompts a local student answers at once (length-sorted, left-padded, greedy)."
+    )
+    static_cache: bool = Field(
+        False, description="Static KV cache for local students; on a GPU transformers then compiles the "
+        "decoding step into CUDA graphs (see docs/benchmarks.md).",
+    )
+    local_hourly_usd: float = Field(
+        0.10, ge=0, description="USD per hour of the machine that runs local models (students, the embedded "
+        "teacher): cost per 1,000 answers = measured seconds per answer x this. 0.10 is about a 2-vCPU cloud VM.",
+    )
 
 
 class ExportConfig(_Strict):
