@@ -336,6 +336,43 @@ class BudgetConfig(_Strict):
     max_cost_usd: float | None = Field(None, ge=0)
 
 
+class OrchestrationConfig(_Strict):
+    """Where request shards run: in the flow's process, or spread over a Dask cluster."""
+
+    task_runner: Literal["default", "dask"] = Field(
+        "default",
+        description="default: shards run one after another in the flow's process, each reply journaled "
+        "as it arrives; dask: generation and rating shards run as Prefect tasks on a Dask cluster "
+        "(prefect-dask), several at once, their replies journaled by the flow's process.",
+    )
+    dask_address: str | None = Field(
+        None, description="Scheduler of a running Dask cluster (tcp://host:8786); empty: a local cluster "
+        "of dask_workers processes, started for the run and stopped after it.",
+    )
+    dask_workers: int = Field(2, ge=1, le=1024, description="Worker processes of the local Dask cluster.")
+    shards_in_flight: int | None = Field(
+        None, ge=1, le=4096, description="Shards sent at once on the Dask runner (empty: one per worker).",
+    )
+    max_requests_in_flight: int | None = Field(
+        None, ge=1, le=100_000,
+        description="Cap on requests in flight across all workers of a run (shards in flight times each "
+        "shard's window). Empty: shards_in_flight times the endpoint's max_in_flight.",
+    )
+
+
+class NotifyConfig(_Strict):
+    """A webhook told when a run finishes or fails (a small JSON POST)."""
+
+    webhook_url_env: str | None = Field(
+        None, description="Name of the environment variable holding the webhook URL (never the URL itself: "
+        "it often carries a token). Empty: no notification.",
+    )
+    on: list[Literal["completed", "failed"]] = Field(
+        default_factory=lambda: ["completed", "failed"], description="Which run endings notify.",
+    )
+    timeout_s: float = Field(10.0, gt=0, le=300, description="Timeout of the POST.")
+
+
 class PipelineConfig(_Strict):
     """One use case of the pipeline: teacher, seeds and every stage's settings."""
 
@@ -349,6 +386,8 @@ class PipelineConfig(_Strict):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
+    notify: NotifyConfig = Field(default_factory=NotifyConfig)
 
     @property
     def judge_endpoint(self) -> ModelEndpoint:
