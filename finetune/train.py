@@ -115,6 +115,7 @@ class TrainResult:
     resumed_from: str | None = None  # checkpoint this call resumed from, if any
     method: str = "lora"
     processes: int = 1  # training processes (accelerate launch when more than one)
+    parallelism: str = "none"  # how the processes shared the work: none, ddp or fsdp
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON-able data."""
@@ -174,7 +175,7 @@ def check_hardware(settings: FinetuneConfig) -> None:
     """Raise :class:`TrainingSetupError` unless this machine can run ``settings``' method and optimizer.
 
     QLoRA's 4-bit layers and bitsandbytes' 8-bit/paged optimizers need a CUDA GPU and the
-    bitsandbytes package; ``num_processes`` may not exceed the GPUs there are.
+    bitsandbytes package; so does FSDP; ``num_processes`` may not exceed the GPUs there are.
     """
     wants_bitsandbytes = settings.method == "qlora" or settings.optimizer in BITSANDBYTES_OPTIMIZERS
     what = "method qlora" if settings.method == "qlora" else f"optimizer {settings.optimizer}"
@@ -188,6 +189,11 @@ def check_hardware(settings: FinetuneConfig) -> None:
             import bitsandbytes  # noqa: F401
         except ImportError as exc:
             raise TrainingSetupError(f"finetune: {what} needs the bitsandbytes package (pip install bitsandbytes)") from exc
+    if _fsdp(settings) and not _use_cuda():
+        raise TrainingSetupError(
+            "finetune.distributed fsdp needs GPUs (accelerate shards over accelerators only; on CPU it would "
+            "silently fall back to DDP); use distributed: ddp here"
+        )
     if settings.num_processes > 1 and _use_cuda():
         import torch
 
@@ -334,7 +340,8 @@ def build_sft_config(checkpoints_dir: Path, settings: FinetuneConfig, *, save_st
         use_cpu=not cuda,
         bf16=_mixed_precision(settings),
         fp16=False,
-        activation_checkpointing=checkpointing,
+        # (under FSDP, FSDP's own checkpointing instead: see _distributed_arguments)
+        activation_checkpointing=checkpointing and not _fsdp(settings),
         use_liger_kernel=settings.use_liger_kernel,
         dataloader_num_workers=settings.dataloader_num_workers,
         dataloader_pin_memory=cuda,
@@ -354,19 +361,20 @@ def build_sft_config(checkpoints_dir: Path, settings: FinetuneConfig, *, save_st
     )
 
 
+def _fsdp(settings: FinetuneConfig) -> bool:
+    return settings.num_processes > 1 and settings.distributed == "fsdp"
+
+
 def _distributed_arguments(settings: FinetuneConfig, checkpointing: bool) -> dict[str, Any]:
     """Trainer arguments for several processes: DDP over the adapter, or FSDP for big students."""
     if settings.num_processes == 1:
         return {}
-    if settings.distributed == "ddp":
+    if not _fsdp(settings):
         # Every trainable weight gets a gradient in every step: no search for unused ones.
         return {"ddp_find_unused_parameters": False}
-    # FSDP wraps each decoder layer (the model's _no_split_modules); use_orig_params lets frozen
-    # base weights and trainable LoRA weights share a flat parameter.
-    return {
-        "fsdp": "full_shard auto_wrap",
-        "fsdp_config": {"use_orig_params": True, "activation_checkpointing": checkpointing},
-    }
+    # FSDP2 (transformers' default) shards each decoder layer (the model's _no_split_modules) over
+    # the processes, weights, gradients and optimizer states alike; it checkpoints activations itself.
+    return {"fsdp": True, "fsdp_config": {"activation_checkpointing": checkpointing}}
 
 
 def build_lora_config(settings: FinetuneConfig):
@@ -776,6 +784,8 @@ def run_training(
         trainer = build_trainer(
             pairs, model, tokenizer, checkpoints_dir, settings, save_steps=save_steps, progress=progress
         )
+    if _fsdp(settings) and _parallelism(trainer) != "fsdp":
+        raise TrainingSetupError("finetune.distributed is fsdp but the trainer did not enable FSDP")
     trainable, total = _parameter_counts(trainer.model)
     processes = trainer.args.world_size
     if trainer.is_world_process_zero():
@@ -805,6 +815,7 @@ def run_training(
         resumed_from=str(resume_from) if resume_from else None,
         method=settings.method,
         processes=processes,
+        parallelism=_parallelism(trainer),
     )
     if trainer.is_world_process_zero():
         summary = {**result.to_json(), "base_model_dir": str(base_model_dir), "settings": settings.model_dump(mode="json")}
@@ -814,6 +825,13 @@ def run_training(
             trained_dir.name, trained_dir, result.steps, result.train_loss, result.final_loss, runtime,
         )
     return result
+
+
+def _parallelism(trainer: Any) -> str:
+    """What the trainer's accelerator actually did with several processes: fsdp, ddp, or none."""
+    if getattr(trainer, "is_fsdp_enabled", False):
+        return "fsdp"
+    return "ddp" if trainer.args.world_size > 1 else "none"
 
 
 def _parameter_counts(model: Any) -> tuple[int, int]:

@@ -22,7 +22,7 @@ pytest.importorskip("accelerate")
 
 from distill.config import FinetuneConfig  # noqa: E402
 from finetune.launch import launch_command  # noqa: E402
-from finetune.train import train_student  # noqa: E402
+from finetune.train import TrainingSetupError, train_student  # noqa: E402
 
 def test_launch_command_uses_torchrun_launcher(tmp_path):
     # accelerate's --cpu flag would start one process only; --multi_gpu starts N on CPU too.
@@ -34,14 +34,16 @@ def test_launch_command_uses_torchrun_launcher(tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CPU processes; on a GPU host each process takes a GPU")
 def test_two_processes_train_one_adapter(student_dir, short_records, tmp_path, capfd):
+    distributed = "ddp"
     settings = FinetuneConfig(
-        num_processes=2, max_length=128, batch_size=2, max_steps=2, learning_rate=1e-3, seed=0, logging_steps=1,
+        num_processes=2, distributed=distributed, max_length=128, batch_size=2, max_steps=2, learning_rate=1e-3, seed=0, logging_steps=1,
     )
-    out = tmp_path / "ddp"
+    out = tmp_path / distributed
     result = train_student(short_records, student_dir, out, settings, progress=False, save_steps=2)
     logs = capfd.readouterr().err
 
     assert result.processes == 2 and result.steps == 2 and result.method == "lora"
+    assert result.parallelism == distributed  # what the trainer's accelerator really did
     assert math.isfinite(result.final_loss) and result.final_loss > 0
     adapter = out / "adapter"
     assert result.trained_dir == adapter
@@ -59,3 +61,12 @@ def test_two_processes_train_one_adapter(student_dir, short_records, tmp_path, c
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["processes"] == 2 and summary["tokens_seen"] == result.tokens_seen
     assert result.tokens_seen > 8 * 20  # every example's tokens, gathered over both processes
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
+def test_fsdp_without_gpus_is_refused_before_loading(student_dir, short_records, tmp_path):
+    # accelerate runs FSDP on accelerators only: on CPU it would quietly train with DDP instead.
+    settings = FinetuneConfig(num_processes=2, distributed="fsdp", max_length=128, max_steps=1)
+    with pytest.raises(TrainingSetupError, match="fsdp needs GPUs"):
+        train_student(short_records, student_dir, tmp_path / "out", settings, progress=False)
+    assert not (tmp_path / "out").exists()
