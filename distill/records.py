@@ -221,7 +221,10 @@ class Journal:
                 offset = 0
                 for number, raw in _raw_lines(self.path, handle):
                     if raw.strip():
-                        self._offsets[_decode_line(self.path, number, raw)["key"]] = offset
+                        entry = _decode_line(self.path, number, raw)
+                        if not isinstance(entry, dict) or not isinstance(entry.get("key"), str):
+                            raise RecordError(f"{self.path}:{number}: journal entry without a string field 'key'")
+                        self._offsets[entry["key"]] = offset
                     offset += len(raw)
         self._handle = self.path.open("ab")
 

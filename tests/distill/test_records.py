@@ -82,3 +82,33 @@ def test_torn_tail_is_cut_and_journal_resumes(tmp_path):
         journal.append({"key": "c", "v": 3})
     assert [json.loads(line)["key"] for line in path.read_text().splitlines()] == ["a", "b", "c"]
     assert repair_torn_tail(path) == 0
+
+
+def test_a_torn_tail_that_parses_as_json_is_still_cut_never_read(tmp_path):
+    # A kill can stop a write right after the closing brace, before the newline: the line
+    # looks whole, but only a newline-terminated line was ever finished.
+    path = tmp_path / "j.jsonl"
+    path.write_text('{"key": "a", "v": 1}\n{"key": "b", "v": 2}')
+    with Journal(path) as journal:
+        assert "a" in journal and "b" not in journal and len(journal) == 1
+    assert path.read_text() == '{"key": "a", "v": 1}\n'
+
+
+def test_an_overlong_line_is_refused_naming_file_and_line(tmp_path, monkeypatch):
+    import distill.records as records
+
+    monkeypatch.setattr(records, "MAX_LINE_BYTES", 64)
+    path = tmp_path / "r.jsonl"
+    path.write_text('{"key": "a", "instruction": "short"}\n{"key": "b", "instruction": "' + "x" * 200 + '"}\n')
+    with pytest.raises(RecordError, match=r"r\.jsonl:2: line longer than"):
+        read_records(path)
+    with pytest.raises(RecordError, match=r"r\.jsonl:2: line longer than"):
+        Journal(path)
+    assert path.read_text().endswith('"}\n')  # refused, not cut
+
+
+def test_a_journal_entry_without_a_key_is_named(tmp_path):
+    path = tmp_path / "j.jsonl"
+    path.write_text('{"key": "a"}\n["not", "an", "entry"]\n')
+    with pytest.raises(RecordError, match=r"j\.jsonl:2: journal entry without a string field 'key'"):
+        Journal(path)

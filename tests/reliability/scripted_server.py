@@ -27,12 +27,31 @@ def completion(text: str) -> bytes:
     }).encode()
 
 
+TASKS = ["Explain why leaves change colour before winter arrives.",
+         "Suggest three names for a bakery that sells only sourdough bread.",
+         "Convert 72 degrees Fahrenheit into Celsius and show the working.",
+         "Summarize the plot of a famous detective novel in two sentences.",
+         "List four safety rules every beginner cyclist should follow.",
+         "Compose a haiku about a quiet harbor at dawn.",
+         "Classify these animals as mammals or reptiles: gecko, otter, iguana.",
+         "Rewrite this sentence in the passive voice: the committee approved the plan.",
+         "Give a short argument for planting trees along city streets.",
+         "Describe how a refrigerator keeps food cold, for a child."]
+
+
+def distinct_task(body: dict) -> str:
+    """A numbered-layout reply with one task that passes every filter and differs per request."""
+    instruction = TASKS[int(body.get("seed", 0)) % len(TASKS)]
+    return f"{instruction}\n4. Input:\n<noinput>\n4. Output:\nA fitting answer written plainly and briefly."
+
+
 class ScriptedServer:
     """`with ScriptedServer(reply) as server:` serves server.base_url; server.requests counts calls."""
 
     def __init__(self, reply: Callable[[dict], object]):
         self.reply = reply
         self.requests = 0
+        self.authorizations: set[str | None] = set()  # the Authorization headers seen
         self._stop = threading.Event()
         owner = self
 
@@ -42,6 +61,7 @@ class ScriptedServer:
             def do_POST(self):  # noqa: N802 (http.server's naming)
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
                 owner.requests += 1
+                owner.authorizations.add(self.headers.get("Authorization"))
                 answer = owner.reply(body)
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")

@@ -50,28 +50,10 @@ def test_budget_is_never_exceeded_by_more_than_the_requests_in_flight(budget, ka
     assert read_jsonl(tmp_path / "run" / "work" / "generate_requests.jsonl") == entries
 
 
-TASKS = ["Explain why leaves change colour before winter arrives.",
-         "Suggest three names for a bakery that sells only sourdough bread.",
-         "Convert 72 degrees Fahrenheit into Celsius and show the working.",
-         "Summarize the plot of a famous detective novel in two sentences.",
-         "List four safety rules every beginner cyclist should follow.",
-         "Compose a haiku about a quiet harbor at dawn.",
-         "Classify these animals as mammals or reptiles: gecko, otter, iguana.",
-         "Rewrite this sentence in the passive voice: the committee approved the plan.",
-         "Give a short argument for planting trees along city streets.",
-         "Describe how a refrigerator keeps food cold, for a child."]
-
-
-def distinct_task(body: dict) -> str:
-    """A numbered-layout reply with one task that passes every filter and differs per request."""
-    instruction = TASKS[int(body.get("seed", 0)) % len(TASKS)]
-    return f"{instruction}\n4. Input:\n<noinput>\n4. Output:\nA fitting answer written plainly and briefly."
-
-
 def test_a_rerun_of_a_run_stopped_by_its_budget_keeps_its_records_and_sends_nothing(tmp_path):
     # A scripted teacher (scripted_server.py): the 135M embedded teacher keeps too few records
     # for a short run to show whether any are lost.
-    from scripted_server import ScriptedServer
+    from scripted_server import ScriptedServer, distinct_task
 
     with ScriptedServer(distinct_task) as teacher:
         config = write_config(tmp_path / "spent.yaml", teacher=openai_teacher(teacher.base_url, max_in_flight=2),
