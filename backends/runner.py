@@ -69,8 +69,9 @@ class RetryPolicy:
     max_delay_s: float = 30.0
     max_retry_after_s: float = 120.0
     # A whole attempt's deadline. The HTTP client's timeout is per read, so a server that
-    # trickles an endless reply would otherwise hold a request (and a run) forever.
-    attempt_timeout_s: float | None = None
+    # trickles an endless reply would otherwise hold a request (and a run) forever. The default
+    # only guarantees an end: far above any real reply (3,072 tokens on a slow CPU take minutes).
+    attempt_timeout_s: float | None = 1800.0
 
     def delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:  # the server's word wins over our own backoff, within reason
