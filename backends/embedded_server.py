@@ -75,6 +75,11 @@ class EmbeddedServer:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
+    @property
+    def pid(self) -> int | None:
+        """The server process's id while it runs (for measuring its memory), else None."""
+        return self._process.pid if self._process is not None else None
+
     def start(self) -> str:
         """Start the server and wait until it answers; return its base URL."""
         self.port = free_port()

@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _add_config_args(commands.add_parser("run", help="run every stage as one Prefect flow"), False)
     for name, text in (("generate", "self-instruct generation"), ("filter", "rate and keep the best pairs"),
-                       ("finetune", "LoRA fine-tune the student"), ("evaluate", "student against teacher")):
+                       ("finetune", "LoRA fine-tune the student"), ("evaluate", "student against teacher"),
+                       ("compress", "quantize the fine-tuned student (GGUF, int8, bitsandbytes)")):
         _add_config_args(commands.add_parser(name, help=text), True)
     dedup = commands.add_parser("dedup", help="greedy ROUGE-L near-duplicate removal")
     dedup.add_argument("input", type=Path, help="records (JSONL or a JSON list) with an 'instruction' field")
@@ -74,6 +75,8 @@ def _run_stage(args) -> None:
             summary = stages.filter_stage(config, rundir, models.judge(), path, cache_dir=cache)
         elif args.command == "finetune":
             summary = stages.finetune_stage(config, rundir, cache)
+        elif args.command == "compress":
+            summary = stages.compress_stage(config, rundir)
         else:
             summary = stages.evaluate_stage(config, rundir, models.teacher(), models.judge(), path, cache)
     write_report(rundir)

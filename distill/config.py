@@ -318,6 +318,26 @@ class EvaluateConfig(_Strict):
     )
 
 
+class CompressConfig(_Strict):
+    """Compressed students, made after fine-tuning from the merged student and evaluated like it."""
+
+    enabled: bool = Field(False, description="Run the compress stage after finetune.")
+    variants: list[Literal["gguf_f16", "gguf_q8_0", "gguf_q4_k_m", "gguf_q4_0", "torch_int8", "bnb_8bit", "bnb_4bit"]] = Field(
+        default_factory=lambda: ["gguf_q8_0", "gguf_q4_0", "torch_int8"], min_length=1,
+        description="gguf_*: GGUF files for llama.cpp (f16; q8_0; q4_k_m, whose 256-wide blocks need rows "
+        "divisible by 256, else llama.cpp falls back to 5-bit for those tensors; q4_0); torch_int8: PyTorch "
+        "dynamic int8 on CPU; bnb_8bit / bnb_4bit: bitsandbytes at load time, CUDA only.",
+    )
+    threads: int = Field(1, ge=1, le=256, description="Threads for llama.cpp's quantizer.")
+
+    @model_validator(mode="after")
+    def _variants_unique(self) -> "CompressConfig":
+        repeated = sorted({v for v in self.variants if self.variants.count(v) > 1})
+        if repeated:
+            raise ValueError(f"variants listed twice: {', '.join(repeated)}")
+        return self
+
+
 class ExportConfig(_Strict):
     """Dataset files written from the filtered records when the filter stage ends."""
 
@@ -384,6 +404,7 @@ class PipelineConfig(_Strict):
     filter: FilterConfig = Field(default_factory=FilterConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    compress: CompressConfig = Field(default_factory=CompressConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)

@@ -12,3 +12,4 @@ from distill.stages.generate import generate_stage, write_diversity_report  # no
 from distill.stages.filter import export_filtered, filter_stage, near_duplicate_drops  # noqa: F401
 from distill.stages.finetune import finetune_stage, split_heldout, student_base_dir  # noqa: F401
 from distill.stages.evaluate import evaluate_stage  # noqa: F401
+from distill.stages.compress import compress_stage  # noqa: F401

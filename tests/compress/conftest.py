@@ -19,13 +19,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-PROMPTS = [
-    {"id": "p1", "instruction": "Name the capital of France.", "input": ""},
-    {"id": "p2", "instruction": "Give a synonym for the word.", "input": "happy"},
-    {"id": "p3", "instruction": "Explain why the sky is blue in one sentence.", "input": ""},
-]
-
-
 @pytest.fixture(scope="session")
 def student_dir(student_cache_dir) -> Path:
     from finetune.embedded_student import ensure_plain_student

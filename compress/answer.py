@@ -1,0 +1,150 @@
+"""Answer evaluation prompts with one compressed variant, in the shape the evaluate stage
+uses for the student: per-item ``{id, answer, completion_tokens, latency_s, ttft_s}`` and
+an efficiency dict (identity, parameters, size on disk, peak memory, latency, tokens/s).
+
+* ``gguf`` variants are served by llama.cpp (``backends.embedded_server.EmbeddedServer``
+  on the variant's file) and prompted through the completions API with the student's own
+  prompt (the Alpaca template it was trained on), greedy, one request at a time, streamed
+  so the first token's time is seen. Peak memory is the server process's VmHWM.
+* ``torch_int8`` and ``bnb`` variants are loaded in this process and answer through the
+  student's own generation loop (``eval.student.answer_prompts``). Peak memory is this
+  process's VmHWM, reset just before loading where Linux allows (``/proc/self/clear_refs``);
+  on CUDA, the GPU's peak allocation too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from eval.efficiency import latency_summary, process_peak_memory
+from finetune.prompt_format import render_student_prompt
+
+log = logging.getLogger(__name__)
+
+KINDS = ("gguf", "torch_int8", "bnb")
+
+
+def reset_peak_memory() -> bool:
+    """Reset this process's resident-memory high-water mark (VmHWM) to its current size;
+    False where the kernel does not allow it."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5", encoding="ascii")
+        return True
+    except OSError:
+        return False
+
+
+def _prompts(items: list[dict], prompt_format: str, tokenizer_dir: str | None) -> list[str]:
+    """The student's prompt for each item (the chat format needs the variant's tokenizer)."""
+    tokenizer = None
+    if prompt_format == "chat":
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    return [render_student_prompt(item["instruction"], item.get("input", ""), prompt_format, tokenizer)
+            for item in items]
+
+
+def complete_streamed(base_url: str, prompt: str, max_new_tokens: int, timeout_s: float = 600.0) -> dict:
+    """One greedy completion from an OpenAI-compatible server, streamed: the text, the number of
+    streamed pieces (one per token, except that a character split over several tokens
+    arrives as one piece), the time to the first piece and to the last."""
+    import httpx
+
+    body = {"prompt": prompt, "max_tokens": max_new_tokens, "temperature": 0.0, "stream": True}
+    pieces, text, first = 0, [], None
+    started = time.perf_counter()
+    with httpx.stream("POST", f"{base_url}/completions", json=body, timeout=timeout_s) as response:
+        response.raise_for_status()
+        for line in response.iter_lines():
+            if not line.startswith("data: {"):
+                continue
+            choice = json.loads(line[len("data: "):])["choices"][0]
+            if choice.get("text"):
+                first = first if first is not None else time.perf_counter() - started
+                text.append(choice["text"])
+            if choice.get("finish_reason") is None:
+                pieces += 1
+    return {"text": "".join(text), "tokens": pieces, "ttft_s": first, "latency_s": time.perf_counter() - started}
+
+
+def _answer_with_gguf(variant: dict, prompts: list[str], items: list[dict], max_new_tokens: int) -> tuple[list[dict], dict]:
+    from backends.embedded_server import EmbeddedServer
+    from eval.efficiency import gguf_parameter_count
+
+    path = Path(variant["path"])
+    answers = []
+    started = time.perf_counter()
+    with EmbeddedServer(path, context_length=variant.get("context_length", 2048)) as server:
+        load_s = time.perf_counter() - started
+        for item, prompt in zip(items, prompts):
+            reply = complete_streamed(server.base_url, prompt, max_new_tokens)
+            answers.append({"id": item["id"], "answer": reply["text"].strip(), "completion_tokens": reply["tokens"],
+                            "latency_s": round(reply["latency_s"], 4),
+                            "ttft_s": round(reply["ttft_s"], 4) if reply["ttft_s"] is not None else None})
+        peak = process_peak_memory(server.pid)
+    return answers, {"parameters": gguf_parameter_count(path), "peak_memory_bytes": peak, "load_s": round(load_s, 3),
+                     "peak_memory_method": "VmHWM of the llama.cpp server process serving this file",
+                     "server_threads": server.threads}
+
+
+def _answer_in_process(variant: dict, items: list[dict], prompt_format: str, max_new_tokens: int) -> tuple[list[dict], dict]:
+    import torch
+
+    from eval.student import answer_prompts
+
+    reset = reset_peak_memory()
+    started = time.perf_counter()
+    if variant["kind"] == "torch_int8":
+        from compress.torch_int8 import load_torch_int8
+
+        model, tokenizer = load_torch_int8(Path(variant["path"]))
+    else:
+        from compress.bnb import load_bnb
+
+        torch.cuda.reset_peak_memory_stats()
+        model, tokenizer = load_bnb(Path(variant["path"]), variant["bits"])
+    load_s = time.perf_counter() - started
+    answers = answer_prompts(model, tokenizer, items, prompt_format, max_new_tokens)
+    parameters = sum(p.numel() for p in model.parameters())
+    if variant["kind"] == "torch_int8":  # int8 linears hold their weights outside parameters()
+        from compress.torch_int8 import int8_linears
+
+        tied = getattr(model.config, "tie_word_embeddings", False)  # lm_head is then a copy of the embeddings
+        parameters += sum(module.weight().numel() for name, module in int8_linears(model).items()
+                          if not (tied and name == "lm_head"))
+    efficiency = {"parameters": parameters, "load_s": round(load_s, 3), "peak_memory_bytes": process_peak_memory(),
+                  "peak_memory_method": ("VmHWM of this process, reset before loading the variant" if reset
+                                         else "VmHWM of this process over its lifetime (reset not allowed)")}
+    if variant["kind"] == "bnb":
+        efficiency["peak_gpu_memory_bytes"] = torch.cuda.max_memory_allocated()
+    return answers, efficiency
+
+
+def answer_with_variant(variant: dict, items: list[dict], prompt_format: str, max_new_tokens: int,
+                        cache_dir: Path | None = None) -> tuple[list[dict], dict]:
+    """Greedy answers of one variant (an entry of ``compress/variants.json``) to ``items``
+    (dicts with id, instruction, optional input), and its efficiency figures.
+
+    ``cache_dir`` is accepted for the evaluate stage's uniform call; variants carry their
+    own files.
+    """
+    kind = variant.get("kind")
+    if kind not in KINDS:
+        raise ValueError(f"variant {variant.get('label')!r}: kind must be one of {KINDS}, got {kind!r}")
+    if not Path(variant.get("path", "")).exists():
+        raise FileNotFoundError(f"variant {variant.get('label')!r}: its files are missing: {variant.get('path')}")
+    log.info("answering %d prompts with %s (%s)", len(items), variant["label"], kind)
+    if kind == "gguf":
+        prompts = _prompts(items, prompt_format, variant.get("tokenizer_dir"))
+        answers, efficiency = _answer_with_gguf(variant, prompts, items, max_new_tokens)
+    else:
+        answers, efficiency = _answer_in_process(variant, items, prompt_format, max_new_tokens)
+    efficiency = {"identity": f"{variant['label']} ({kind})", "size_on_disk_bytes": variant.get("size_on_disk_bytes"),
+                  **efficiency,
+                  **latency_summary([a["latency_s"] for a in answers], [a["completion_tokens"] for a in answers],
+                                    [a.get("ttft_s") for a in answers])}
+    return answers, efficiency
