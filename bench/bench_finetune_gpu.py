@@ -5,7 +5,7 @@ The student is Llama-2-7B-shaped (hidden 4096, 32 layers, 32 heads, intermediate
 32000), built from a LlamaConfig with random weights on the GPU: nothing is downloaded. Each
 setting trains through the project's own code path: ``finetune.train.model_load_kwargs`` for the
 weights' dtype and attention kernel, then ``finetune.train.build_trainer_for_dataset`` (the
-SFTConfig and LoraConfig builders of ``train_lora``: LoRA r=16, alpha 32, all linear layers),
+SFTConfig and LoraConfig builders of ``train_student``: LoRA r=16, alpha 32, all linear layers),
 fed with synthetic token data, and ``trainer.train()``. A plain loop (transformers + peft +
 fused AdamW under bf16 autocast, no Trainer) is an extra reference row.
 
@@ -24,6 +24,10 @@ At s = 2,048 that is 26.43e9 + 3.22e9 = 29.65e9 FLOP per token. MFU = FLOPs / ti
 peak being the GPU's dense bf16 rate from its datasheet (989.4 TFLOP/s for H100 SXM and H200).
 A causal count (half the attention) is reported too. Recomputation under gradient
 checkpointing is not counted (it is overhead).
+
+QLoRA settings (``method: qlora``) save the random model once in bf16 under --model-cache and
+load it back through ``finetune.train.load_model``, which quantizes it to 4 bits (bitsandbytes
+NF4); the FLOP count is the same (dequantizing the weights is overhead, not model FLOPs).
 
 Every setting runs in its own process (liger patches modules globally; an OOM stays contained),
 times --steps optimizer steps after --warmup (cuda-synchronised wall time between step ends,
@@ -88,7 +92,7 @@ COMPILE = dict(BF16, gradient_checkpointing=False, lora_dropout=0.0, torch_compi
 BEST = dict(COMPILE, dataloader_num_workers=2, logging_steps=10)
 LONG = {"timeout_s": 420}  # compilation takes 15-25 s more
 SETTINGS: dict[str, tuple[dict, dict]] = {
-    # what train_lora did on a GPU before: float32 weights, bf16 autocast, checkpointing, batch 4
+    # what train_student did on a GPU before: float32 weights, bf16 autocast, checkpointing, batch 4
     "fp32w-gc-b4": (dict(batch_size=4), {}),
     "bf16w-gc-b4": (dict(BF16, batch_size=4), {}),
     "bf16w-peftcast-gc-b4": (dict(BF16, batch_size=4), {"peft_cast": True}),
