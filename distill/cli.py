@@ -33,10 +33,32 @@ def _add_config_args(parser: argparse.ArgumentParser, run_dir_required: bool) ->
                         help="where the dequantized embedded student is kept (default ~/.cache/distill)")
 
 
+def _stage_list(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distill", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    _add_config_args(commands.add_parser("run", help="run every stage as one Prefect flow"), False)
+    run = commands.add_parser("run", help="run every stage as one Prefect flow")
+    _add_config_args(run, False)
+    run.add_argument("--stages", type=_stage_list, default=None, metavar="A,B",
+                     help="run only these stages, e.g. generate,filter (default: all)")
+    serve = commands.add_parser("serve", help="serve the flow as a Prefect deployment, on a schedule or on demand")
+    serve.add_argument("config", type=Path, help="pipeline config (YAML), e.g. configs/demo.yaml")
+    when = serve.add_mutually_exclusive_group()
+    when.add_argument("--cron", help='cron schedule, e.g. "0 3 * * *" (default: runs on demand only)')
+    when.add_argument("--interval", type=float, metavar="SECONDS", help="run every this many seconds")
+    serve.add_argument("--name", help="deployment name (default: the config's name)")
+    serve.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key for every run of the deployment (repeatable)")
+    serve.add_argument("--stages", type=_stage_list, default=None, metavar="A,B",
+                       help="run only these stages, e.g. generate,filter (default: all)")
+    serve.add_argument("--runs-root", type=Path, default=Path("runs"),
+                       help="each flow run writes to RUNS_ROOT/<config name>/<flow run name>-<id> (default: runs)")
+    serve.add_argument("--limit", type=int, default=None, help="most runs of this deployment at once")
+    serve.add_argument("--cache-dir", type=Path, default=None,
+                       help="where the dequantized embedded student is kept (default ~/.cache/distill)")
     for name, text in (("generate", "self-instruct generation"), ("filter", "rate and keep the best pairs"),
                        ("finetune", "LoRA fine-tune the student"), ("evaluate", "student against teacher"),
                        ("compress", "quantize the fine-tuned student (GGUF, int8, bitsandbytes)")):
@@ -126,13 +148,22 @@ def main(argv: list[str] | None = None) -> int:
             from flows.pipeline import check_before_work, distill_pipeline
 
             # Bad input stops here, before Prefect starts or anything is written.
-            check_before_work(load_config(args.config, args.overrides), args.run_dir)
+            from flows.pipeline import stages_to_run
+
+            check_before_work(load_config(args.config, args.overrides), args.run_dir, stages_to_run(args.stages))
 
             report = distill_pipeline(str(args.config), str(args.run_dir) if args.run_dir else None,
-                                      args.overrides, str(args.cache_dir) if args.cache_dir else None)
+                                      args.overrides, str(args.cache_dir) if args.cache_dir else None,
+                                      stages=args.stages)
             from distill.report import headline
 
             print(f"\nReport: {Path(report['run_dir']) / 'report.md'}\n{headline(report)}")
+        elif args.command == "serve":
+            from flows.serve import serve_pipeline
+
+            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+            serve_pipeline(args.config, args.overrides, args.name, args.cron, args.interval, args.runs_root,
+                           args.stages, args.cache_dir, args.limit)
         elif args.command == "dedup":
             _run_dedup(args)
         elif args.command == "export":
