@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Iterator
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from distill import stages
 from distill.config import PipelineConfig, check_base_model, config_as_dict, load_config
 from distill.report import headline, write_report
 from distill.rundir import STAGES, RunDir
+from flows.artifacts import publish_report_artifacts
 from flows.scale_out import shard_runner
 
 DEFAULT_CACHE = Path.home() / ".cache" / "distill"
@@ -210,8 +210,7 @@ def distill_pipeline(config_path: str, run_dir: str | None = None, overrides: li
                 summary = evaluate_flow(config, rundir, models, path, cache)
             logger.info("%s: done %s", name, json.dumps(summary, default=str)[:400])
     report = write_report(rundir)
-    create_markdown_artifact(key="distill-report", markdown=rundir.report_md.read_text(encoding="utf-8"),
-                             description=f"Report of {rundir.root}")
+    publish_report_artifacts(report, rundir)
     logger.info("report: %s", rundir.report_md)
     logger.info("headline: %s", headline(report))
     return report

@@ -5,9 +5,13 @@ Sizes are small so CI stays within its time; every file of the run directory is 
 the counts must add up from stage to stage.
 """
 
+import base64
 import hashlib
+import html
 import json
 import os
+import re
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -54,7 +58,7 @@ def finished_run(tmp_path_factory, student_cache_dir):
 def test_every_file_is_written(finished_run):
     run_dir, result = finished_run
     for name in ("generated.jsonl", "rejected.jsonl", "rated.jsonl", "filtered.jsonl", "train.jsonl",
-                 "heldout.jsonl", "report.json", "report.md", "manifest.json", "diversity.json", "diversity.png"):
+                 "heldout.jsonl", "report.json", "report.md", "report.html", "manifest.json", "diversity.json", "diversity.png"):
         assert (run_dir / name).is_file(), name
     adapter = run_dir / "finetune" / "adapter"
     assert (adapter / "adapter_model.safetensors").is_file() and (adapter / "adapter_config.json").is_file()
@@ -122,9 +126,58 @@ def test_counts_add_up(finished_run):
         assert efficiency["parameters"] > 100_000_000
         assert efficiency["size_on_disk_bytes"] > 0 and efficiency["mean_latency_s"] > 0
 
+    # cost, measured in this run: each student's peak memory is the VmHWM of a process that only
+    # loaded it and answered; the teacher's, that of the real llama.cpp server; time to first token,
+    # tokens/s and cost per 1,000 answers (measured seconds x evaluate.local_hourly_usd) for each.
+    models = {row["label"]: row for row in report["models"]}
+    assert list(models) == ["teacher", "student", "base_student"]
+    for label, row in models.items():
+        efficiency = row["efficiency"]
+        assert 50_000_000 < efficiency["peak_memory_bytes"] < 8_000_000_000, label
+        assert 0 < efficiency["p50_ttft_s"] <= efficiency["p95_ttft_s"], label
+        assert efficiency["p50_latency_s"] <= efficiency["p95_latency_s"] and efficiency["tokens_per_s"] > 0
+        assert efficiency["cost_per_1k_answers_usd"] > 0, label
+    assert "llama.cpp server" in models["teacher"]["efficiency"]["peak_memory_method"]
+    # the student's float32 weights alone are ~540 MB; its process holds at least that
+    assert models["student"]["efficiency"]["peak_memory_bytes"] > 500_000_000
+    student_answers = lines(run_dir / "eval" / "student_answers.jsonl")
+    assert all(0 < a["ttft_s"] <= a["latency_s"] for a in student_answers)
+    assert report["headline"]["cost_ratio_student_teacher"] == pytest.approx(
+        models["student"]["efficiency"]["cost_per_1k_answers_usd"] / models["teacher"]["efficiency"]["cost_per_1k_answers_usd"])
+    comparison = report["quality_vs_cost"]
+    assert comparison["axis"] == "cost_per_1k_answers_usd" and comparison["pareto_front"]
+    assert set(comparison["pareto_front"]) <= set(models) and comparison["recommendation"]
+
     # tokens and time are reported for every stage.
     assert report["tokens"]["generate"]["prompt"] > 0 and report["tokens"]["filter"]["prompt"] > 0
     assert all(seconds is not None for seconds in report["seconds"].values())
+
+
+def test_report_html_and_prefect_artifacts(finished_run):
+    run_dir, _ = finished_run
+    report = json.loads((run_dir / "report.json").read_text())
+    page = (run_dir / "report.html").read_text()
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    # win/tie/loss per set, quality against cost, the filter's histogram, the diversity plot
+    assert len(images) == 4 and all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
+    assert "<script" not in page and html.escape(report["quality_vs_cost"]["recommendation"]) in page
+    examples = json.loads((run_dir / "eval" / "examples.json").read_text())
+    assert set(examples) == {"student", "base_student"} and examples["student"]
+    assert html.escape(examples["student"][0]["student"]) in page
+
+    # The flow run published the report, the headline and the per-model table as artifacts
+    # (read from the Prefect database the real run wrote).
+    database = Path(os.environ["PREFECT_HOME"]) / "prefect.db"
+    with sqlite3.connect(database) as connection:
+        artifacts = {key: (kind, json.loads(data)) for key, kind, data in connection.execute(
+            "select key, type, data from artifact where key like 'distill-%'")}
+    assert set(artifacts) == {"distill-report", "distill-headline", "distill-models"}
+    assert artifacts["distill-report"][0] == "markdown" and artifacts["distill-models"][0] == "table"
+    assert artifacts["distill-report"][1] == (run_dir / "report.md").read_text()
+    table = artifacts["distill-models"][1]
+    table = json.loads(table) if isinstance(table, str) else table
+    assert [row["model"] for row in table] == ["teacher", "student", "base_student"]
+    assert "win rate" in artifacts["distill-headline"][1] and "95% CI" in artifacts["distill-headline"][1]
 
 
 def test_manifest_records_config_prompts_versions_and_models(finished_run, repo_root):

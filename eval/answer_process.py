@@ -1,0 +1,95 @@
+"""Answer evaluation prompts with one local model in a process of its own.
+
+Run alone, the process's resident-memory high-water mark (VmHWM) is that model's honest
+peak memory: its weights, its KV cache and the runtime it needs, nothing left over from
+another model. The parent writes a job file, runs ``python -m eval.answer_process JOB``,
+and reads the answers and the measurements back.
+
+A job answers with a student (``kind: student``: base model + optional LoRA adapter,
+through ``eval.student``) or with a compressed variant (``kind: variant``: through the
+compress stage's ``compress.answer.answer_with_variant``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from distill.records import write_json
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def answer_in_child(job: dict, work_dir: Path) -> tuple[list[dict], dict]:
+    """Run one answering job in a child process; return its answers and its measurements
+    (parameters, peak_memory_bytes, answer_wall_s, ...). Raises RuntimeError if it fails."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    job_path, result_path = work_dir / f"{job['label']}_job.json", work_dir / f"{job['label']}_result.json"
+    result_path.unlink(missing_ok=True)
+    write_json(job_path, {**job, "result_path": str(result_path)})
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-m", "eval.answer_process", str(job_path)], cwd=REPO, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if done.returncode != 0 or not result_path.is_file():
+        tail = "\n".join(done.stderr.strip().splitlines()[-15:])
+        raise RuntimeError(f"answering with {job['label']} failed (exit {done.returncode}):\n{tail}")
+    result = json.loads(result_path.read_text(encoding="utf-8"))
+    return result["answers"], result["efficiency"]
+
+
+def _answer_with_student(job: dict) -> tuple[list[dict], dict]:
+    import torch
+
+    from eval.student import answer_prompts, load_student
+
+    adapter = Path(job["adapter"]) if job.get("adapter") else None
+    model, tokenizer = load_student(Path(job["base_model"]), adapter, job.get("trust_remote_code", False))
+    started = time.perf_counter()
+    answers = answer_prompts(model, tokenizer, job["items"], job["prompt_format"], job["max_new_tokens"],
+                             batch_size=job.get("batch_size", 1), static_cache=job.get("static_cache", False))
+    efficiency = {"answer_wall_s": round(time.perf_counter() - started, 4),
+                  "parameters": sum(p.numel() for p in model.parameters()), "batch_size": job.get("batch_size", 1)}
+    if torch.cuda.is_available():
+        efficiency["peak_gpu_memory_bytes"] = torch.cuda.max_memory_allocated()
+    return answers, efficiency
+
+
+def _answer_with_variant(job: dict) -> tuple[list[dict], dict]:
+    from compress.answer import answer_with_variant
+
+    started = time.perf_counter()
+    answers, efficiency = answer_with_variant(job["variant"], job["items"], job["prompt_format"],
+                                              job["max_new_tokens"], Path(job["cache_dir"]))
+    # Loading (a llama.cpp server's start, say) is not answering time.
+    wall_s = time.perf_counter() - started - (efficiency.get("load_s") or 0)
+    return answers, {**efficiency, "answer_wall_s": round(wall_s, 4)}
+
+
+def main(job_path: str) -> None:
+    """Answer one job file's prompts and write answers + measurements to its result_path."""
+    from eval.efficiency import process_peak_memory
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    job = json.loads(Path(job_path).read_text(encoding="utf-8"))
+    if job.get("threads"):
+        import torch
+
+        torch.set_num_threads(job["threads"])
+    answer = _answer_with_student if job["kind"] == "student" else _answer_with_variant
+    answers, efficiency = answer(job)
+    # A variant served by another process (a llama.cpp server) reports that process's peak.
+    if efficiency.get("peak_memory_bytes") is None or job["kind"] == "student":
+        efficiency.update(peak_memory_bytes=process_peak_memory(),
+                          peak_memory_method="VmHWM of a process that only loads this model and answers")
+    write_json(Path(job["result_path"]), {"answers": answers, "efficiency": efficiency})
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

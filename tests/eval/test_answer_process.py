@@ -1,0 +1,28 @@
+"""Answering in a child process: the real embedded student, its peak memory, and a clear failure."""
+
+import pytest
+
+from eval.answer_process import answer_in_child
+from eval.sets import load_eval_set
+
+
+def test_student_answers_in_its_own_process(tmp_path, student_cache_dir):
+    from finetune.embedded_student import ensure_plain_student
+
+    items = load_eval_set("vicuna_80", tmp_path / "none")[:3]
+    job = {"kind": "student", "label": "base_student", "base_model": str(ensure_plain_student(student_cache_dir)),
+           "adapter": None, "batch_size": 2, "items": items, "prompt_format": "alpaca", "max_new_tokens": 8,
+           "threads": 1}
+    answers, measured = answer_in_child(job, tmp_path / "work")
+    assert [a["id"] for a in answers] == [item["id"] for item in items]
+    assert all(a["answer"] and 1 <= a["completion_tokens"] <= 8 for a in answers)
+    # SmolLM2-135M in float32 is ~540 MB of weights: the child's high-water mark holds them.
+    assert 540_000_000 < measured["peak_memory_bytes"] < 6_000_000_000
+    assert measured["parameters"] > 100_000_000 and measured["answer_wall_s"] > 0
+
+
+def test_a_failing_child_says_why(tmp_path):
+    job = {"kind": "student", "label": "student", "base_model": str(tmp_path / "no-such-model"), "adapter": None,
+           "items": [{"id": "x", "instruction": "Hi"}], "prompt_format": "alpaca", "max_new_tokens": 4}
+    with pytest.raises(RuntimeError, match=r"answering with student failed \(exit 1\)"):
+        answer_in_child(job, tmp_path / "work")
