@@ -12,7 +12,9 @@ from finetune.train import _fingerprint, load_model, load_tokenizer
 def test_speed_settings_at_defaults_do_not_change_the_checkpoint_fingerprint(tmp_path):
     pairs = [{"prompt": "p", "completion": "c"}]
     plain = _fingerprint(pairs, tmp_path, FinetuneConfig())
-    assert not {"model_dtype", "torch_compile", "packing", "use_liger_kernel"} & set(plain["settings"])
+    assert not {"model_dtype", "torch_compile", "packing", "use_liger_kernel", "method", "optimizer", "num_processes",
+                "distributed", "merge"} & set(plain["settings"])
+    assert _fingerprint(pairs, tmp_path, FinetuneConfig(method="full")) != plain  # set: it counts
     changed = _fingerprint(pairs, tmp_path, FinetuneConfig(lora_r=4))
     assert changed != plain
     assert _fingerprint(pairs, tmp_path, FinetuneConfig(logging_steps=10)) == plain
