@@ -63,6 +63,24 @@ class ModelEndpoint(_Strict):
             raise ValueError(f"engine_args is for backend vllm only (backend is {self.backend})")
         return self
 
+    @model_validator(mode="after")
+    def _no_credentials_in_urls(self) -> "ModelEndpoint":
+        # Secrets come only from the environment: a URL is copied into manifests, summaries,
+        # logs and model cards, so one that carries a password or a key is refused here.
+        from urllib.parse import parse_qsl, urlsplit
+
+        for url in self.base_urls:
+            parts = urlsplit(url)
+            if parts.username or parts.password:
+                raise ValueError(f"base_urls: {parts.scheme}://…@{parts.hostname}: credentials in a URL are not "
+                                 "accepted; put the key in an environment variable named by api_key_env")
+            secret = [name for name, _ in parse_qsl(parts.query)
+                      if any(word in name.lower() for word in ("key", "token", "secret", "password", "sig"))]
+            if secret:
+                raise ValueError(f"base_urls: {parts.hostname}: query parameter {secret[0]!r} looks like a "
+                                 "credential; put the key in an environment variable named by api_key_env")
+        return self
+
 
 class EvolveConfig(_Strict):
     """Evol-Instruct (WizardLM): rounds of in-depth and in-breadth evolution of a pool."""
@@ -489,7 +507,11 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
             if err["type"] == "extra_forbidden":
                 problems.append(f"{path}: unknown key '{key}'{_did_you_mean(err['loc'])}")
             else:
-                problems.append(f"{path}: key '{key}': {err['msg']} (got {err.get('input')!r})")
+                # The value is shown for a single setting only: a whole section could hold a URL
+                # with credentials, which must not reach the terminal or a log.
+                got = err.get("input")
+                shown = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
+                problems.append(f"{path}: key '{key}': {err['msg']}{shown}")
         raise ConfigError("\n".join(problems)) from None
     seeds = config.seed_tasks if config.seed_tasks.is_absolute() else (path.parent / config.seed_tasks)
     seeds = seeds.resolve()

@@ -21,7 +21,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 pytest.importorskip("torch")
 pytest.importorskip("trl")
 
-from distill.config import FilterConfig, FinetuneConfig, ModelEndpoint, PipelineConfig  # noqa: E402
+from distill.config import ConfigError, FilterConfig, FinetuneConfig, ModelEndpoint, PipelineConfig, load_config  # noqa: E402
 from distill.manifest import build_manifest, prompt_hashes, write_manifest  # noqa: E402
 from distill.models import endpoint_identity  # noqa: E402
 from distill.records import write_jsonl  # noqa: E402
@@ -54,7 +54,7 @@ def finished_stage(student_cache_dir, short_records, tmp_path_factory):
         seed_tasks=REPO / "data" / "seed_tasks.jsonl",
         teacher=ModelEndpoint(
             backend="openai", model="teacher-model-x", api_key_env="PLANTED_TEACHER_KEY",
-            base_urls=[f"http://bob:{URL_PASSWORD}@teacher.example:8000/v1"],
+            base_urls=["http://teacher.example:8000/v1"],
         ),
         filter=FilterConfig(threshold=4.0),
         finetune=FinetuneConfig(max_steps=1, batch_size=4, max_length=128, heldout_records=2, merge=True),
@@ -100,4 +100,14 @@ def test_no_secret_reaches_any_output(finished_stage):
         if path.is_file() and path.stat().st_size < 5_000_000:  # the text files, not the weights
             data = path.read_bytes()
             assert SECRET.encode() not in data, path
-            assert URL_PASSWORD.encode() not in data or path.name == "manifest.json", path
+
+
+def test_a_url_with_credentials_is_refused_without_echoing_them(tmp_path):
+    # The config refuses it (so no manifest, summary or log can carry it); the card's own
+    # scrubbing (test_credentials_are_cut_from_urls) is a second line of defence.
+    config = tmp_path / "c.yaml"
+    config.write_text(f"name: c\nseed_tasks: {REPO / 'data' / 'seed_tasks.jsonl'}\nteacher:\n  backend: openai\n"
+                      f"  base_urls: ['http://bob:{URL_PASSWORD}@teacher.example:8000/v1']\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(config)
+    assert "credentials in a URL" in str(error.value) and URL_PASSWORD not in str(error.value)
