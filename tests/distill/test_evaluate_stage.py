@@ -45,3 +45,57 @@ def test_a_broken_variants_file_is_named(tmp_path, config):
     variants.write_text('{"label": "not a list"}')
     with pytest.raises(StageInputError, match=r"variants\.json: expected a JSON list"):
         evaluation_contestants(config, rundir, {"base_model": "b", "adapter": "a"})
+
+
+def test_a_compressed_variant_is_judged_and_reported_like_the_student(tmp_path, repo_root, student_cache_dir):
+    """The whole evaluate stage on real parts: the embedded student with a (fresh, untrained)
+    peft LoRA adapter, the base student, a dynamic-int8 variant made by the compress package
+    from the embedded student and answered through compress.answer, the real llama.cpp teacher
+    and judge."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from backends.factory import open_chat_backend
+    from compress.torch_int8 import save_torch_int8
+    from distill.report import write_report
+    from distill.stages.evaluate import evaluate_stage
+    from distill.stages.session import RequestPath, usage_so_far
+    from eval.efficiency import size_on_disk
+    from finetune.embedded_student import ensure_plain_student
+
+    torch.set_num_threads(1)
+    config = load_config(repo_root / "configs" / "demo.yaml", [
+        "evaluate.sets=[vicuna_80]", "evaluate.max_prompts=2", "evaluate.max_new_tokens=12",
+        "evaluate.judge_max_tokens=48"])
+    base = ensure_plain_student(student_cache_dir)
+    adapter = tmp_path / "adapter"
+    lora = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=4, target_modules=["q_proj"]))
+    lora.save_pretrained(adapter)
+    rundir = RunDir(tmp_path / "run")
+    rundir.stages.mkdir(parents=True)
+    rundir.mark_done("finetune", {"base_model": str(base), "adapter": str(adapter)})
+    int8 = save_torch_int8(base, tmp_path / "int8")
+    (rundir.root / "compress").mkdir()
+    (rundir.root / "compress" / "variants.json").write_text(json.dumps([
+        {"label": "torch_int8", "kind": "torch_int8", "path": str(int8), "size_on_disk_bytes": size_on_disk(int8)}]))
+
+    path = RequestPath(rundir, usage_so_far(rundir, config))
+    with open_chat_backend(config.teacher, tmp_path / "logs") as teacher:
+        summary = evaluate_stage(config, rundir, teacher, teacher, path, student_cache_dir)
+    path.close()
+
+    variant = summary["contestants"]["torch_int8"]
+    assert variant["kind"] == "variant" and variant["quality"]["judged"] == 2
+    lines = (rundir.eval_dir / "judgments_torch_int8.jsonl").read_text().splitlines()
+    assert len(lines) == 2
+    assert all(json.loads(line)["outcome"] in ("win", "tie", "loss", "invalid") for line in lines)
+    assert variant["efficiency"]["identity"] == "torch_int8 (torch_int8)"
+    assert 0 < variant["efficiency"]["peak_memory_bytes"] < summary["base_student"]["peak_memory_bytes"] * 2
+    assert variant["efficiency"]["cost_per_1k_answers_usd"] > 0 and variant["efficiency"]["p50_ttft_s"] > 0
+    assert summary["teacher"]["peak_memory_bytes"] > 50_000_000
+
+    report = write_report(rundir)
+    assert [row["label"] for row in report["models"]] == ["teacher", "student", "base_student", "torch_int8"]
+    assert "torch_int8" in report["quality_vs_cost"]["points"]
+    assert "torch_int8" in (rundir.root / "report.html").read_text()
