@@ -114,7 +114,7 @@ def _answer(contestant: dict, items: list[dict], config: PipelineConfig, rundir:
     return answers, efficiency
 
 
-def _teacher_costs(config: PipelineConfig, teacher: ChatBackend, answers: list[dict], wall_s: float) -> dict:
+def teacher_costs(config: PipelineConfig, teacher: ChatBackend, answers: list[dict], wall_s: float) -> dict:
     """The teacher's peak memory (its llama.cpp server's VmHWM when embedded) and cost per 1,000 answers."""
     from eval.efficiency import api_cost_per_1k, local_cost_per_1k, process_peak_memory, server_pid_on_port
 
@@ -247,7 +247,7 @@ def evaluate_stage(config: PipelineConfig, rundir: RunDir, teacher: ChatBackend,
         **teacher_model,
         **latency_summary([a["latency_s"] for a in teacher_ok], [a["completion_tokens"] for a in teacher_ok],
                           [a["ttft_s"] for a in teacher_ok]),
-        **_teacher_costs(config, teacher, teacher_ok, teacher_wall_s),
+        **teacher_costs(config, teacher, teacher_ok, teacher_wall_s),
     }
     student_quality = quality["student"]
     summary = {

@@ -99,3 +99,24 @@ def test_a_compressed_variant_is_judged_and_reported_like_the_student(tmp_path, 
     assert [row["label"] for row in report["models"]] == ["teacher", "student", "base_student", "torch_int8"]
     assert "torch_int8" in report["quality_vs_cost"]["points"]
     assert "torch_int8" in (rundir.root / "report.html").read_text()
+
+
+def test_a_remote_teachers_cost_comes_from_its_prices(repo_root):
+    from backends.openai_compat import OpenAICompatibleBackend
+    from distill.stages.evaluate import teacher_costs
+
+    config = load_config(repo_root / "configs" / "demo.yaml", [
+        "teacher.backend=openai", "teacher.base_urls=[http://10.0.0.7:8000/v1]", "teacher.model=big",
+        "teacher.price_input_per_mtok=1.0", "teacher.price_output_per_mtok=4.0"])
+    teacher = OpenAICompatibleBackend("big", ["http://10.0.0.7:8000/v1"])  # never contacted here
+    answers = [{"prompt_tokens": 400, "completion_tokens": 100}, {"prompt_tokens": 600, "completion_tokens": 300}]
+    costs = teacher_costs(config, teacher, answers, wall_s=6.0)
+    # mean 500 prompt + 200 completion tokens: 0.0005 + 0.0008 USD an answer
+    assert costs["cost_per_1k_answers_usd"] == pytest.approx(1.3)
+    assert costs["peak_memory_bytes"] is None and "not measurable" in costs["peak_memory_method"]
+    assert costs["seconds_per_answer"] == 3.0
+
+    unpriced = load_config(repo_root / "configs" / "demo.yaml", [
+        "teacher.backend=openai", "teacher.base_urls=[http://10.0.0.7:8000/v1]"])
+    costs = teacher_costs(unpriced, teacher, answers, wall_s=6.0)
+    assert costs["cost_per_1k_answers_usd"] is None and "no price" in costs["cost_basis"]
