@@ -396,6 +396,12 @@ class OrchestrationConfig(_Strict):
         description="Cap on requests in flight across all workers of a run (shards in flight times each "
         "shard's window). Empty: shards_in_flight times the endpoint's max_in_flight.",
     )
+    concurrency_limit: str | None = Field(
+        None,
+        description="Name of a Prefect global concurrency limit (`prefect gcl create NAME --limit N`): on "
+        "the Dask runner every shard holds one slot per request it may have in flight, so the cap is "
+        "shared by every run and deployment using that name. Empty: only this run's cap.",
+    )
 
 
 class NotifyConfig(_Strict):

@@ -15,21 +15,46 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from distill.config import OrchestrationConfig
-from distill.stages.session import SendShard, WindowedShardSender, send_detached
+from distill.stages.session import SendShard, StageInputError, WindowedShardSender, send_detached
 
 log = logging.getLogger(__name__)
 
 
 @task(name="request-shard-detached", cache_policy=NO_CACHE)
-def request_shard_detached(backend, endpoint, requests, max_in_flight) -> list[dict]:
-    """One shard sent wherever the task runner puts it; its outcomes come back to the flow."""
-    return send_detached(backend, endpoint, requests, max_in_flight)
+def request_shard_detached(backend, endpoint, requests, max_in_flight, concurrency_limit=None) -> list[dict]:
+    """One shard sent wherever the task runner puts it; its outcomes come back to the flow.
+    With a Prefect global concurrency limit, the shard first takes a slot per request it may
+    have in flight, and gives them back when it is done."""
+    if concurrency_limit is None:
+        return send_detached(backend, endpoint, requests, max_in_flight)
+    from prefect.concurrency.sync import concurrency
+
+    with concurrency(concurrency_limit, occupy=min(max_in_flight, len(requests)), strict=True):
+        return send_detached(backend, endpoint, requests, max_in_flight)
+
+
+def check_concurrency_limit(name: str) -> None:
+    """Fail before any work when the named Prefect global concurrency limit does not exist."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            raise StageInputError(
+                f"key 'orchestration.concurrency_limit': no Prefect global concurrency limit named {name!r}; "
+                f"create it first: prefect gcl create {name} --limit N") from None
 
 
 def windowed_sender(settings: OrchestrationConfig) -> WindowedShardSender:
     """The sender for a cluster: one shard in flight per worker unless the config says otherwise."""
     window = settings.shards_in_flight or settings.dask_workers
-    return WindowedShardSender(request_shard_detached.submit, window, settings.max_requests_in_flight)
+
+    def submit(backend, endpoint, requests, max_in_flight):
+        return request_shard_detached.submit(backend, endpoint, requests, max_in_flight, settings.concurrency_limit)
+
+    return WindowedShardSender(submit, window, settings.max_requests_in_flight)
 
 
 def _api_url_of_this_process() -> str:
@@ -68,5 +93,7 @@ def shard_runner(settings: OrchestrationConfig, send_in_process: SendShard) -> I
     if settings.task_runner == "default":
         yield None, send_in_process
         return
+    if settings.concurrency_limit:
+        check_concurrency_limit(settings.concurrency_limit)
     with dask_task_runner(settings) as runner:
         yield runner, windowed_sender(settings)
