@@ -17,20 +17,22 @@ rejections and exports. --no-plant sends the records unchanged: every reply is t
     direct:    quality.rate.rating_requests + backends.runner.run_requests_async + apply_ratings
                (one call, one event loop; build, send and join are timed)
     stage/S:   distill.stages.filter_stage on a temp run directory, judge endpoint
-               max_in_flight=--in-flight, generate.requests_per_shard=S (the stage sends one
-               shard at a time: each is one run_requests call, so at most S requests are in
-               flight, and each shard opens and closes its own event loop and HTTP client).
-               S = 16 (the default) and S = --shard.
+               max_in_flight=--in-flight, filter.requests_per_shard=S (the stage sends one
+               shard at a time: each is one run_requests call, so at most min(S, in flight)
+               requests are in flight, and each shard opens and closes its own event loop and
+               HTTP client). S = 16 (the old generate-sized shards), 256 (the filter's default)
+               and --shard.
     After one warm-up each, --repeats rounds run every variant in a rotating order; medians.
     Every run uses a fresh run directory / journal, so every request is sent.
 (b) memory: --memory-n (50,000) synthetic records (alpaca_5000 with deterministic edits, each
-    record distinct) through filter_stage (S = --shard); RSS (psutil) is sampled after every
+    record distinct) through filter_stage (S = --memory-shard, default 256); RSS (psutil) is
+    sampled after every
     shard (from the stage's `send` hook), every 0.05 s by a thread (for peaks), and at the
     entry and exit of each step of filter_stage (the functions it calls are wrapped here; the
     stage's code is unchanged), then after it returns, before and after gc + malloc_trim.
 (c) where the memory goes: --trace-n records through filter_stage under tracemalloc (25
-    frames); at the entry of apply_ratings (all replies in) and of RunDir.write_rejections
-    (the stage's peak), the live Python allocations are grouped by the innermost frame in
+    frames); at the entry of select_rated (all replies in) and of RunDir.merge_rejections
+    (the end), the live Python allocations are grouped by the innermost frame in
     this repository (file:line, function) and by the stage's local variable that holds them.
 
 (d) cost of the IFD pre-filter (quality.ifd): --ifd-n alpaca records (spread over the file)
@@ -71,13 +73,13 @@ sys.path.insert(0, str(REPO))
 import psutil  # noqa: E402
 
 import distill.stages as stages  # noqa: E402
+import distill.stages.filter as filter_module  # noqa: E402
 import quality.histogram as histogram  # noqa: E402
 import quality.rate as rate  # noqa: E402
-import quality.select as select  # noqa: E402
 from backends.factory import open_chat_backend  # noqa: E402
 from backends.openai_compat import OpenAICompatibleBackend  # noqa: E402
 from backends.runner import RetryPolicy, run_requests_async  # noqa: E402
-from distill.config import FilterConfig, GenerateConfig, ModelEndpoint, PipelineConfig  # noqa: E402
+from distill.config import FilterConfig, ModelEndpoint, PipelineConfig  # noqa: E402
 from distill.records import Journal, write_jsonl  # noqa: E402
 from distill.rundir import RunDir  # noqa: E402
 
@@ -211,7 +213,7 @@ def malloc_trim() -> None:
 def make_config(url: str, in_flight: int, shard: int) -> PipelineConfig:
     judge = ModelEndpoint(backend="openai", model=MODEL, base_urls=[url], max_in_flight=in_flight, max_retries=3)
     return PipelineConfig(name="bench-filter", seed_tasks=DATA / "seed_tasks.jsonl", teacher=judge,
-                          generate=GenerateConfig(requests_per_shard=shard), filter=FilterConfig(threshold=4.5))
+                          filter=FilterConfig(threshold=4.5, requests_per_shard=shard))
 
 
 def run_stage(url: str, records_path: Path, root: Path, in_flight: int, shard: int, on_shard=None) -> tuple[dict, float, float]:
@@ -279,16 +281,12 @@ class RssSampler(threading.Thread):
 
 # The steps of filter_stage, as (module or class, attribute, label): wrapped to log RSS around them.
 STEPS = [
-    (stages, "read_records", "read_records(generated.jsonl)"),
-    (stages, "near_duplicate_drops", "near_duplicate_drops"),
-    (rate, "rating_requests", "rating_requests"),
-    (rate, "apply_ratings", "apply_ratings"),
-    (select, "select_by_threshold", "select_by_threshold"),
-    (stages, "write_jsonl", "write_jsonl"),
-    (RunDir, "write_rejections", "RunDir.write_rejections"),
+    (filter_module, "Candidates", "Candidates (check generated.jsonl)"),
+    (filter_module, "rate_in_shards", "rate_in_shards (-> rated.jsonl)"),
+    (filter_module, "select_rated", "select_rated (-> filtered.jsonl)"),
+    (RunDir, "merge_rejections", "RunDir.merge_rejections"),
     (histogram, "score_histogram_png", "score_histogram_png"),
-    (histogram, "per_score_examples", "per_score_examples"),
-    (stages, "export_filtered", "export_filtered"),
+    (filter_module, "export_filtered", "export_filtered"),
 ]
 
 
@@ -305,8 +303,6 @@ def wrapped_steps(log: list, before=None, sampler: RssSampler | None = None):
             @functools.wraps(original)
             def wrapper(*args, **kwargs):
                 shown = label
-                if label == "write_jsonl":
-                    shown = f"write_jsonl({Path(args[0]).name})"
                 if before:
                     before(shown)
                 entry, started = rss_mb(), time.perf_counter()
@@ -382,6 +378,8 @@ def deep_size(value, seen: set) -> int:
         size += sum(deep_size(v, seen) for v in value)
     elif hasattr(value, "__dataclass_fields__"):
         size += sum(deep_size(getattr(value, f), seen) for f in value.__dataclass_fields__)
+    elif hasattr(value, "__dict__") and not isinstance(value, type):
+        size += deep_size(vars(value), seen)
     return size
 
 
@@ -412,6 +410,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="timed rounds (default 3)")
     ap.add_argument("--workers", type=int, default=2, help="llm-katan uvicorn workers (default 2)")
     ap.add_argument("--memory-n", type=int, default=50_000, help="records in the memory run (default 50000)")
+    ap.add_argument("--memory-shard", type=int, default=256, help="requests_per_shard of the memory run (default 256)")
     ap.add_argument("--trace-n", type=int, default=1000, help="records in the tracemalloc run (default 1000)")
     ap.add_argument("--ifd-n", type=int, default=48, help="alpaca records scored by quality.ifd (0: skip; default 48)")
     ap.add_argument("--ifd-threads", type=int, default=1, help="torch threads for IFD scoring (default 1)")
@@ -445,7 +444,8 @@ def main(argv=None) -> int:
                 write_jsonl(records_path, records)
                 variants = {
                     "direct": f"rating_requests + run_requests_async ({args.in_flight} in flight) + apply_ratings",
-                    "stage/16": f"filter_stage, requests_per_shard 16 (default), judge max_in_flight {args.in_flight}",
+                    "stage/16": f"filter_stage, requests_per_shard 16, judge max_in_flight {args.in_flight}",
+                    "stage/256": f"filter_stage, requests_per_shard 256 (default), judge max_in_flight {args.in_flight}",
                     f"stage/{args.shard}": f"filter_stage, requests_per_shard {args.shard}, judge max_in_flight "
                                            f"{args.in_flight}",
                 }
@@ -492,7 +492,7 @@ def main(argv=None) -> int:
                 gc.collect()
                 malloc_trim()
                 print(f"\n[b] memory: {args.memory_n} records ({size_mb:.1f} MB of JSONL) through filter_stage, "
-                      f"requests_per_shard {args.shard}, {args.in_flight} in flight")
+                      f"requests_per_shard {args.memory_shard}, {args.in_flight} in flight")
                 shard_samples: list[tuple[int, float]] = []
                 steps: list[tuple] = []
                 gaps: list[tuple] = []
@@ -507,8 +507,8 @@ def main(argv=None) -> int:
                 sampler = RssSampler()
                 sampler.start()
                 with wrapped_steps(steps, sampler=sampler):
-                    summary, wall, _ = run_stage(url, records_path, tmp / "mem-run", args.in_flight, args.shard,
-                                                 on_shard=on_shard)
+                    summary, wall, _ = run_stage(url, records_path, tmp / "mem-run", args.in_flight,
+                                                 args.memory_shard, on_shard=on_shard)
                 peak = sampler.stop()
                 after_return = rss_mb()
                 gc.collect()
@@ -522,10 +522,22 @@ def main(argv=None) -> int:
                 for done, rss in (shard_samples[i] for i in shown):
                     print(f"      {done:6d} rated  RSS {rss:8.1f} MB")
                 first_done, first_rss = shard_samples[0]
+                # RSS after the first shard at or past a fifth, half and all of the records.
+                milestones = [next(sample for sample in shard_samples if sample[0] >= share)
+                              for share in (args.memory_n // 5, args.memory_n // 2, shard_samples[-1][0])]
+                for done, rss in milestones:
+                    print(f"      at {done:6d} rated  RSS {rss:8.1f} MB")
                 last_done, last_rss = shard_samples[-1]
                 per_record = (last_rss - first_rss) * 2**20 / max(1, last_done - first_done)
                 print(f"    growth while rating {first_done} -> {last_done}: {last_rss - first_rss:+.1f} MB "
                       f"({per_record:.0f} bytes/record)")
+                # The one thing that must grow with the records: the judge journal's key -> offset
+                # index (distill.records.Journal keeps it so that a rerun finds every paid reply).
+                with Journal(RunDir(tmp / "mem-run").journal("rate")) as journal:
+                    index_mb = deep_size(journal._offsets, set()) / 2**20
+                other = last_rss - first_rss - index_mb
+                print(f"    of which the rate journal's key index {index_mb:.1f} MB "
+                      f"({index_mb * 2**20 / len(journal):.0f} bytes/record); the rest {other:+.1f} MB")
                 print("    RSS around each step of filter_stage (entry -> exit, peak inside), and in filter_stage's "
                       "own code between steps:")
                 previous = None
@@ -545,9 +557,11 @@ def main(argv=None) -> int:
                     ("records (JSONL on disk)", f"{args.memory_n:,} ({size_mb:.0f} MB)"),
                     ("throughput of the memory run", f"{args.memory_n / wall:.0f} records/s"),
                     ("RSS before / peak", f"{start_rss:.0f} / {peak:.0f} MB (**+{peak - start_rss:.0f} MB**)"),
+                    (f"RSS at {' / '.join(f'{done:,}' for done, _ in milestones)} rated",
+                     " / ".join(f"{rss:.0f}" for _, rss in milestones) + " MB"),
                     (f"RSS growth while rating ({first_done:,} -> {last_done:,} rated)",
-                     f"{last_rss - first_rss:+.0f} MB ({per_record:.0f} B/record): "
-                     f"{'flat' if last_rss - first_rss <= 10 else 'NOT flat'}"),
+                     f"{last_rss - first_rss:+.0f} MB ({per_record:.0f} B/record)"),
+                    ("of which the rate journal's key index (live)", f"{index_mb:.0f} MB"),
                 ]
                 for label, entry, exit_, _, inside, _, _ in steps:
                     if abs(exit_ - entry) >= 5 or inside - entry >= 5:
@@ -570,12 +584,11 @@ def main(argv=None) -> int:
                 held: list[tuple[str, float]] = []
 
                 def snap(label: str) -> None:
-                    if label in ("apply_ratings", "RunDir.write_rejections") and label not in snapshots:
+                    if label in ("select_rated (-> filtered.jsonl)", "RunDir.merge_rejections") and label not in snapshots:
                         gc.collect()  # count what is held, not garbage waiting for the collector
                         snapshots[label] = tracemalloc.take_snapshot()
-                    if label == "RunDir.write_rejections" and not held:
-                        held.extend(sizes_of_locals(["generated", "records", "requests", "outcomes", "ratings",
-                                                     "kept", "dropped", "selection_drops", "duplicates"]))
+                    if label == "RunDir.merge_rejections" and not held:
+                        held.extend(sizes_of_locals(["candidates", "tally", "ranking", "drop_counts"]))
 
                 tracemalloc.start(25)
                 try:
@@ -591,10 +604,10 @@ def main(argv=None) -> int:
                     for where, size, count in groups[:12]:
                         print(f"      {size / 2**20:7.1f} MB  {size / args.trace_n:6.0f} B/record  {count:8d} blocks  "
                               f"{where}")
-                    if label == "RunDir.write_rejections":
+                    if label == "RunDir.merge_rejections":
                         trace_rows += [(where, f"{size / args.trace_n:.0f}", f"{size / total:.0%}")
                                        for where, size, _ in groups[:10]]
-                print("    filter_stage's locals at the entry of RunDir.write_rejections (deep size; an object "
+                print("    filter_stage's locals at the entry of RunDir.merge_rejections (deep size; an object "
                       "shared by several is counted with the first):")
                 for name, mb in held:
                     print(f"      {name:<16} {mb:8.1f} MB  ({mb * 2**20 / args.trace_n:6.0f} bytes/record)")
@@ -643,7 +656,7 @@ def main(argv=None) -> int:
         for row in mem_rows:
             print("| " + " | ".join(row) + " |")
     if trace_rows:
-        print(f"\n| live at RunDir.write_rejections ({args.trace_n:,} records, tracemalloc): allocated in "
+        print(f"\n| live at RunDir.merge_rejections ({args.trace_n:,} records, tracemalloc): allocated in "
               f"| bytes / record | share |")
         print("| --- | ---: | ---: |")
         for row in trace_rows:
@@ -654,7 +667,7 @@ def main(argv=None) -> int:
         for row in ifd_rows:
             print("| " + " | ".join(row) + " |")
     if held_rows:
-        print(f"\n| filter_stage local at RunDir.write_rejections ({args.trace_n:,} records) | bytes / record |")
+        print(f"\n| filter_stage local at RunDir.merge_rejections ({args.trace_n:,} records) | bytes / record |")
         print("| --- | ---: |")
         for row in held_rows:
             print("| " + " | ".join(row) + " |")
