@@ -210,3 +210,28 @@ def test_a_missing_ifd_model_directory_is_named(katan, tmp_path):
     with pytest.raises(StageInputError, match=r"filter.ifd.model: .*no-such-model is not a model directory"):
         run_filter(config, tmp_path / "run", planted(alpaca(3)))
     assert not (tmp_path / "run" / "filtered.jsonl").exists() and not (tmp_path / "run" / "rejected.jsonl").exists()
+
+
+def test_several_shards_in_flight_give_the_same_files(katan, tmp_path):
+    """The windowed sender (what the flow uses on Dask) hands outcomes back shard by shard, in
+    order, with several shards out at once; here its workers are threads of this process."""
+    import pickle
+    from concurrent.futures import ThreadPoolExecutor
+
+    from distill.stages.session import WindowedShardSender, send_detached
+
+    records = planted(alpaca(len(PLANTED)))
+    config = make_config(katan(), requests_per_shard=2, selection="top_k", top_k=5)
+    plain, _ = run_filter(config, tmp_path / "plain", records)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        # Each shard gets its own copy of the backend, pickled as Dask ships it to a worker.
+        sender = WindowedShardSender(lambda *args: pool.submit(send_detached, *pickle.loads(pickle.dumps(args))),
+                                     window=3)
+        windowed, summary = run_filter(config, tmp_path / "windowed", records, send=sender)
+
+    def comparable(entry: dict) -> dict:  # an echo reply carries its time: compare all but the reply text
+        return {k: v for k, v in entry.items() if k != "judge_reply"}
+
+    for name in ("rated.jsonl", "filtered.jsonl", "rejected.jsonl"):
+        assert [comparable(e) for e in lines(windowed.root / name)] == [comparable(e) for e in lines(plain.root / name)]
+    assert len(lines(windowed.journal("rate"))) == len(PLANTED) and summary["kept"] == 5
