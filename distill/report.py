@@ -253,5 +253,5 @@ def headline(report: dict) -> str:
     return (f"win rate {_fmt(q.get('win_rate'))} (95% CI {_fmt(ci[0])}–{_fmt(ci[1])}; "
             f"W/T/L {q.get('wins')}/{q.get('ties')}/{q.get('losses')}); "
             f"kept {report['counts'].get('filtered')} of {report['counts'].get('generated')} generated; "
-            f"student {_fmt(student.get('mean_latency_s'))} s/answer vs teacher {_fmt(teacher.get('mean_latency_s'))} s/answer; "
-            f"cost student/teacher {_fmt((report.get('headline') or {}).get('cost_ratio_student_teacher'))}")
+            f"mean latency student {_fmt(student.get('mean_latency_s'))} s vs teacher {_fmt(teacher.get('mean_latency_s'))} s; "
+            f"cost per answer student/teacher {_fmt((report.get('headline') or {}).get('cost_ratio_student_teacher'))}")
