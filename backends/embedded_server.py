@@ -90,6 +90,8 @@ class EmbeddedServer:
             "--host", "127.0.0.1", "--port", str(self.port),
             "--n_ctx", str(self.context_length),
             "--n_threads", str(self.threads),
+            # Prompts too: llama-cpp-python's default for them is a thread per core.
+            "--n_threads_batch", str(self.threads),
         ]
         if self.log_path:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)

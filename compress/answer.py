@@ -54,7 +54,10 @@ def complete_streamed(base_url: str, prompt: str, max_new_tokens: int, timeout_s
     arrives as one piece), the time to the first piece and to the last."""
     import httpx
 
-    body = {"prompt": prompt, "max_tokens": max_new_tokens, "temperature": 0.0, "stream": True}
+    # Greedy, as the student answers: llama-cpp-python's server would otherwise apply its
+    # default repeat penalty (1.1) and the answers would differ from the student's for that alone.
+    body = {"prompt": prompt, "max_tokens": max_new_tokens, "temperature": 0.0, "top_k": 1, "repeat_penalty": 1.0,
+            "stream": True}
     pieces, text, first = 0, [], None
     started = time.perf_counter()
     with httpx.stream("POST", f"{base_url}/completions", json=body, timeout=timeout_s) as response:
@@ -110,6 +113,10 @@ def _answer_in_process(variant: dict, items: list[dict], prompt_format: str, max
     load_s = time.perf_counter() - started
     answers = answer_prompts(model, tokenizer, items, prompt_format, max_new_tokens)
     parameters = sum(p.numel() for p in model.parameters())
+    if variant["kind"] == "bnb":
+        from compress.bnb import parameter_count
+
+        parameters = parameter_count(model)
     if variant["kind"] == "torch_int8":  # int8 linears hold their weights outside parameters()
         from compress.torch_int8 import int8_linears
 

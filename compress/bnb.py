@@ -40,6 +40,16 @@ def bnb_settings(bits: int) -> dict:
     raise ValueError(f"bitsandbytes quantization takes bits 8 or 4, got {bits}")
 
 
+def parameter_count(model) -> int:
+    """Parameters of a (possibly bitsandbytes-quantized) model, counted unpacked: a 4-bit
+    weight stores two values per byte, and its tensor shows half as many elements."""
+    total = 0
+    for parameter in model.parameters():
+        state = getattr(parameter, "quant_state", None)
+        total += state.shape.numel() if state is not None and hasattr(state, "shape") else parameter.numel()
+    return total
+
+
 def load_bnb(merged_dir: Path, bits: int):
     """``(model, tokenizer)``: the merged model loaded on the GPU with ``bits``-bit bitsandbytes weights."""
     import torch
@@ -49,7 +59,10 @@ def load_bnb(merged_dir: Path, bits: int):
     settings = bnb_settings(bits)
     if "bnb_4bit_compute_dtype" in settings:
         settings["bnb_4bit_compute_dtype"] = getattr(torch, settings["bnb_4bit_compute_dtype"])
+    # The layers bitsandbytes leaves alone (embeddings, norms) in the dtype its kernels compute
+    # in: float16 for LLM.int8 (float32 inputs would be cast on every call), bfloat16 for NF4.
+    dtype = torch.float16 if bits == 8 else torch.bfloat16
     model = AutoModelForCausalLM.from_pretrained(
-        merged_dir, quantization_config=BitsAndBytesConfig(**settings), device_map={"": 0})
+        merged_dir, quantization_config=BitsAndBytesConfig(**settings), device_map={"": 0}, dtype=dtype)
     model.eval()
     return model, AutoTokenizer.from_pretrained(merged_dir)

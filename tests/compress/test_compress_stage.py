@@ -24,7 +24,7 @@ from distill.stages.session import StageInputError  # noqa: E402
 from student_prompts import PROMPTS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
-VARIANTS = ["gguf_q8_0", "gguf_q4_0", "torch_int8"]
+VARIANTS = ["gguf_f16", "gguf_q8_0", "gguf_q4_0", "torch_int8"]
 MAX_NEW_TOKENS = 24
 
 
@@ -61,8 +61,7 @@ def test_variants_json_describes_every_variant(compressed):
     assert by_label["torch_int8"]["method"]["dtype"] == "qint8"
     sizes = {label: v["size_on_disk_bytes"] for label, v in by_label.items()}
     merged_bytes = sum(p.stat().st_size for p in Path(summary["merged"]).glob("*.safetensors"))
-    assert sizes["gguf_q4_0"] < sizes["gguf_q8_0"] < sizes["torch_int8"] < merged_bytes
-    assert not (rundir.root / "compress" / "gguf_f16").exists()  # the F16 intermediate is not kept
+    assert sizes["gguf_q4_0"] < sizes["gguf_q8_0"] < sizes["gguf_f16"] < sizes["torch_int8"] < merged_bytes
     assert not list((rundir.root / "compress").rglob(".*"))  # no temporary file left
 
 
@@ -85,6 +84,20 @@ def test_a_variant_answers_like_the_student(compressed, label):
     assert efficiency["answers"] == len(PROMPTS) and efficiency["tokens_per_s"] > 0
 
 
+@pytest.mark.server
+def test_the_served_f16_variant_answers_as_the_student_does(compressed, merged_dir):
+    """Through the whole serving path (llama.cpp server, completions API, the student's
+    Alpaca prompt), the F16 file answers exactly what transformers answers on the merged weights."""
+    from eval.student import answer_prompts, load_student
+
+    rundir, _ = compressed
+    variant = next(v for v in json.loads(variants_path(rundir).read_text()) if v["label"] == "gguf_f16")
+    served, _ = answer_with_variant(variant, PROMPTS, "alpaca", MAX_NEW_TOKENS)
+    model, tokenizer = load_student(merged_dir, None)
+    student = answer_prompts(model, tokenizer, PROMPTS, "alpaca", MAX_NEW_TOKENS)
+    assert [a["answer"] for a in served] == [a["answer"] for a in student]
+
+
 def test_rerun_skips_the_finished_stage(compressed):
     rundir, summary = compressed
     files = {p: p.stat().st_mtime_ns for p in (rundir.root / "compress").rglob("*") if p.is_file()}
@@ -96,7 +109,7 @@ def test_a_lost_variant_is_remade_alone(compressed, student_dir, adapter_dir, tm
     """After a crash (no stage summary), only what is missing is made again."""
     rundir, _ = compressed
     (rundir.stages / "compress.json").unlink()
-    kept = Path(json.loads(variants_path(rundir).read_text())[2]["path"]) / "int8_weights.safetensors"
+    kept = rundir.root / "compress" / "torch_int8" / "int8_weights.safetensors"
     before = kept.stat().st_mtime_ns
     (rundir.root / "compress" / "gguf_q4_0" / "model-q4_0.gguf").unlink()
     summary = compress_stage(pipeline_config(), rundir)
