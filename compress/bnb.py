@@ -63,6 +63,7 @@ def load_bnb(merged_dir: Path, bits: int):
     # in: float16 for LLM.int8 (float32 inputs would be cast on every call), bfloat16 for NF4.
     dtype = torch.float16 if bits == 8 else torch.bfloat16
     model = AutoModelForCausalLM.from_pretrained(
-        merged_dir, quantization_config=BitsAndBytesConfig(**settings), device_map={"": 0}, dtype=dtype)
+        merged_dir, quantization_config=BitsAndBytesConfig(**settings), device_map={"": 0}, dtype=dtype,
+        use_safetensors=True)
     model.eval()
     return model, AutoTokenizer.from_pretrained(merged_dir)

@@ -71,7 +71,7 @@ def save_torch_int8(merged_dir: Path, out_dir: Path) -> Path:
     from transformers import AutoModelForCausalLM
 
     merged_dir, out_dir = Path(merged_dir), Path(out_dir)
-    model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32, use_safetensors=True)
     model.eval()
     quantize_model(model)
     linears = int8_linears(model)
