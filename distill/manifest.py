@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import platform
 from importlib import metadata
 from pathlib import Path
@@ -51,4 +52,11 @@ def build_manifest(config: PipelineConfig, config_path: Path, teacher: str, judg
 
 
 def write_manifest(path: Path, manifest: dict) -> None:
+    """Write the manifest, leaving the file alone (bytes and mtime) when nothing in it changed."""
+    if path.is_file():
+        try:
+            if json.loads(path.read_text(encoding="utf-8")) == json.loads(json.dumps(manifest)):
+                return
+        except ValueError:
+            pass  # unreadable: rewrite it
     write_json(path, manifest)

@@ -30,7 +30,8 @@ def load_student(base_model_dir: Path, adapter_dir: Path | None, trust_remote_co
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base_model_dir, trust_remote_code=trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(base_model_dir, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(base_model_dir, trust_remote_code=trust_remote_code,
+                                                 use_safetensors=True)
     if adapter_dir is not None:
         model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
     if torch.cuda.is_available():

@@ -166,7 +166,7 @@ def _check_saved(directory: Path, reference=None, tokenizer=None) -> None:
         raise EmbeddedStudentError(f"{directory} holds no safetensors weights")
     if reference is None:
         return
-    reloaded = AutoModelForCausalLM.from_pretrained(directory)
+    reloaded = AutoModelForCausalLM.from_pretrained(directory, use_safetensors=True)
     if getattr(reloaded, "is_quantized", False) or getattr(reloaded, "hf_quantizer", None) is not None:
         raise EmbeddedStudentError(f"{directory} reloads as a quantized model")
     diff = (probe_logits(reloaded, tokenizer) - probe_logits(reference, tokenizer)).abs().max().item()

@@ -78,7 +78,8 @@ def merge_lora(base_dir: Path, adapter_dir: Path, out_dir: Path, dtype="float32"
     torch_dtype = _torch_dtype(dtype)
 
     log.info("merging adapter %s into %s (%s)", adapter_dir, base_dir, torch_dtype)
-    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch_dtype, trust_remote_code=trust_remote_code,
+                                                use_safetensors=True)
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     merged.eval()
     tokenizer_dir = adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else base_dir

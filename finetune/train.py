@@ -466,7 +466,7 @@ def load_model(base_model_dir: Path, settings: FinetuneConfig):
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(
-        base_model_dir, **model_load_kwargs(settings), **quantization_kwargs(settings)
+        base_model_dir, use_safetensors=True, **model_load_kwargs(settings), **quantization_kwargs(settings)
     )
 
 

@@ -70,9 +70,9 @@ def generate_flow(config, rundir, session: str) -> dict:
 
 
 @flow(name="filter", validate_parameters=False)
-def filter_flow(config, rundir, session: str) -> dict:
+def filter_flow(config, rundir, session: str, cache_dir) -> dict:
     path, models, send = live_objects(session)
-    return stages.filter_stage(config, rundir, models.judge(), path, send=send)
+    return stages.filter_stage(config, rundir, models.judge(), path, send=send, cache_dir=cache_dir)
 
 
 @task(name="finetune", cache_policy=NO_CACHE)
@@ -203,7 +203,7 @@ def distill_pipeline(config_path: str, run_dir: str | None = None, overrides: li
             if name == "generate":
                 summary = on_runner(generate_flow, runner)(config, rundir, session)
             elif name == "filter":
-                summary = on_runner(filter_flow, runner)(config, rundir, session)
+                summary = on_runner(filter_flow, runner)(config, rundir, session, cache)
             elif name == "finetune":
                 summary = finetune_task(config, rundir, cache)
             else:

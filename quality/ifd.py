@@ -380,6 +380,7 @@ def load_ifd_model(model_dir: str | Path | None = None, cache_dir: str | Path | 
 
         model_dir = ensure_plain_student(Path(cache_dir) if cache_dir else Path.home() / ".cache" / "distill")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).to(device)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype),
+                                                 use_safetensors=True).to(device)
     model.eval()
     return model, tokenizer

@@ -57,16 +57,22 @@ def _quality_per_set(verdicts: list[dict], items: list[dict], answers: dict[str,
 
 def evaluation_contestants(config: PipelineConfig, rundir: RunDir, finetuned: dict) -> list[dict]:
     """Who is judged against the teacher: the student, the base student, each compressed variant."""
-    base_dir, adapter_dir = Path(finetuned["base_model"]), Path(finetuned["adapter"])
-    student_job = {"kind": "student", "base_model": str(base_dir),
-                   "trust_remote_code": config.finetune.trust_remote_code,
+    # A LoRA student is the base model plus its adapter; a fully fine-tuned one is a model of
+    # its own, and the base student is then the model it was tuned from.
+    base_dir = Path(finetuned["base_model"])
+    adapter_dir = Path(finetuned["adapter"]) if finetuned.get("adapter") else None
+    untuned_dir = Path(finetuned.get("untuned_model") or base_dir)
+    student_job = {"kind": "student", "trust_remote_code": config.finetune.trust_remote_code,
                    "batch_size": config.evaluate.batch_size, "static_cache": config.evaluate.static_cache}
-    contestants = [{**student_job, "label": "student", "adapter": str(adapter_dir),
-                    "identity": f"{base_dir.name}+lora",
-                    "size_on_disk": [str(base_dir), str(adapter_dir)], "adapter_dir": str(adapter_dir)}]
+    if adapter_dir is not None:
+        student = {"adapter": str(adapter_dir), "identity": f"{base_dir.name}+lora",
+                   "size_on_disk": [str(base_dir), str(adapter_dir)], "adapter_dir": str(adapter_dir)}
+    else:
+        student = {"adapter": None, "identity": f"{base_dir.name} (fully fine-tuned)", "size_on_disk": [str(base_dir)]}
+    contestants = [{**student_job, "label": "student", "base_model": str(base_dir), **student}]
     if config.evaluate.compare_base:
-        contestants.append({**student_job, "label": "base_student", "adapter": None, "identity": base_dir.name,
-                            "size_on_disk": [str(base_dir)]})
+        contestants.append({**student_job, "label": "base_student", "base_model": str(untuned_dir), "adapter": None,
+                            "identity": untuned_dir.name, "size_on_disk": [str(untuned_dir)]})
     variants_file = rundir.root / "compress" / "variants.json"
     if variants_file.is_file():
         try:

@@ -35,7 +35,8 @@ from backends.base import ChatBackend
 from distill.config import IfdConfig, PipelineConfig
 from distill.records import Journal, atomic_file, check_fields, iter_jsonl, read_records, write_json
 from distill.rundir import RunDir
-from distill.stages.session import RequestPath, SendShard, StageInputError, send_shard, send_shards, tokens_of
+from distill.stages.session import (ReplayedSpend, RequestPath, SendShard, StageInputError, send_shard,
+                                    send_shards, tokens_of)
 
 if TYPE_CHECKING:
     from quality.ifd import IfdRanking
@@ -260,11 +261,19 @@ def rate_in_shards(config: PipelineConfig, judge: ChatBackend, path: RequestPath
             reject(rejection)
         tally.counts.update(ratings["counts"])
 
-    for outcomes in send_shards(send, path, judge, config.judge_endpoint, "rate", request_shards()):
-        take(sent.popleft(), outcomes)
-        for name, count in tokens_of(outcomes).items():
-            tally.tokens[name] += count
-        log.info("filter: %d records rated", len(tally.scores))
+    # On a rerun the budget meets the journaled ratings' spend again as they are reused, so a
+    # run stopped by its budget resumes to the same place instead of stopping before its first shard.
+    spend = ReplayedSpend(path, config.judge_endpoint, "rate")
+    try:
+        for outcomes in send_shards(spend.charging(send), path, judge, config.judge_endpoint, "rate",
+                                    request_shards()):
+            spend.replay(o["key"] for o in outcomes)
+            take(sent.popleft(), outcomes)
+            for name, count in tokens_of(outcomes).items():
+                tally.tokens[name] += count
+            log.info("filter: %d records rated", len(tally.scores))
+    finally:
+        spend.settle()
     # The budget ran out: a shard handed out but not sent, and every record after it, stay unrated.
     for chunk in itertools.chain(sent, chunked(records, settings.requests_per_shard)):
         take(chunk, [])

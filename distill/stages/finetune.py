@@ -74,6 +74,7 @@ def finetune_stage(config: PipelineConfig, rundir: RunDir, cache_dir: Path, prog
         # Full fine-tuning leaves no adapter: the trained model is the student's base.
         "base_model": str(result.trained_dir if full else base_dir),
         "adapter": None if full else str(result.trained_dir),
+        "untuned_model": str(base_dir),  # what the base student is (the comparison for what tuning gained)
         "merged": str(merged_dir) if merged_dir else None, "steps": result.steps, "train_loss": result.train_loss,
         "tokens_seen": result.tokens_seen, "trainable_params": result.trainable_params,
         "total_params": result.total_params, "seconds": round(time.perf_counter() - started, 2),

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Iterable, Iterator
+from typing import Iterator
 
 from backends.base import ChatBackend
-from backends.factory import prices_of
 from backends.runner import fault_counts
-from distill.config import ModelEndpoint, PipelineConfig
+from distill.config import PipelineConfig
 from distill.records import read_seed_tasks, write_json, write_jsonl
 from distill.rundir import RunDir
-from distill.stages.session import RequestPath, SendShard, send_shard, send_shards
+from distill.stages.session import ReplayedSpend, RequestPath, SendShard, send_shard, send_shards
 
 log = logging.getLogger(__name__)
 
@@ -27,44 +26,6 @@ def write_diversity_report(config: PipelineConfig, rundir: RunDir, records: list
         diversity_plot_png(stats, rundir.root / "diversity.png")
     return {"parser": stats["parser"], "distinct_verbs": stats["verbs"]["n_distinct_verbs"],
             "share_with_input": stats["share_with_input"]}
-
-
-class ReplayedSpend:
-    """On a rerun, the budget meets the journaled replies' spend again as each one is reused, in
-    request order. Counting it all up front would stop a resumed run before its first shard and
-    leave it nothing to keep; replayed, a rerun stops where the uninterrupted run stopped."""
-
-    def __init__(self, path: RequestPath, endpoint: ModelEndpoint, journal_name: str):
-        self.meter = path.meter
-        self.prices = prices_of(endpoint)
-        self.pending = {e["key"]: (e.get("prompt_tokens", 0), e.get("completion_tokens", 0))
-                        for e in path.journal(journal_name).entries() if e.get("ok")}
-        for prompt_tokens, completion_tokens in self.pending.values():
-            self.meter.add(-prompt_tokens, -completion_tokens, self.prices)
-
-    def replay(self, keys: Iterable[str]) -> None:
-        """Charge again the journaled replies among these keys (new ones are charged as they come)."""
-        for key in keys:
-            if key in self.pending:
-                self.meter.add(*self.pending.pop(key), self.prices)
-
-    def charging(self, send: SendShard) -> SendShard:
-        """`send`, charging each shard's journaled replies before the runner decides what to send, as
-        the first run had been charged for them by then; it then skips what the first run skipped.
-        (A sender that keeps several shards in flight is charged as its outcomes come back.)"""
-        if hasattr(send, "send_many"):
-            return send
-
-        def send_charged(path, backend, endpoint, journal_name, requests):
-            self.replay(r.key for r in requests)
-            return send(path, backend, endpoint, journal_name, requests)
-        return send_charged
-
-    def settle(self) -> None:
-        """Charge what was journaled but not reused (replies past the target), for the stages after."""
-        for prompt_tokens, completion_tokens in self.pending.values():
-            self.meter.add(prompt_tokens, completion_tokens, self.prices)
-        self.pending.clear()
 
 
 class OutcomeLog:
@@ -127,13 +88,22 @@ def _generate(config: PipelineConfig, rundir: RunDir, teacher: ChatBackend, path
         rundir.mark_done("generate", summary)
         return summary
     domain = config.generate.domain
-    run = SelfInstructRun(config.generate, seeds, load_template(config.generate.reply_format),
-                          lambda: path.meter.exhausted,
-                          domain_similarity_scorer(domain, [s['instruction'] for s in seeds]) if domain else None)
-    run_self_instruct(run, lambda shards: consumed.keep_each(
-        send_shards(send, path, teacher, config.teacher, "generate", shards)))
-    write_jsonl(rundir.generated, run.kept)
-    rundir.write_rejections("generate", run.rejected)
-    summary = {**run.summary(), "faults": consumed.faults(), "diversity": write_diversity_report(config, rundir, run.kept, seeds), "seconds": round(time.perf_counter() - started, 2), "teacher": teacher.identity}
+    # Rejections go to disk as they happen: a run of tens of thousands of requests drops far
+    # more tasks than it keeps, and none of them need to stay in memory.
+    spool = rundir.rejection_spool("generate")
+    try:
+        run = SelfInstructRun(config.generate, seeds, load_template(config.generate.reply_format),
+                              lambda: path.meter.exhausted,
+                              domain_similarity_scorer(domain, [s['instruction'] for s in seeds]) if domain else None,
+                              rejected=spool)
+        run_self_instruct(run, lambda shards: consumed.keep_each(
+            send_shards(send, path, teacher, config.teacher, "generate", shards)))
+        write_jsonl(rundir.generated, run.kept)
+        rundir.write_rejections("generate", spool)
+    finally:
+        spool.close()
+    summary = {**run.summary(), "faults": consumed.faults(),
+               "diversity": write_diversity_report(config, rundir, run.kept, seeds),
+               "seconds": round(time.perf_counter() - started, 2), "teacher": teacher.identity}
     rundir.mark_done("generate", summary)
     return summary

@@ -27,6 +27,12 @@ class StageInputError(ValueError):
     """A stage cannot start: its input is missing or unusable."""
 
 
+def retry_policy(endpoint: ModelEndpoint) -> RetryPolicy:
+    """The endpoint's retries; one attempt may take `timeout_s` in all, so a reply that trickles
+    in forever (each read within the client's timeout) is cut off too."""
+    return RetryPolicy(max_retries=endpoint.max_retries, attempt_timeout_s=endpoint.timeout_s)
+
+
 class RequestPath:
     """Sends shards of requests through the shared runner, journaled under the run directory."""
 
@@ -46,7 +52,7 @@ class RequestPath:
         outcomes, stats = run_requests(
             backend, requests, self.journal(journal_name),
             max_in_flight=endpoint.max_in_flight,
-            policy=RetryPolicy(max_retries=endpoint.max_retries),
+            policy=retry_policy(endpoint),
             meter=self.meter, prices=prices_of(endpoint),
         )
         log.info("%s shard: %d sent, %d reused, %d failed, %d retries", journal_name,
@@ -128,7 +134,7 @@ def send_detached(backend: ChatBackend, endpoint: ModelEndpoint, requests: list[
     Only picklable things go in and come out, and nothing is written where it runs."""
     outcomes, stats = run_requests(
         backend, requests, _ShardMemory(), max_in_flight=max_in_flight,
-        policy=RetryPolicy(max_retries=endpoint.max_retries), prices=prices_of(endpoint),
+        policy=retry_policy(endpoint), prices=prices_of(endpoint),
     )
     log.info("detached shard: %d sent, %d failed, %d retries", stats.sent, stats.failed, stats.retries)
     return outcomes
@@ -213,11 +219,50 @@ class WindowedShardSender:
                 collect(*in_flight.popleft())
 
 
+class ReplayedSpend:
+    """On a rerun, the budget meets the journaled replies' spend again as each one is reused, in
+    request order. Counting it all up front would stop a resumed run before its first shard and
+    leave it nothing to keep; replayed, a rerun stops where the uninterrupted run stopped."""
+
+    def __init__(self, path: RequestPath, endpoint: ModelEndpoint, journal_name: str):
+        self.meter = path.meter
+        self.prices = prices_of(endpoint)
+        self.pending = {e["key"]: (e.get("prompt_tokens", 0), e.get("completion_tokens", 0))
+                        for e in path.journal(journal_name).entries() if e.get("ok")}
+        for prompt_tokens, completion_tokens in self.pending.values():
+            self.meter.add(-prompt_tokens, -completion_tokens, self.prices)
+
+    def replay(self, keys: Iterable[str]) -> None:
+        """Charge again the journaled replies among these keys (new ones are charged as they come)."""
+        for key in keys:
+            if key in self.pending:
+                self.meter.add(*self.pending.pop(key), self.prices)
+
+    def charging(self, send: SendShard) -> SendShard:
+        """`send`, charging each shard's journaled replies before the runner decides what to send, as
+        the first run had been charged for them by then; it then skips what the first run skipped.
+        (A sender that keeps several shards in flight is charged as its outcomes come back.)"""
+        if hasattr(send, "send_many"):
+            return send
+
+        def send_charged(path, backend, endpoint, journal_name, requests):
+            self.replay(r.key for r in requests)
+            return send(path, backend, endpoint, journal_name, requests)
+        return send_charged
+
+    def settle(self) -> None:
+        """Charge what was journaled but not reused (replies past the target), for the stages after."""
+        for prompt_tokens, completion_tokens in self.pending.values():
+            self.meter.add(prompt_tokens, completion_tokens, self.prices)
+        self.pending.clear()
+
+
 def usage_so_far(rundir: RunDir, config: PipelineConfig) -> UsageMeter:
     """A meter holding the tokens and money already spent by this run (read from its journals)."""
     meter = UsageMeter(config.budget.max_tokens, config.budget.max_cost_usd)
     endpoints = {"generate": config.teacher, "rate": config.judge_endpoint,
-                 "teacher_answers": config.teacher, "judge": config.judge_endpoint}
+                 "teacher_answers": config.teacher, "teacher_first_token": config.teacher,
+                 "judge": config.judge_endpoint}
     for name, endpoint in endpoints.items():
         path = rundir.journal(name)
         if path.is_file():

@@ -72,3 +72,31 @@ def test_a_rerun_of_a_run_stopped_by_its_budget_keeps_its_records_and_sends_noth
     assert {name: (tmp_path / "run" / name).read_text() for name in first} == first
     again = json.loads((tmp_path / "run" / "stages" / "generate.json").read_text())
     assert {k: v for k, v in again.items() if k != "seconds"} == {k: v for k, v in summary.items() if k != "seconds"}
+
+
+def test_a_rerun_of_a_filter_stopped_by_its_budget_keeps_its_ratings_and_sends_nothing(tmp_path):
+    # A scripted judge (scripted_server.py) that always gives a readable score, 14 tokens a
+    # request by its usage block, so 80 tokens cover some records and not all. The 135M
+    # embedded judge scores too erratically for kept records to be compared.
+    from scripted_server import ScriptedServer
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    records = [{"id": f"r{i}", "instruction": f"Task number {i}: name a colour.", "input": "", "output": "Blue."}
+               for i in range(12)]
+    (run_dir / "generated.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    with ScriptedServer(lambda body: '{"score": 5, "explanation": "fine"}') as judge:
+        config = write_config(tmp_path / "spent.yaml", teacher=openai_teacher(judge.base_url, max_in_flight=1),
+                              budget={"max_tokens": 80}, filter={"requests_per_shard": 1, "threshold": 4.5})
+        command = ("filter", str(config), "--run-dir", str(run_dir))
+        result = run_distill(*command)
+        assert result.returncode == 0, result.stderr[-3000:]
+        first = {name: (run_dir / name).read_text() for name in ("rated.jsonl", "filtered.jsonl")}
+        summary = json.loads((run_dir / "stages" / "filter.json").read_text())
+        assert 0 < summary["kept"] < len(records)  # the budget stopped it part way
+        sent = judge.requests
+
+        result = run_distill(*command)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert judge.requests == sent  # every paid rating reused, nothing new sent
+    assert {name: (run_dir / name).read_text() for name in first} == first
