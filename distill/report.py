@@ -103,7 +103,8 @@ def load_examples(rundir: RunDir) -> dict:
 def build_report(rundir: RunDir) -> dict:
     """Gather every finished stage's summary into one report."""
     stages = {name: rundir.stage_summary(name) for name in STAGES}
-    generate, filtered, finetune, evaluate = (stages[name] or {} for name in STAGES)
+    generate, filtered, finetune, evaluate = (stages[name] or {} for name in ("generate", "filter", "finetune",
+                                                                             "evaluate"))
     report = {
         "run_dir": str(rundir.root),
         "counts": {

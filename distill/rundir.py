@@ -16,7 +16,8 @@ from typing import Iterable, Iterator
 
 from distill.records import atomic_file, write_json, write_jsonl
 
-STAGES = ("generate", "filter", "finetune", "evaluate")
+# In pipeline order; compress runs only when the config enables it.
+STAGES = ("generate", "filter", "finetune", "compress", "evaluate")
 
 
 class RunDirBusy(RuntimeError):

@@ -27,7 +27,7 @@ from flows.scale_out import shard_runner
 DEFAULT_CACHE = Path.home() / ".cache" / "distill"
 # Settings of where and how a run is carried out, not of what it produces: a run may resume
 # on another runner, or with another webhook, without counting as a different config.
-NOT_COMPARED_ON_RESUME = ("orchestration", "notify")
+NOT_COMPARED_ON_RESUME = ("orchestration", "notify", "compress")
 
 
 @task(name="request-shard", cache_policy=NO_CACHE)
@@ -78,6 +78,11 @@ def filter_flow(config, rundir, session: str, cache_dir) -> dict:
 @task(name="finetune", cache_policy=NO_CACHE)
 def finetune_task(config, rundir, cache_dir) -> dict:
     return stages.finetune_stage(config, rundir, cache_dir)
+
+
+@task(name="compress", cache_policy=NO_CACHE)
+def compress_task(config, rundir) -> dict:
+    return stages.compress_stage(config, rundir)
 
 
 @flow(name="evaluate", validate_parameters=False)
@@ -199,6 +204,9 @@ def distill_pipeline(config_path: str, run_dir: str | None = None, overrides: li
             if rundir.stage_summary(name) is not None:
                 logger.info("%s: already finished in %s, skipped", name, rundir.root)
                 continue
+            if name == "compress" and not config.compress.enabled:
+                logger.info("compress: not enabled in the config, skipped")
+                continue
             logger.info("%s: starting", name)
             if name == "generate":
                 summary = on_runner(generate_flow, runner)(config, rundir, session)
@@ -206,6 +214,8 @@ def distill_pipeline(config_path: str, run_dir: str | None = None, overrides: li
                 summary = on_runner(filter_flow, runner)(config, rundir, session, cache)
             elif name == "finetune":
                 summary = finetune_task(config, rundir, cache)
+            elif name == "compress":
+                summary = compress_task(config, rundir)
             else:
                 summary = evaluate_flow(config, rundir, models, path, cache)
             logger.info("%s: done %s", name, json.dumps(summary, default=str)[:400])

@@ -29,7 +29,9 @@ SMALL = [
     "--set", "finetune.heldout_records=2",
     "--set", "evaluate.max_prompts=2",
     "--set", "evaluate.max_new_tokens=48",
+    "--set", "compress.variants=[gguf_q8_0,gguf_q4_0]",
 ]
+VARIANTS = ["gguf_q8_0", "gguf_q4_0"]
 
 
 def distill(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
@@ -63,8 +65,14 @@ def test_every_file_is_written(finished_run):
     adapter = run_dir / "finetune" / "adapter"
     assert (adapter / "adapter_model.safetensors").is_file() and (adapter / "adapter_config.json").is_file()
     for name in ("prompts.jsonl", "student_answers.jsonl", "base_student_answers.jsonl", "teacher_answers.jsonl",
-                 "judgments.jsonl", "judgments_base_student.jsonl"):
+                 "judgments.jsonl", "judgments_base_student.jsonl",
+                 *(f"{v}_answers.jsonl" for v in VARIANTS), *(f"judgments_{v}.jsonl" for v in VARIANTS)):
         assert (run_dir / "eval" / name).is_file(), name
+    # The compressed students: GGUF files at 8 and 4 bits, smaller than the merged student.
+    variants = json.loads((run_dir / "compress" / "variants.json").read_text())
+    assert [v["label"] for v in variants] == VARIANTS
+    assert all(Path(v["path"]).is_file() and Path(v["path"]).suffix == ".gguf" for v in variants)
+    assert variants[1]["size_on_disk_bytes"] < variants[0]["size_on_disk_bytes"]
     assert "report.md" in result.stdout and "win rate" in result.stdout
 
 
@@ -162,7 +170,7 @@ def test_report_html_and_prefect_artifacts(finished_run):
     assert len(images) == 4 and all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
     assert "<script" not in page and html.escape(report["quality_vs_cost"]["recommendation"]) in page
     examples = json.loads((run_dir / "eval" / "examples.json").read_text())
-    assert set(examples) == {"student", "base_student"} and examples["student"]
+    assert set(examples) == {"student", "base_student", *VARIANTS} and examples["student"]
     assert html.escape(examples["student"][0]["student"]) in page
 
     # The flow run published the report, the headline and the per-model table as artifacts
@@ -176,7 +184,7 @@ def test_report_html_and_prefect_artifacts(finished_run):
     assert artifacts["distill-report"][1] == (run_dir / "report.md").read_text()
     table = artifacts["distill-models"][1]
     table = json.loads(table) if isinstance(table, str) else table
-    assert [row["model"] for row in table] == ["teacher", "student", "base_student"]
+    assert [row["model"] for row in table] == ["teacher", "student", "base_student", *VARIANTS]
     assert "win rate" in artifacts["distill-headline"][1] and "95% CI" in artifacts["distill-headline"][1]
 
 
@@ -197,7 +205,7 @@ def test_rerun_skips_finished_stages_and_changes_nothing(finished_run, student_c
                      *SMALL)
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
-    for stage in ("generate", "filter", "finetune", "evaluate"):
+    for stage in ("generate", "filter", "finetune", "compress", "evaluate"):
         assert f"{stage}: already finished" in output
     after = digest(run_dir)
     data_files = [name for name in before if name.endswith(".jsonl") or name == "report.json"]
