@@ -334,6 +334,21 @@ class EvaluateConfig(_Strict):
         0.10, ge=0, description="USD per hour of the machine that runs local models (students, the embedded "
         "teacher): cost per 1,000 answers = measured seconds per answer x this. 0.10 is about a 2-vCPU cloud VM.",
     )
+    student_backend: Literal["transformers", "vllm"] = Field(
+        "transformers",
+        description="How students answer: transformers (batched greedy generation, CPU or GPU) or vllm "
+        "(in-process vLLM >= 0.12 on a GPU, the LoRA adapter served as a LoRA request, all prompts batched "
+        "by the engine). Compressed variants answer through their own runtimes either way.",
+    )
+    vllm_engine_args: dict[str, Any] = Field(
+        default_factory=dict, description="With student_backend vllm: keyword arguments for vLLM's AsyncEngineArgs.",
+    )
+
+    @model_validator(mode="after")
+    def _engine_args_need_vllm(self) -> "EvaluateConfig":
+        if self.vllm_engine_args and self.student_backend != "vllm":
+            raise ValueError("vllm_engine_args is for student_backend vllm only")
+        return self
 
 
 class CompressConfig(_Strict):

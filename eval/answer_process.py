@@ -6,7 +6,8 @@ another model. The parent writes a job file, runs ``python -m eval.answer_proces
 and reads the answers and the measurements back.
 
 A job answers with a student (``kind: student``: base model + optional LoRA adapter,
-through ``eval.student``) or with a compressed variant (``kind: variant``: through the
+through ``eval.student``'s batched transformers generation, or through vLLM with the adapter
+as a LoRA request) or with a compressed variant (``kind: variant``: through the
 compress stage's ``compress.answer.answer_with_variant``).
 """
 
@@ -61,6 +62,45 @@ def _answer_with_student(job: dict) -> tuple[list[dict], dict]:
     return answers, efficiency
 
 
+def _answer_with_vllm(job: dict) -> tuple[list[dict], dict]:
+    """The student served by vLLM in this process (`evaluate.student_backend: vllm`): the base
+    model with the LoRA adapter as a LoRA request (nothing merged), the student's own prompt sent
+    through the completions path, every prompt at once so that the engine batches them."""
+    import asyncio
+
+    from backends.base import ChatRequest
+    from backends.vllm_inprocess import VLLMInProcessBackend
+    from finetune.prompt_format import render_student_prompt
+
+    tokenizer = None
+    if job["prompt_format"] == "chat":
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(job["base_model"], trust_remote_code=job.get("trust_remote_code", False))
+    adapter_config = Path(job["adapter"]) / "adapter_config.json" if job.get("adapter") else None
+    rank = json.loads(adapter_config.read_text())["r"] if adapter_config and adapter_config.is_file() else 64
+    backend = VLLMInProcessBackend(job["base_model"], api="completions", adapter_dir=job.get("adapter"),
+                                   max_lora_rank=max(8, rank), engine_args=job.get("vllm_engine_args") or {})
+    requests = [ChatRequest(key=item["id"], max_tokens=job["max_new_tokens"], temperature=0.0, messages=[
+        {"role": "user", "content": render_student_prompt(item["instruction"], item.get("input", ""),
+                                                          job["prompt_format"], tokenizer)}])
+        for item in job["items"]]
+
+    async def answer(request: ChatRequest) -> dict:
+        began = time.perf_counter()
+        reply = await backend.chat(request)
+        return {"id": request.key, "answer": reply.text.strip(), "completion_tokens": reply.completion_tokens,
+                "latency_s": round(time.perf_counter() - began, 4), "ttft_s": None}
+
+    async def answer_all() -> list[dict]:
+        return list(await asyncio.gather(*(answer(r) for r in requests)))
+
+    started = time.perf_counter()
+    answers = asyncio.run(answer_all())
+    return answers, {"answer_wall_s": round(time.perf_counter() - started, 4), "batch_size": len(requests),
+                     "served_by": backend.identity}
+
+
 def _answer_with_variant(job: dict) -> tuple[list[dict], dict]:
     from compress.answer import answer_with_variant
 
@@ -82,7 +122,10 @@ def main(job_path: str) -> None:
         import torch
 
         torch.set_num_threads(job["threads"])
-    answer = _answer_with_student if job["kind"] == "student" else _answer_with_variant
+    if job["kind"] == "student":
+        answer = _answer_with_vllm if job.get("student_backend") == "vllm" else _answer_with_student
+    else:
+        answer = _answer_with_variant
     answers, efficiency = answer(job)
     # A variant served by another process (a llama.cpp server) reports that process's peak.
     if efficiency.get("peak_memory_bytes") is None or job["kind"] == "student":

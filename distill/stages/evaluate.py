@@ -101,6 +101,7 @@ def _answer(contestant: dict, items: list[dict], config: PipelineConfig, rundir:
 
     job = {key: contestant.get(key) for key in ("kind", "label", "base_model", "adapter", "trust_remote_code",
                                                  "batch_size", "static_cache", "variant")}
+    job.update(student_backend=config.evaluate.student_backend, vllm_engine_args=config.evaluate.vllm_engine_args)
     job.update(items=items, prompt_format=config.finetune.prompt_format,
                max_new_tokens=config.evaluate.max_new_tokens, cache_dir=str(cache_dir))
     answers, measured = answer_in_child(job, rundir.eval_dir / "work")

@@ -1,7 +1,7 @@
 """The in-process vLLM backend's mapping of requests onto vLLM's engine API.
 
-A stand-in for the `vllm` package is installed in sys.modules here, because vLLM itself
-cannot run on this CPU-only machine (it needs a GPU, and its wheels are not installable in
+A stand-in for the `vllm` package (tests/vllm_standin.py) is installed in sys.modules, because
+vLLM itself cannot run on this CPU-only machine (it needs a GPU, and its wheels are not installable in
 the test image). The stand-in implements only the documented surface the backend uses
 (AsyncEngineArgs, AsyncLLMEngine.from_engine_args, generate as an async stream, SamplingParams,
 StructuredOutputsParams, LoRARequest) and records what it was given; the protocol vLLM's
@@ -10,66 +10,16 @@ server speaks is tested for real through llama.cpp and llm-katan in the other ba
 
 import asyncio
 import sys
-import types
-from dataclasses import dataclass, field
 
 import pytest
+from vllm_standin import install_vllm_standin
 
 from backends.base import BackendError, ChatRequest
 
 
-@dataclass
-class _Completion:
-    text: str
-    finish_reason: str
-    token_ids: list
-
-
-@dataclass
-class _RequestOutput:
-    prompt_token_ids: list
-    outputs: list = field(default_factory=list)
-
-
-class _Engine:
-    def __init__(self, args):
-        self.args = args
-        self.calls = []
-
-    @classmethod
-    def from_engine_args(cls, args):
-        return cls(args)
-
-    async def get_tokenizer(self):
-        class Tokenizer:
-            def apply_chat_template(self, messages, tokenize, add_generation_prompt):
-                assert tokenize is False and add_generation_prompt is True
-                return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
-        return Tokenizer()
-
-    async def generate(self, prompt, params, request_id, lora_request=None):
-        self.calls.append({"prompt": prompt, "params": params, "request_id": request_id, "lora": lora_request})
-        if prompt.endswith("FAIL<assistant>"):
-            raise RuntimeError("CUDA out of memory")
-        yield _RequestOutput([1, 2, 3], [_Completion("par", None, [7])])
-        yield _RequestOutput([1, 2, 3], [_Completion("partial answer", "stop", [7, 8])])
-
-
 @pytest.fixture
 def fake_vllm(monkeypatch):
-    vllm = types.ModuleType("vllm")
-    vllm.AsyncEngineArgs = lambda **kwargs: kwargs
-    vllm.AsyncLLMEngine = _Engine
-    vllm.SamplingParams = lambda **kwargs: ("SamplingParams", kwargs)
-    sampling = types.ModuleType("vllm.sampling_params")
-    sampling.StructuredOutputsParams = lambda **kwargs: ("StructuredOutputsParams", kwargs)
-    lora = types.ModuleType("vllm.lora")
-    lora_request = types.ModuleType("vllm.lora.request")
-    lora_request.LoRARequest = lambda name, lora_id, path: ("LoRARequest", name, lora_id, path)
-    for name, module in {"vllm": vllm, "vllm.sampling_params": sampling, "vllm.lora": lora,
-                         "vllm.lora.request": lora_request}.items():
-        monkeypatch.setitem(sys.modules, name, module)
-    return vllm
+    return install_vllm_standin(monkeypatch)
 
 
 def test_chat_request_goes_through_the_chat_template_with_structured_output(fake_vllm):
