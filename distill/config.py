@@ -46,7 +46,7 @@ class ModelEndpoint(_Strict):
         None, description="Name of the environment variable that holds the API key (never the key itself)."
     )
     max_in_flight: int = Field(4, ge=1, le=4096, description="Requests in flight at once, across endpoints.")
-    timeout_s: float = Field(180.0, gt=0, description="Timeout of one request attempt, the whole reply included.")
+    timeout_s: float = Field(180.0, gt=0, description="Timeout of one wait for data from the server; a whole attempt may take twice this.")
     max_retries: int = Field(5, ge=0, le=50, description="Retries of a failed request (429, 5xx, timeouts).")
     price_input_per_mtok: float = Field(0.0, ge=0, description="USD per million prompt tokens.")
     price_output_per_mtok: float = Field(0.0, ge=0, description="USD per million completion tokens.")

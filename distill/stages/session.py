@@ -28,9 +28,10 @@ class StageInputError(ValueError):
 
 
 def retry_policy(endpoint: ModelEndpoint) -> RetryPolicy:
-    """The endpoint's retries; one attempt may take `timeout_s` in all, so a reply that trickles
-    in forever (each read within the client's timeout) is cut off too."""
-    return RetryPolicy(max_retries=endpoint.max_retries, attempt_timeout_s=endpoint.timeout_s)
+    """The endpoint's retries. The client's `timeout_s` bounds each wait for data; a whole attempt
+    may take twice that, so a reply that trickles in forever (each read in time) is cut off too,
+    while a plain timeout is still reported as the client's."""
+    return RetryPolicy(max_retries=endpoint.max_retries, attempt_timeout_s=2 * endpoint.timeout_s)
 
 
 class RequestPath:

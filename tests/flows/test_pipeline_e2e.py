@@ -138,7 +138,7 @@ def test_counts_add_up(finished_run):
     # loaded it and answered; the teacher's, that of the real llama.cpp server; time to first token,
     # tokens/s and cost per 1,000 answers (measured seconds x evaluate.local_hourly_usd) for each.
     models = {row["label"]: row for row in report["models"]}
-    assert list(models) == ["teacher", "student", "base_student"]
+    assert list(models) == ["teacher", "student", "base_student", *VARIANTS]
     for label, row in models.items():
         efficiency = row["efficiency"]
         assert 50_000_000 < efficiency["peak_memory_bytes"] < 8_000_000_000, label
