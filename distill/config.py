@@ -269,6 +269,10 @@ class FinetuneConfig(_Strict):
         description="Processes that collate batches ahead of the GPU (0: in the training process). "
         "2 keeps a fast GPU from waiting on the next batch.",
     )
+    save_steps: int = Field(
+        50, ge=1, description="Save a checkpoint every this many optimizer steps (a killed run resumes from "
+        "the last complete one; each save writes the adapter and optimizer state).",
+    )
     logging_steps: int = Field(
         1, ge=1,
         description="Log the loss every this many optimizer steps. Each log waits for the GPU; 10 "

@@ -66,6 +66,7 @@ FINGERPRINT_FILE = "run_fingerprint.json"
 # do not change what is learned (how often to log, how many loader processes).
 _NOT_FINGERPRINTED = {
     "epochs", "max_steps", "heldout_records", "base_model", "logging_steps", "dataloader_num_workers", "merge",
+    "save_steps",
 }
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 # GPU speed settings added after the first release: fingerprinted only when set to something

@@ -55,7 +55,8 @@ def finetune_stage(config: PipelineConfig, rundir: RunDir, cache_dir: Path, prog
     write_jsonl(rundir.heldout, heldout)
     base_dir = student_base_dir(config, cache_dir)
     out_dir = rundir.root / "finetune"
-    result = train_student(train, base_dir, out_dir, config.finetune, progress=progress)
+    result = train_student(train, base_dir, out_dir, config.finetune, progress=progress,
+                           save_steps=config.finetune.save_steps)
     training = json.loads((out_dir / "training_summary.json").read_text(encoding="utf-8"))
     provenance = gather_provenance(config, rundir)
     full = config.finetune.method == "full"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -79,47 +78,30 @@ def test_sigkill_during_rating_then_rerun_gives_the_uninterrupted_records(tmp_pa
     assert resumed["kept"] == whole["kept"] and resumed["counts"] == whole["counts"]
 
 
-TRAIN = """
-import json, sys
-from pathlib import Path
-from distill.config import FinetuneConfig
-from finetune.train import train_student
-
-records = json.loads(Path(sys.argv[1]).read_text())
-settings = FinetuneConfig(max_length=96, batch_size=2, max_steps=6, learning_rate=1e-3, seed=0)
-result = train_student(records, Path(sys.argv[2]), Path(sys.argv[3]), settings, progress=False, save_steps=1)
-print(json.dumps({"resumed_from": result.resumed_from, "steps": result.steps}))
-"""
-
-
-@pytest.mark.server
 def test_sigkill_during_fine_tuning_then_rerun_resumes_from_the_last_checkpoint(tmp_path, student_cache_dir):
-    # The trainer itself in a process of its own, with a checkpoint every step: the `distill
-    # finetune` command checkpoints every 50 steps (no config key yet), too many for a CPU test.
-    from finetune.embedded_student import ensure_plain_student
-
-    student = ensure_plain_student(student_cache_dir)
-    records = tmp_path / "train.json"
-    records.write_text(json.dumps([{k: r[k] for k in ("instruction", "input", "output")} for r in RECORDS * 2]))
-    out = tmp_path / "finetune"
-    command = [sys.executable, "-c", TRAIN, str(records), str(student), str(out)]
+    # The real `distill finetune` command, with a checkpoint every step (finetune.save_steps).
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "filtered.jsonl").write_text("".join(json.dumps(r) + "\n" for r in RECORDS * 2))
+    config = write_config(tmp_path / "tune.yaml", finetune={
+        "max_length": 96, "batch_size": 2, "max_steps": 6, "learning_rate": 1e-3, "seed": 0, "save_steps": 1,
+        "heldout_records": 0})
+    command = [DISTILL, "finetune", str(config), "--run-dir", str(run_dir), "--cache-dir", str(student_cache_dir)]
     env = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    out = run_dir / "finetune"
     checkpoint_2 = out / "checkpoints" / "checkpoint-2" / "trainer_state.json"
     wait_for(checkpoint_2.is_file, process)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert not (out / "adapter").exists() and not (out / "training_summary.json").exists()
+    assert not (out / "adapter").exists() and not (run_dir / "stages" / "finetune.json").exists()
     complete = sorted(int(p.parent.name.split("-")[1]) for p in (out / "checkpoints").glob("checkpoint-*/trainer_state.json"))
     assert complete and 2 <= complete[-1] < 6, complete
 
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    outcome = json.loads(result.stdout.strip().splitlines()[-1])
-    assert outcome["steps"] == 6
-    assert outcome["resumed_from"].endswith(f"checkpoint-{complete[-1]}")
+    summary = json.loads((run_dir / "stages" / "finetune.json").read_text())
+    assert summary["steps"] == 6 and summary["resumed_from"].endswith(f"checkpoint-{complete[-1]}")
     state = json.loads((out / "checkpoints" / "checkpoint-6" / "trainer_state.json").read_text())
     assert [e["step"] for e in state["log_history"] if "loss" in e] == [1, 2, 3, 4, 5, 6]  # no step twice
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
-    summary = json.loads((out / "training_summary.json").read_text())
-    assert summary["resumed_from"].endswith(f"checkpoint-{complete[-1]}") and summary["steps"] == 6
