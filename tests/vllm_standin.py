@@ -12,8 +12,6 @@ import sys
 import types
 from dataclasses import dataclass, field
 
-import pytest
-
 
 @dataclass
 class _Completion:
@@ -50,23 +48,6 @@ class _Engine:
             raise RuntimeError("CUDA out of memory")
         yield _RequestOutput([1, 2, 3], [_Completion("par", None, [7])])
         yield _RequestOutput([1, 2, 3], [_Completion("partial answer", "stop", [7, 8])])
-
-
-@pytest.fixture
-def fake_vllm(monkeypatch):
-    vllm = types.ModuleType("vllm")
-    vllm.AsyncEngineArgs = lambda **kwargs: kwargs
-    vllm.AsyncLLMEngine = _Engine
-    vllm.SamplingParams = lambda **kwargs: ("SamplingParams", kwargs)
-    sampling = types.ModuleType("vllm.sampling_params")
-    sampling.StructuredOutputsParams = lambda **kwargs: ("StructuredOutputsParams", kwargs)
-    lora = types.ModuleType("vllm.lora")
-    lora_request = types.ModuleType("vllm.lora.request")
-    lora_request.LoRARequest = lambda name, lora_id, path: ("LoRARequest", name, lora_id, path)
-    for name, module in {"vllm": vllm, "vllm.sampling_params": sampling, "vllm.lora": lora,
-                         "vllm.lora.request": lora_request}.items():
-        monkeypatch.setitem(sys.modules, name, module)
-    return vllm
 
 
 def install_vllm_standin(monkeypatch) -> types.ModuleType:
