@@ -6,6 +6,7 @@ own retries are off: the request runner owns retries, so every attempt is counte
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import itertools
 import os
@@ -61,7 +62,7 @@ class OpenAICompatibleBackend:
         self._timeout_s = timeout_s
         self._max_connections = max_connections
         self._urls = list(base_urls or ["https://api.openai.com/v1"])
-        self._clients: dict[str, openai.AsyncOpenAI] = {}
+        self._clients: dict[tuple[asyncio.AbstractEventLoop, str], openai.AsyncOpenAI] = {}
         self._next = itertools.cycle(range(len(self._urls)))
         self.model = model
         self.api = api
@@ -70,13 +71,15 @@ class OpenAICompatibleBackend:
         self.identity = f"openai-compatible:{model}@" + ",".join(self._urls)
 
     def _client(self, url: str) -> openai.AsyncOpenAI:
-        # httpx connections belong to the event loop that opened them; every stage runs its
-        # own loop, so clients are opened lazily and closed by aclose() at the loop's end.
-        if url not in self._clients:
+        # httpx connections belong to the event loop that opened them: a run sends on one loop
+        # (backends.request_loop), but a single call of run_requests runs one of its own. So a
+        # client is opened lazily per loop and closed by aclose() on that loop.
+        key = (asyncio.get_running_loop(), url)
+        if key not in self._clients:
             # openai's own httpx2 transport: the legacy httpx pool spent ~3x the CPU per request
             # at 64 in flight (bench/bench_request_path.py).
             limits = httpx2.Limits(max_connections=self._max_connections, max_keepalive_connections=self._max_connections)
-            self._clients[url] = openai.AsyncOpenAI(
+            self._clients[key] = openai.AsyncOpenAI(
                 api_key=self._api_key,
                 base_url=url,
                 timeout=self._timeout_s,
@@ -84,41 +87,16 @@ class OpenAICompatibleBackend:
                 http_client=openai.DefaultAsyncHttpx2Client(limits=limits, timeout=self._timeout_s,
                                                             verify=_tls_context()),
             )
-        return self._clients[url]
+        return self._clients[key]
 
     async def chat(self, request: ChatRequest) -> ChatReply:
         url = self._urls[next(self._next)]
         client = self._client(url)
-        extra = {}
-        if request.json_schema is not None and self.schema_style == "llama.cpp":
-            extra["response_format"] = {"type": "json_object", "schema": request.json_schema}
-        elif request.json_schema is not None:
-            extra["response_format"] = {"type": "json_schema",
-                                        "json_schema": {"name": "reply", "schema": request.json_schema}}
-        elif request.json_mode:
-            extra["response_format"] = {"type": "json_object"}
-        if request.seed is not None:
-            extra["seed"] = request.seed
         try:
-            if self.api == "completions":
-                # A completion-style teacher continues the prompt text itself.
-                response = await client.completions.create(
-                    model=self.model,
-                    prompt="\n\n".join(m["content"] for m in request.messages),
-                    max_tokens=request.max_tokens,
-                    temperature=request.temperature,
-                    top_p=request.top_p,
-                    **({"seed": request.seed} if request.seed is not None else {}),
-                )
-            else:
-                response = await client.chat.completions.create(
-                    model=self.model,
-                    messages=request.messages,
-                    max_tokens=request.max_tokens,
-                    temperature=request.temperature,
-                    top_p=request.top_p,
-                    **extra,
-                )
+            # The documented low-level `post` with the body as the API defines it, and the reply
+            # read as plain JSON: the SDK's per-request type transform and model construction
+            # cost more CPU than the rest of a request (bench/bench_request_path.py).
+            data = await client.post(self._path, body=self._body(request), cast_to=object)
         except openai.APIStatusError as exc:
             status = exc.status_code
             retryable = status in (408, 409, 429) or status >= 500
@@ -130,20 +108,54 @@ class OpenAICompatibleBackend:
         except (httpx.HTTPError, httpx2.HTTPError, ValueError) as exc:
             # A reply that is not the JSON the API promises (cut connection, proxy page).
             raise BackendError(f"{url}: unreadable reply: {type(exc).__name__}", retryable=True) from None
-        if not response.choices:
-            raise BackendError(f"{url}: reply without choices", retryable=True)
-        choice = response.choices[0]
-        usage = response.usage
-        text = choice.text if self.api == "completions" else choice.message.content
-        return ChatReply(
-            text=text or "",
-            finish_reason=choice.finish_reason,
-            prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
-            completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
-            endpoint=url,
-        )
+        return self._reply(data, url)
+
+    @property
+    def _path(self) -> str:
+        return "/completions" if self.api == "completions" else "/chat/completions"
+
+    def _body(self, request: ChatRequest) -> dict:
+        """The request body of the chat (or completions) API."""
+        body = {"model": self.model, "max_tokens": request.max_tokens, "temperature": request.temperature,
+                "top_p": request.top_p}
+        if self.api == "completions":
+            # A completion-style teacher continues the prompt text itself.
+            body["prompt"] = "\n\n".join(m["content"] for m in request.messages)
+        else:
+            body["messages"] = request.messages
+            if request.json_schema is not None and self.schema_style == "llama.cpp":
+                body["response_format"] = {"type": "json_object", "schema": request.json_schema}
+            elif request.json_schema is not None:
+                body["response_format"] = {"type": "json_schema",
+                                           "json_schema": {"name": "reply", "schema": request.json_schema}}
+            elif request.json_mode:
+                body["response_format"] = {"type": "json_object"}
+        if request.seed is not None:
+            body["seed"] = request.seed
+        return body
+
+    def _reply(self, data, url: str) -> ChatReply:
+        """The reply's text, finish reason and usage; a reply of another shape is retryable."""
+        try:
+            choice = data["choices"][0]
+            text = choice["text"] if self.api == "completions" else choice["message"]["content"]
+            usage = data.get("usage") or {}
+            if text is not None and not isinstance(text, str):
+                raise TypeError(text)
+            return ChatReply(
+                text=text or "",
+                finish_reason=choice.get("finish_reason"),
+                prompt_tokens=usage.get("prompt_tokens") or 0,
+                completion_tokens=usage.get("completion_tokens") or 0,
+                endpoint=url,
+            )
+        except (KeyError, IndexError, TypeError, AttributeError):
+            if isinstance(data, dict) and not data.get("choices"):
+                raise BackendError(f"{url}: reply without choices", retryable=True) from None
+            raise BackendError(f"{url}: unreadable reply: not a {self.api} reply", retryable=True) from None
 
     async def aclose(self) -> None:
-        clients, self._clients = self._clients, {}
-        for client in clients.values():
-            await client.close()
+        """Close the clients opened on the running loop (those of other loops stay theirs)."""
+        loop = asyncio.get_running_loop()
+        for key in [key for key in self._clients if key[0] is loop]:
+            await self._clients.pop(key).close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
@@ -41,18 +42,21 @@ class Prices:
 
 @dataclass
 class UsageMeter:
-    """Tokens and money spent, against optional limits shared by every stage of a run."""
+    """Tokens and money spent, against optional limits shared by every stage of a run. Replies
+    are charged on the request loop's thread while a stage charges reused ones on its own."""
 
     max_tokens: int | None = None
     max_cost_usd: float | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, prompt_tokens: int, completion_tokens: int, prices: Prices) -> None:
-        self.prompt_tokens += prompt_tokens
-        self.completion_tokens += completion_tokens
-        self.cost_usd += prices.cost(prompt_tokens, completion_tokens)
+        with self._lock:
+            self.prompt_tokens += prompt_tokens
+            self.completion_tokens += completion_tokens
+            self.cost_usd += prices.cost(prompt_tokens, completion_tokens)
 
     @property
     def exhausted(self) -> bool:
@@ -187,8 +191,14 @@ async def run_requests_async(
     meter: UsageMeter | None = None,
     prices: Prices | None = None,
     on_outcome: Callable[[dict], None] | None = None,
+    pool=None,
 ) -> tuple[list[dict], RunStats]:
-    """Send requests not yet in the journal; return every outcome (old and new) in request order."""
+    """Send requests not yet in the journal; return every outcome (old and new) in request order.
+
+    Without a `pool`, this call sends through max_in_flight workers of its own. With one (a
+    backends.request_loop.RequestPool, shared by the calls on one event loop), the pool's
+    workers send its requests, after those of calls that came before it.
+    The backend is left open: its caller closes it on the loop that used it."""
     policy = policy or RetryPolicy()
     meter = meter or UsageMeter()
     prices = prices or Prices()
@@ -205,7 +215,7 @@ async def run_requests_async(
                 stats.reused += 1
     pending = [r for r in requests if r.key not in outcomes]
 
-    async def one(request: ChatRequest) -> None:
+    async def send(request: ChatRequest) -> None:
         if meter.exhausted:
             stats.skipped_for_budget += 1
             return
@@ -222,22 +232,24 @@ async def run_requests_async(
         if on_outcome:
             on_outcome(entry)
 
-    # A fixed pool of workers pulls from one iterator: at most max_in_flight requests are in
-    # flight, and memory does not grow with one coroutine per request.
-    queue = iter(pending)
+    if pool is not None:
+        await pool.send_all(pending, send)
+    else:
+        # A fixed pool of workers pulls from one iterator: at most max_in_flight requests are in
+        # flight, and memory does not grow with one coroutine per request.
+        queue = iter(pending)
 
-    async def worker() -> None:
-        for request in queue:
-            await one(request)
+        async def worker() -> None:
+            for request in queue:
+                await send(request)
 
-    workers = [asyncio.create_task(worker()) for _ in range(min(max_in_flight, len(pending)))]
-    try:
-        await asyncio.gather(*workers)
-    finally:
-        for task in workers:
-            task.cancel()
-        await asyncio.gather(*workers, return_exceptions=True)
-        await backend.aclose()
+        workers = [asyncio.create_task(worker()) for _ in range(min(max_in_flight, len(pending)))]
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
     stats.wall_s = time.perf_counter() - started
     if stats.skipped_for_budget:
         log.warning("budget reached: %d requests not sent", stats.skipped_for_budget)
@@ -245,5 +257,12 @@ async def run_requests_async(
 
 
 def run_requests(backend: ChatBackend, requests: Iterable[ChatRequest], journal: Journal, **kwargs):
-    """Synchronous wrapper around run_requests_async."""
-    return asyncio.run(run_requests_async(backend, requests, journal, **kwargs))
+    """Synchronous wrapper around run_requests_async, on an event loop of its own (closed with
+    the backend's clients for it at the end). A run of many shards uses a RequestLoop instead."""
+    async def run_and_close():
+        try:
+            return await run_requests_async(backend, requests, journal, **kwargs)
+        finally:
+            await backend.aclose()
+
+    return asyncio.run(run_and_close())

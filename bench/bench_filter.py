@@ -78,7 +78,7 @@ import quality.histogram as histogram  # noqa: E402
 import quality.rate as rate  # noqa: E402
 from backends.factory import open_chat_backend  # noqa: E402
 from backends.openai_compat import OpenAICompatibleBackend  # noqa: E402
-from backends.runner import RetryPolicy, run_requests_async  # noqa: E402
+from backends.runner import RetryPolicy, run_requests  # noqa: E402
 from distill.config import FilterConfig, ModelEndpoint, PipelineConfig  # noqa: E402
 from distill.records import Journal, write_jsonl  # noqa: E402
 from distill.rundir import RunDir  # noqa: E402
@@ -246,8 +246,8 @@ def run_direct(url: str, records: list[dict], in_flight: int, journal_path: Path
     cpu0, wall0 = time.process_time(), time.perf_counter()
     requests = rate.rating_requests(records, template, FilterConfig())
     with Journal(journal_path) as journal:
-        outcomes, stats = asyncio.run(run_requests_async(backend, requests, journal, max_in_flight=in_flight,
-                                                         policy=RetryPolicy(max_retries=3)))
+        outcomes, stats = run_requests(backend, requests, journal, max_in_flight=in_flight,
+                                       policy=RetryPolicy(max_retries=3))
     ratings = rate.apply_ratings(records, outcomes)
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     assert stats.sent == len(records) and stats.failed == 0, stats

@@ -11,7 +11,8 @@ uvicorn workers (--workers); its CPU use is measured too, to show it is not the 
               max_in_flight=--in-flight, the same N requests: the request path as shipped.
 (s) stage:    the generate stage itself (distill.stages.generate_stage) on a temp run
               directory, the teacher an `openai` endpoint at the server with max_in_flight =
-              --in-flight, max_requests = N, requests_per_shard = --stage-shard: request
+              --in-flight, max_requests = N, requests_per_shard = each of --stage-shards, sent
+              as the stage sends them (several shards in flight on one request loop): request
               rendering, the runner, parsing, Alpaca's filters and the ROUGE-L dedup of every
               reply (echo replies hold the prompt's example tasks, so every reply is parsed).
     After one warm-up run each, the variants are interleaved --repeats times (the order rotates
@@ -24,7 +25,7 @@ uvicorn workers (--workers); its CPU use is measured too, to show it is not the 
     outcomes are dropped (gc + malloc_trim) to show how much of the growth they held.
 
 Usage:  python bench/bench_request_path.py [--n 1000] [--in-flight 64] [--repeats 5]
-            [--workers 2] [--stage-shard 256] [--memory-n 20000] [--skip-throughput] [--skip-memory]
+            [--workers 2] [--stage-shards 256,16] [--memory-n 20000] [--skip-throughput] [--skip-memory]
 """
 
 from __future__ import annotations
@@ -103,6 +104,7 @@ async def run_project(url: str, requests: list[ChatRequest], in_flight: int, jou
         outcomes, stats = await run_requests_async(backend, requests, journal, max_in_flight=in_flight,
                                                    policy=POLICY, on_outcome=on_outcome)
         wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+        await backend.aclose()
     assert len(outcomes) == len(requests) and stats.sent == len(requests), (len(outcomes), stats)
     return wall, cpu, stats.failed, outcomes
 
@@ -122,15 +124,21 @@ def run_generate_stage(url: str, n: int, in_flight: int, shard: int, root: Path,
             cpu0, wall0 = time.process_time(), time.perf_counter()
             done = 0
 
-            def send(path_, backend_, endpoint, journal_name, requests):
-                nonlocal done
-                outcomes = send_shard(path_, backend_, endpoint, journal_name, requests)
-                done += len(outcomes)
-                if on_shard:
-                    on_shard(done)
-                return outcomes
+            class CountingSender:
+                """The stage's own sender (several shards in flight), counting the requests done."""
 
-            summary = generate_stage(config, rundir, backend, path, send=send)
+                def __call__(self, *args):
+                    return next(iter(self.send_many(*args[:4], [args[4]])))
+
+                def send_many(self, *args):
+                    nonlocal done
+                    for outcomes in send_shard.send_many(*args):
+                        done += len(outcomes)
+                        if on_shard:
+                            on_shard(done)
+                        yield outcomes
+
+            summary = generate_stage(config, rundir, backend, path, send=CountingSender())
             wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     finally:
         path.close()
@@ -259,7 +267,8 @@ def main(argv=None) -> int:
                     help="also send the memory run as calls of this many requests on one journal (0: skip)")
     ap.add_argument("--tracemalloc", type=int, default=0, metavar="N",
                     help="attribute memory growth over N requests with tracemalloc (slow; default off)")
-    ap.add_argument("--stage-shard", type=int, default=256, help="requests per shard in variant (s) (default 256)")
+    ap.add_argument("--stage-shards", default="256,16",
+                    help="requests per shard in variant (s), one variant each (default 256,16; 16 is the config's default)")
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--skip-memory", action="store_true")
     args = ap.parse_args(argv)
@@ -280,10 +289,12 @@ def main(argv=None) -> int:
                              lambda journal: run_bare(url, make_requests(args.n, "b"), args.in_flight)),
                     "project": ("(b) runner: run_requests_async + Journal + OpenAICompatibleBackend",
                                 lambda journal: run_project(url, make_requests(args.n, "p"), args.in_flight, journal)),
-                    "stage": (f"(s) generate stage, shards of {args.stage_shard}",
-                              lambda journal: run_generate_stage(url, args.n, args.in_flight, args.stage_shard,
-                                                                 journal.with_suffix(".run"))),
                 }
+                for size in (int(size) for size in args.stage_shards.split(",") if size):
+                    variants[f"stage-{size}"] = (
+                        f"(s) the generate stage, shards of {size}",
+                        lambda journal, size=size: run_generate_stage(url, args.n, args.in_flight, size,
+                                                                      journal.with_suffix(".run")))
                 print(f"\n[a/b] {args.n} requests per run, {args.in_flight} in flight; 1 warm-up + {args.repeats} "
                       f"timed runs of each variant, interleaved (order rotates each round)")
                 timings: dict[str, list[tuple[float, float, float]]] = {name: [] for name in variants}
@@ -324,7 +335,7 @@ def main(argv=None) -> int:
                 for name, (rate, cpu, server_cpu) in medians.items():
                     print(f"      {name:<15} {rate:6.0f} req/s  {pair[name]:6.1%} of bare  "
                           f"client {cpu * 1e6:5.0f} us CPU/req  server {server_cpu * 1e6:5.0f} us CPU/req")
-                for name in ("project", "stage"):
+                for name in [name for name in variants if name != "bare"]:
                     ratio = pair[name]
                     print(f"    {name} / bare = {ratio:.1%} (paired median; ratio of medians "
                           f"{medians[name][0] / base_rate:.1%}): {'meets' if ratio >= 0.9 else 'BELOW'} the 90% target")

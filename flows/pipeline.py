@@ -16,6 +16,7 @@ from typing import Iterator
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.utilities.annotations import quote
 
 from distill import stages
 from distill.config import PipelineConfig, check_base_model, config_as_dict, load_config
@@ -31,13 +32,14 @@ NOT_COMPARED_ON_RESUME = ("orchestration", "notify", "compress")
 
 
 @task(name="request-shard", cache_policy=NO_CACHE)
-def request_shard(path, backend, endpoint, journal_name, requests) -> list[dict]:
-    """One shard of model requests, sent through the shared retrying runner."""
-    return path.send(backend, endpoint, journal_name, requests)
+def request_shard(path, shard) -> list[dict]:
+    """One shard of model requests, sent through the shared retrying runner. The shard was
+    started ahead on the run's request loop (stages.PipelinedSender); this run waits for it."""
+    return path.finish(shard)
 
 
-def _send_as_task(path, backend, endpoint, journal_name, requests) -> list[dict]:
-    return request_shard(path, backend, endpoint, journal_name, requests)
+# quote(): Prefect would otherwise walk the shard's requests looking for futures to resolve.
+_send_as_task = stages.PipelinedSender(lambda path, shard: request_shard(path, quote(shard)))
 
 
 # The live objects of a run (model servers, open journals, the shard sender) stay in this

@@ -1,8 +1,9 @@
 """Where a run's request shards go: the flow's own process, or a Dask cluster (prefect-dask).
 
 The stages never know: they hand shards to `send_shards`, and the sender chosen here either
-sends them one by one as task runs in this process, or keeps several in flight as task runs
-on Dask workers (`WindowedShardSender`), whose replies this process journals.
+sends them on this process's request loop, several in flight, each one a task run
+(`PipelinedSender`), or keeps several in flight as task runs on Dask workers
+(`WindowedShardSender`), whose replies this process journals.
 """
 
 from __future__ import annotations

@@ -16,6 +16,9 @@ BLOCKED_WORDS = (
     "draw", "plot", "go to", "video", "audio", "music", "flowchart", "diagram",
 )
 _BLOCKED = [(word, re.compile(r"\b" + re.escape(word) + r"\b", re.IGNORECASE)) for word in BLOCKED_WORDS]
+# One pass for the common case of no blocked word at all; the reason names the first word of
+# the list that occurs, as a pass per word would.
+_ANY_BLOCKED = re.compile(r"\b(?:" + "|".join(re.escape(word) for word in BLOCKED_WORDS) + r")\b", re.IGNORECASE)
 
 
 def heuristic_rejection(instruction: str, output: str) -> str | None:
@@ -25,9 +28,10 @@ def heuristic_rejection(instruction: str, output: str) -> str | None:
         return "too_short"
     if len(words) > 150:
         return "too_long"
-    for word, pattern in _BLOCKED:
-        if pattern.search(instruction):
-            return f"blocked_word:{word}"
+    if _ANY_BLOCKED.search(instruction):
+        for word, pattern in _BLOCKED:
+            if pattern.search(instruction):
+                return f"blocked_word:{word}"
     if instruction.startswith("Write a program"):
         return "write_a_program"
     if instruction[0] in string.punctuation:

@@ -6,8 +6,8 @@ Prefect flow replaces with a task so that every shard is a task run; called dire
 the CLI's single-stage commands do, the stages need no orchestrator. One module a stage.
 """
 
-from distill.stages.session import (RequestPath, SendShard, StageInputError, run_session,  # noqa: F401
-                                    send_shard, send_shards, tokens_of, usage_so_far)
+from distill.stages.session import (PipelinedSender, RequestPath, SendShard, StageInputError,  # noqa: F401
+                                    run_session, send_shard, send_shards, tokens_of, usage_so_far)
 from distill.stages.generate import generate_stage, write_diversity_report  # noqa: F401
 from distill.stages.filter import export_filtered, filter_stage, near_duplicate_drops  # noqa: F401
 from distill.stages.finetune import finetune_stage, split_heldout, student_base_dir  # noqa: F401

@@ -3,15 +3,19 @@ directory (lock, manifest, models), and the budget already spent."""
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
+import dataclasses
 import logging
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from backends.base import ChatBackend, ChatRequest
 from backends.factory import prices_of
+from backends.request_loop import RequestLoop
 from backends.runner import RetryPolicy, UsageMeter, run_requests
 from distill.config import ModelEndpoint, PipelineConfig
 from distill.records import Journal
@@ -35,35 +39,70 @@ def retry_policy(endpoint: ModelEndpoint) -> RetryPolicy:
 
 
 class RequestPath:
-    """Sends shards of requests through the shared runner, journaled under the run directory."""
+    """Sends shards of requests through the shared runner, journaled under the run directory,
+    on one event loop for the whole run (backends.request_loop, opened on the first shard):
+    clients and connections last from shard to shard, and shards in flight together share
+    each endpoint's window."""
 
     def __init__(self, rundir: RunDir, meter: UsageMeter):
         self.rundir = rundir
         self.meter = meter
         self._journals: dict[str, Journal] = {}
+        self._loop: RequestLoop | None = None
+        self._lock = threading.Lock()
 
     def journal(self, name: str) -> Journal:
-        if name not in self._journals:
-            self._journals[name] = Journal(self.rundir.journal(name))
-        return self._journals[name]
+        with self._lock:
+            if name not in self._journals:
+                self._journals[name] = Journal(self.rundir.journal(name))
+            return self._journals[name]
+
+    def submit(self, backend: ChatBackend, endpoint: ModelEndpoint, journal_name: str,
+               requests: list[ChatRequest]) -> "ShardInFlight":
+        """Start one shard: its requests go out while this or any later shard is `finish`ed."""
+        journal = self.journal(journal_name)
+        with self._lock:
+            if self._loop is None:
+                self._loop = RequestLoop()
+            loop = self._loop
+        task = loop.submit(backend, requests, journal, max_in_flight=endpoint.max_in_flight,
+                           policy=retry_policy(endpoint), meter=self.meter, prices=prices_of(endpoint))
+        return ShardInFlight(loop, task, journal_name)
+
+    @staticmethod
+    def finish(shard: "ShardInFlight") -> list[dict]:
+        """Wait for a started shard; its outcomes (reused from the journal where present)."""
+        outcomes, stats = shard.loop.result(shard.task)
+        log.info("%s shard: %d sent, %d reused, %d failed, %d retries", shard.journal_name,
+                 stats.sent, stats.reused, stats.failed, stats.retries)
+        return outcomes
 
     def send(self, backend: ChatBackend, endpoint: ModelEndpoint, journal_name: str,
              requests: list[ChatRequest]) -> list[dict]:
         """Send one shard; return its outcomes (reused from the journal where present)."""
-        outcomes, stats = run_requests(
-            backend, requests, self.journal(journal_name),
-            max_in_flight=endpoint.max_in_flight,
-            policy=retry_policy(endpoint),
-            meter=self.meter, prices=prices_of(endpoint),
-        )
-        log.info("%s shard: %d sent, %d reused, %d failed, %d retries", journal_name,
-                 stats.sent, stats.reused, stats.failed, stats.retries)
-        return outcomes
+        return self.finish(self.submit(backend, endpoint, journal_name, requests))
 
     def close(self) -> None:
+        """Stop the request loop (cancelling what is in flight) and close the journals."""
+        with self._lock:
+            loop, self._loop = self._loop, None
+        if loop is not None:
+            loop.close()
         for journal in self._journals.values():
             journal.close()
         self._journals.clear()
+
+
+@dataclasses.dataclass
+class ShardInFlight:
+    """A shard started on the run's request loop."""
+
+    loop: RequestLoop
+    task: asyncio.Task
+    journal_name: str
+
+    def cancel(self) -> None:
+        self.task.cancel()
 
 
 SendShard = Callable[[RequestPath, ChatBackend, ModelEndpoint, str, list[ChatRequest]], list[dict]]
@@ -91,18 +130,92 @@ def run_session(config: PipelineConfig, config_path: Path, rundir: RunDir) -> It
             path.close()
 
 
-def send_shard(path: RequestPath, backend: ChatBackend, endpoint: ModelEndpoint, journal_name: str,
-               requests: list[ChatRequest]) -> list[dict]:
-    """The plain (orchestrator-free) way to send a shard."""
-    return path.send(backend, endpoint, journal_name, requests)
+def shards_in_flight(endpoint: ModelEndpoint, shard_size: int) -> int:
+    """Enough shards started to fill the endpoint's window twice, and one more. The loop pauses
+    while the stage absorbs a shard; the replies that arrived meanwhile free their workers all
+    at once, and each must find a request waiting, or its connection idles (and the HTTP pool
+    probes every idle connection on each request: bench/bench_request_path.py)."""
+    return min(128, -(-2 * endpoint.max_in_flight // max(1, shard_size)) + 1)
+
+
+def in_shard_order(start: Callable[[list[ChatRequest]], object], finish: Callable[[object], list[dict]],
+                   shards: Iterable[list[ChatRequest]], window: Callable[[list[ChatRequest]], int],
+                   exhausted: Callable[[], bool]) -> Iterator[list[dict]]:
+    """Keep up to `window(first shard)` shards started and yield each one's outcomes (`finish`)
+    in shard order. No shard starts once the budget is `exhausted`. If the consumer stops early
+    (its target reached), the shards in flight are finished, since they are paid for; on an
+    error or interrupt they are cancelled where the future allows it."""
+    planned = iter(shards)
+    in_flight: collections.deque = collections.deque()
+    size: int | None = None
+
+    def start_next() -> bool:
+        nonlocal size
+        if exhausted():
+            return False
+        shard = next(planned, None)
+        if shard is None:
+            return False
+        if size is None:
+            size = window(shard)
+        in_flight.append(start(shard))
+        return True
+
+    finished = False
+    try:
+        if start_next():
+            while len(in_flight) < size and start_next():
+                pass
+        while in_flight:
+            outcomes = finish(in_flight.popleft())
+            start_next()
+            yield outcomes
+        finished = True
+    finally:
+        stopped_early = not finished and sys.exc_info()[0] in (None, GeneratorExit)
+        while in_flight:
+            handle = in_flight.popleft()
+            if stopped_early:
+                finish(handle)
+            elif callable(getattr(handle, "cancel", None)):
+                handle.cancel()
+
+
+class PipelinedSender:
+    """Sends a stage's shards with several in flight (`shards_in_flight`) on the run's request
+    loop, so the endpoint's window stays full across shard boundaries. Each reply is journaled
+    as it arrives, so a killed run loses only the requests in flight.
+
+    `finish(path, shard)` waits for a started shard's outcomes: `RequestPath.finish` itself, or
+    a Prefect task run around it (the flow's), so that every shard is a task run of its own."""
+
+    def __init__(self, finish: Callable[[RequestPath, ShardInFlight], list[dict]] = None):
+        self.finish = finish or (lambda path, shard: path.finish(shard))
+
+    def __call__(self, path: RequestPath, backend: ChatBackend, endpoint: ModelEndpoint, journal_name: str,
+                 requests: list[ChatRequest]) -> list[dict]:
+        """One shard, waited for."""
+        return self.finish(path, path.submit(backend, endpoint, journal_name, requests))
+
+    def send_many(self, path: RequestPath, backend: ChatBackend, endpoint: ModelEndpoint, journal_name: str,
+                  shards: Iterable[list[ChatRequest]]) -> Iterator[list[dict]]:
+        """Yield each shard's outcomes in shard order, with several shards in flight."""
+        return in_shard_order(lambda shard: path.submit(backend, endpoint, journal_name, shard),
+                              lambda started: self.finish(path, started), shards,
+                              lambda first: shards_in_flight(endpoint, len(first)), lambda: path.meter.exhausted)
+
+
+# The plain (orchestrator-free) way to send shards, in this process.
+send_shard = PipelinedSender()
 
 
 def send_shards(send: SendShard, path: RequestPath, backend: ChatBackend, endpoint: ModelEndpoint,
                 journal_name: str, shards: Iterable[list[ChatRequest]]) -> Iterator[list[dict]]:
-    """Send shards and yield each shard's outcomes, in shard order. A plain `send` sends one
-    shard after another; a sender with a `send_many` method (`WindowedShardSender`, which the
-    flow passes on a Dask cluster) keeps several in flight. The stages consume outcomes shard by
-    shard either way, so memory stays bounded and decisions are taken in request order."""
+    """Send shards and yield each shard's outcomes, in shard order. A sender with a `send_many`
+    method (`PipelinedSender`, the default; `WindowedShardSender` on a Dask cluster) keeps
+    several in flight; any other `send` sends one shard after another. The stages consume
+    outcomes shard by shard either way, so memory stays bounded and decisions are taken in
+    request order."""
     send_many = getattr(send, "send_many", None)
     if send_many is not None:
         yield from send_many(path, backend, endpoint, journal_name, shards)
@@ -177,23 +290,15 @@ class WindowedShardSender:
         journal = path.journal(journal_name)
         prices = prices_of(endpoint)
         window, per_shard = self.shard_window(endpoint)
-        planned = iter(shards)
-        in_flight: collections.deque = collections.deque()
 
-        def submit_next() -> bool:
-            if path.meter.exhausted:
-                return False
-            shard = next(planned, None)
-            if shard is None:
-                return False
+        def start(shard):
             # Only successes are reused, as in run_requests: a failure may succeed now.
             reused = {r.key: journal.get(r.key) for r in shard if r.key in journal and journal.get(r.key).get("ok")}
             pending = [r for r in shard if r.key not in reused]
-            future = self.submit(backend, endpoint, pending, per_shard) if pending else None
-            in_flight.append((shard, reused, future))
-            return True
+            return shard, reused, (self.submit(backend, endpoint, pending, per_shard) if pending else None)
 
-        def collect(shard, reused, future) -> list[dict]:
+        def collect(handle) -> list[dict]:
+            shard, reused, future = handle
             fresh = {}
             for entry in (future.result() if future is not None else []):
                 journal.append(entry)
@@ -203,21 +308,8 @@ class WindowedShardSender:
             log.info("%s shard: %d sent, %d reused", journal_name, len(fresh), len(reused))
             return [reused.get(r.key) or fresh[r.key] for r in shard if r.key in reused or r.key in fresh]
 
-        finished = False
-        try:
-            while len(in_flight) < window and submit_next():
-                pass
-            while in_flight:
-                outcomes = collect(*in_flight.popleft())
-                submit_next()
-                yield outcomes
-            finished = True
-        finally:
-            # The stage stopped early (target reached): what was sent is paid for, so keep it
-            # for a rerun. On an error or interrupt, leave the rest to the journal's next run.
-            stopped_early = not finished and sys.exc_info()[0] in (None, GeneratorExit)
-            while in_flight and stopped_early:
-                collect(*in_flight.popleft())
+        # On an error or interrupt the shards in flight are left to the journal's next run.
+        return in_shard_order(start, collect, shards, lambda first: window, lambda: path.meter.exhausted)
 
 
 class ReplayedSpend:
@@ -242,20 +334,35 @@ class ReplayedSpend:
     def charging(self, send: SendShard) -> SendShard:
         """`send`, charging each shard's journaled replies before the runner decides what to send, as
         the first run had been charged for them by then; it then skips what the first run skipped.
-        (A sender that keeps several shards in flight is charged as its outcomes come back.)"""
-        if hasattr(send, "send_many"):
-            return send
+        A sender that keeps several shards in flight is charged as it takes each shard to send."""
+        return _ChargedSender(send, self)
 
-        def send_charged(path, backend, endpoint, journal_name, requests):
-            self.replay(r.key for r in requests)
-            return send(path, backend, endpoint, journal_name, requests)
-        return send_charged
+    def charged(self, shards: Iterable[list[ChatRequest]]) -> Iterator[list[ChatRequest]]:
+        for shard in shards:
+            self.replay(r.key for r in shard)
+            yield shard
 
     def settle(self) -> None:
         """Charge what was journaled but not reused (replies past the target), for the stages after."""
         for prompt_tokens, completion_tokens in self.pending.values():
             self.meter.add(prompt_tokens, completion_tokens, self.prices)
         self.pending.clear()
+
+
+class _ChargedSender:
+    """A sender whose shards are charged their journaled spend before they are sent."""
+
+    def __init__(self, send: SendShard, spend: ReplayedSpend):
+        self.send = send
+        self.spend = spend
+        if hasattr(send, "send_many"):
+            self.send_many = lambda path, backend, endpoint, journal_name, shards: send.send_many(
+                path, backend, endpoint, journal_name, spend.charged(shards))
+
+    def __call__(self, path: RequestPath, backend: ChatBackend, endpoint: ModelEndpoint, journal_name: str,
+                 requests: list[ChatRequest]) -> list[dict]:
+        self.spend.replay(r.key for r in requests)
+        return self.send(path, backend, endpoint, journal_name, requests)
 
 
 def usage_so_far(rundir: RunDir, config: PipelineConfig) -> UsageMeter:
