@@ -189,7 +189,7 @@ class PipelinedSender:
     `finish(path, shard)` waits for a started shard's outcomes: `RequestPath.finish` itself, or
     a Prefect task run around it (the flow's), so that every shard is a task run of its own."""
 
-    def __init__(self, finish: Callable[[RequestPath, ShardInFlight], list[dict]] = None):
+    def __init__(self, finish: Callable[[RequestPath, ShardInFlight], list[dict]] | None = None):
         self.finish = finish or (lambda path, shard: path.finish(shard))
 
     def __call__(self, path: RequestPath, backend: ChatBackend, endpoint: ModelEndpoint, journal_name: str,
