@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
@@ -42,21 +41,18 @@ class Prices:
 
 @dataclass
 class UsageMeter:
-    """Tokens and money spent, against optional limits shared by every stage of a run. Replies
-    are charged on the request loop's thread while a stage charges reused ones on its own."""
+    """Tokens and money spent, against optional limits shared by every stage of a run."""
 
     max_tokens: int | None = None
     max_cost_usd: float | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, prompt_tokens: int, completion_tokens: int, prices: Prices) -> None:
-        with self._lock:
-            self.prompt_tokens += prompt_tokens
-            self.completion_tokens += completion_tokens
-            self.cost_usd += prices.cost(prompt_tokens, completion_tokens)
+        self.prompt_tokens += prompt_tokens
+        self.completion_tokens += completion_tokens
+        self.cost_usd += prices.cost(prompt_tokens, completion_tokens)
 
     @property
     def exhausted(self) -> bool:

@@ -267,7 +267,6 @@ def rate_in_shards(config: PipelineConfig, judge: ChatBackend, path: RequestPath
     try:
         for outcomes in send_shards(spend.charging(send), path, judge, config.judge_endpoint, "rate",
                                     request_shards()):
-            spend.replay(o["key"] for o in outcomes)
             take(sent.popleft(), outcomes)
             for name, count in tokens_of(outcomes).items():
                 tally.tokens[name] += count

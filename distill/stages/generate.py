@@ -31,13 +31,11 @@ def write_diversity_report(config: PipelineConfig, rundir: RunDir, records: list
 class OutcomeLog:
     """Keeps the outcomes a stage consumed (one small entry each), so its summary can count the faults."""
 
-    def __init__(self, spend: ReplayedSpend):
-        self.spend = spend
+    def __init__(self):
         self.entries: list[dict] = []
 
     def keep(self, outcomes: list[dict]) -> list[dict]:
         """Note one shard's outcomes and hand them on (only those with a fault take memory)."""
-        self.spend.replay(o["key"] for o in outcomes)
         self.entries += [{k: o.get(k) for k in ("ok", "error", "attempt_errors")}
                          for o in outcomes if not o.get("ok") or o.get("attempt_errors")]
         return outcomes
@@ -64,7 +62,7 @@ def generate_stage(config: PipelineConfig, rundir: RunDir, teacher: ChatBackend,
     seeds = read_seed_tasks(config.seed_tasks)
     spend = ReplayedSpend(path, config.teacher, "generate")
     try:
-        return _generate(config, rundir, teacher, path, spend.charging(send), seeds, OutcomeLog(spend), started)
+        return _generate(config, rundir, teacher, path, spend.charging(send), seeds, OutcomeLog(), started)
     finally:
         spend.settle()
 

@@ -9,7 +9,6 @@ import contextlib
 import dataclasses
 import logging
 import sys
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
@@ -49,25 +48,21 @@ class RequestPath:
         self.meter = meter
         self._journals: dict[str, Journal] = {}
         self._loop: RequestLoop | None = None
-        self._lock = threading.Lock()
 
     def journal(self, name: str) -> Journal:
-        with self._lock:
-            if name not in self._journals:
-                self._journals[name] = Journal(self.rundir.journal(name))
-            return self._journals[name]
+        if name not in self._journals:
+            self._journals[name] = Journal(self.rundir.journal(name))
+        return self._journals[name]
 
     def submit(self, backend: ChatBackend, endpoint: ModelEndpoint, journal_name: str,
                requests: list[ChatRequest]) -> "ShardInFlight":
         """Start one shard: its requests go out while this or any later shard is `finish`ed."""
         journal = self.journal(journal_name)
-        with self._lock:
-            if self._loop is None:
-                self._loop = RequestLoop()
-            loop = self._loop
-        task = loop.submit(backend, requests, journal, max_in_flight=endpoint.max_in_flight,
+        if self._loop is None:
+            self._loop = RequestLoop()
+        task = self._loop.submit(backend, requests, journal, max_in_flight=endpoint.max_in_flight,
                            policy=retry_policy(endpoint), meter=self.meter, prices=prices_of(endpoint))
-        return ShardInFlight(loop, task, journal_name)
+        return ShardInFlight(self._loop, task, journal_name)
 
     @staticmethod
     def finish(shard: "ShardInFlight") -> list[dict]:
@@ -84,8 +79,7 @@ class RequestPath:
 
     def close(self) -> None:
         """Stop the request loop (cancelling what is in flight) and close the journals."""
-        with self._lock:
-            loop, self._loop = self._loop, None
+        loop, self._loop = self._loop, None
         if loop is not None:
             loop.close()
         for journal in self._journals.values():

@@ -35,6 +35,16 @@ def run_distill(*args: str, env: dict | None = None, timeout: float = 300) -> su
     return subprocess.run([DISTILL, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
 
 
+def run_dir_with_records(run_dir: Path, instruction: str, count: int) -> list[dict]:
+    """A new run directory whose generated.jsonl holds `count` short records, ids r0, r1, ...
+    and instructions `instruction` formatted with the number; the records are returned."""
+    run_dir.mkdir()
+    records = [{"id": f"r{i}", "instruction": instruction.format(i), "input": "", "output": "Blue."}
+               for i in range(count)]
+    (run_dir / "generated.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return records
+
+
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 

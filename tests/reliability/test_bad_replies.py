@@ -12,7 +12,7 @@ import json
 from backends.base import ChatRequest
 from backends.openai_compat import OpenAICompatibleBackend
 from backends.runner import MAX_REPLY_CHARS, RetryPolicy, run_requests
-from cli_runs import file_hashes, openai_teacher, read_jsonl, run_distill, write_config
+from cli_runs import file_hashes, openai_teacher, read_jsonl, run_distill, run_dir_with_records, write_config
 from distill.records import Journal
 from scripted_server import ENDLESS, ScriptedServer
 
@@ -76,10 +76,7 @@ def test_empty_and_non_json_teacher_replies_are_listed_then_filter_stops_on_the_
 
 def test_a_judge_that_never_gives_a_score_keeps_nothing_and_finetune_stops_clearly(tmp_path):
     run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    records = [{"id": f"r{i}", "instruction": f"Name a colour number {i}.", "input": "", "output": "Blue."}
-               for i in range(5)]
-    (run_dir / "generated.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    run_dir_with_records(run_dir, "Name a colour number {}.", 5)
     with ScriptedServer(lambda body: "What a thoughtful and helpful answer this is.") as judge:
         config = write_config(tmp_path / "no-score.yaml", teacher=openai_teacher(judge.base_url),
                               filter={"selection": "top_k", "top_k": 3})

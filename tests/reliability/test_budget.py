@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from cli_runs import katan_answered, openai_teacher, read_jsonl, run_distill, write_config
+from cli_runs import katan_answered, openai_teacher, read_jsonl, run_distill, run_dir_with_records, write_config
 
 IN_FLIGHT = 4
 PRICE_PER_MTOK = 1000.0  # USD, input and output alike: a request of ~650 tokens costs ~0.65 USD
@@ -81,10 +81,7 @@ def test_a_rerun_of_a_filter_stopped_by_its_budget_keeps_its_ratings_and_sends_n
     from scripted_server import ScriptedServer
 
     run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    records = [{"id": f"r{i}", "instruction": f"Task number {i}: name a colour.", "input": "", "output": "Blue."}
-               for i in range(12)]
-    (run_dir / "generated.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    records = run_dir_with_records(run_dir, "Task number {}: name a colour.", 12)
     with ScriptedServer(lambda body: '{"score": 5, "explanation": "fine"}') as judge:
         config = write_config(tmp_path / "spent.yaml", teacher=openai_teacher(judge.base_url, max_in_flight=1),
                               budget={"max_tokens": 80}, filter={"requests_per_shard": 1, "threshold": 4.5})
