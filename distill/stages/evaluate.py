@@ -97,7 +97,7 @@ def _answer(contestant: dict, items: list[dict], config: PipelineConfig, rundir:
             cache_dir: Path) -> tuple[list[dict], dict]:
     """One contestant's answers and cost, measured in a process of its own."""
     from eval.answer_process import answer_in_child
-    from eval.efficiency import latency_summary, local_cost_per_1k, size_on_disk
+    from eval.efficiency import latency_summary, size_on_disk
 
     job = {key: contestant.get(key) for key in ("kind", "label", "base_model", "adapter", "trust_remote_code",
                                                  "batch_size", "static_cache", "variant")}
@@ -115,15 +115,22 @@ def _answer(contestant: dict, items: list[dict], config: PipelineConfig, rundir:
         **latency_summary([a["latency_s"] for a in answers], [a["completion_tokens"] for a in answers],
                           [a.get("ttft_s") for a in answers]),
         "answer_wall_s": measured["answer_wall_s"], "seconds_per_answer": round(seconds_per_answer, 4),
-        "cost_per_1k_answers_usd": round(local_cost_per_1k(seconds_per_answer, config.evaluate.local_hourly_usd), 6),
-        "cost_basis": f"measured seconds per answer x evaluate.local_hourly_usd ({config.evaluate.local_hourly_usd})",
+        **local_cost(seconds_per_answer, config.evaluate.local_hourly_usd),
     }
     return answers, efficiency
 
 
+def local_cost(seconds_per_answer: float, hourly_usd: float) -> dict:
+    """Cost per 1,000 answers of a model on this machine, and how it was reckoned."""
+    from eval.efficiency import local_cost_per_1k
+
+    return {"cost_per_1k_answers_usd": round(local_cost_per_1k(seconds_per_answer, hourly_usd), 6),
+            "cost_basis": f"measured seconds per answer x evaluate.local_hourly_usd ({hourly_usd})"}
+
+
 def teacher_costs(config: PipelineConfig, teacher: ChatBackend, answers: list[dict], wall_s: float) -> dict:
     """The teacher's peak memory (its llama.cpp server's VmHWM when embedded) and cost per 1,000 answers."""
-    from eval.efficiency import api_cost_per_1k, local_cost_per_1k, process_peak_memory, server_pid_on_port
+    from eval.efficiency import api_cost_per_1k, process_peak_memory, server_pid_on_port
 
     endpoint = config.teacher
     local = endpoint.backend in ("embedded", "vllm") and not endpoint.base_urls
@@ -139,10 +146,7 @@ def teacher_costs(config: PipelineConfig, teacher: ChatBackend, answers: list[di
     n = max(1, len(answers))
     if local:
         seconds = wall_s / n
-        costs.update(seconds_per_answer=round(seconds, 4),
-                     cost_per_1k_answers_usd=round(local_cost_per_1k(seconds, config.evaluate.local_hourly_usd), 6),
-                     cost_basis=f"measured seconds per answer x evaluate.local_hourly_usd "
-                                f"({config.evaluate.local_hourly_usd})")
+        costs.update(seconds_per_answer=round(seconds, 4), **local_cost(seconds, config.evaluate.local_hourly_usd))
     elif endpoint.price_input_per_mtok or endpoint.price_output_per_mtok:
         mean_prompt = sum(a.get("prompt_tokens", 0) for a in answers) / n
         mean_completion = sum(a["completion_tokens"] for a in answers) / n
