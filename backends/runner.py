@@ -17,15 +17,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from backends.base import BackendError, ChatBackend, ChatRequest
-from distill.records import Journal
+from backends.base import BackendError, ChatBackend, ChatRequest, RequestOutcome
+from core.records import Journal
 
 log = logging.getLogger(__name__)
-
-
-# Far above any reply within a request's max_tokens; journal lines stay well under the
-# record readers' line limit (distill.records.MAX_LINE_BYTES) even with every character escaped.
-MAX_REPLY_CHARS = 1_000_000
 
 
 @dataclass
@@ -94,32 +89,6 @@ class RunStats:
     wall_s: float = 0.0
 
 
-def outcome_entry(request: ChatRequest, reply, attempts: int, latency_s: float, error: str | None,
-                  attempt_errors: list[str] | None = None) -> dict:
-    """The journal line for one request; `attempt_errors` names the kind of each failed attempt."""
-    entry = {"key": request.key, "meta": request.meta, "attempts": attempts, "latency_s": round(latency_s, 4)}
-    if attempt_errors:
-        entry["attempt_errors"] = attempt_errors
-    if reply is None:
-        entry.update(ok=False, error=error)
-    else:
-        text, finish_reason = reply.text, reply.finish_reason
-        if len(text) > MAX_REPLY_CHARS:
-            # A server that ignores max_tokens: keep what a reply cut at the limit would hold,
-            # so that one babbling reply cannot make the journal unreadable on resume.
-            entry["cut_from_chars"] = len(text)
-            text, finish_reason = text[:MAX_REPLY_CHARS], "length"
-        entry.update(
-            ok=True,
-            text=text,
-            finish_reason=finish_reason,
-            prompt_tokens=reply.prompt_tokens,
-            completion_tokens=reply.completion_tokens,
-            endpoint=reply.endpoint,
-        )
-    return entry
-
-
 def error_kind(exc: BackendError) -> str:
     """A short name for what went wrong ("HTTP 503", "APITimeoutError"), without the URL."""
     return f"HTTP {exc.status}" if exc.status else str(exc).split(": ", 1)[-1]
@@ -159,18 +128,18 @@ async def _send_with_retries(backend: ChatBackend, request: ChatRequest, policy:
             await asyncio.sleep(policy.delay(attempt, exc.retry_after))
 
 
-def fault_counts(outcomes: Iterable[dict]) -> dict:
-    """What the faults behind a set of journal outcomes cost: requests that failed after their
-    retries, and the retries made, in all and by the kind of error that caused each one."""
+def fault_counts(outcomes: Iterable[RequestOutcome]) -> dict:
+    """What the faults behind a set of outcomes cost: requests that failed after their retries,
+    and the retries made, in all and by the kind of error that caused each one."""
     failed = 0
     retries_by_kind: dict[str, int] = {}
     final_errors: dict[str, int] = {}
     for outcome in outcomes:
-        kinds = list(outcome.get("attempt_errors") or [])
-        if not outcome.get("ok"):
+        kinds = list(outcome.attempt_errors)
+        if not outcome.ok:
             failed += 1
             # The last failed attempt was not retried: it is why the request failed.
-            last = kinds.pop() if kinds else (outcome.get("error") or "unknown").split(": ", 1)[-1]
+            last = kinds.pop() if kinds else (outcome.error or "unknown").split(": ", 1)[-1]
             final_errors[last] = final_errors.get(last, 0) + 1
         for kind in kinds:
             retries_by_kind[kind] = retries_by_kind.get(kind, 0) + 1
@@ -186,9 +155,9 @@ async def run_requests_async(
     policy: RetryPolicy | None = None,
     meter: UsageMeter | None = None,
     prices: Prices | None = None,
-    on_outcome: Callable[[dict], None] | None = None,
+    on_outcome: Callable[[RequestOutcome], None] | None = None,
     pool=None,
-) -> tuple[list[dict], RunStats]:
+) -> tuple[list[RequestOutcome], RunStats]:
     """Send requests not yet in the journal; return every outcome (old and new) in request order.
 
     Without a `pool`, this call sends through max_in_flight workers of its own. With one (a
@@ -201,13 +170,13 @@ async def run_requests_async(
     stats = RunStats()
     started = time.perf_counter()
     requests = list(requests)
-    outcomes: dict[str, dict] = {}
+    outcomes: dict[str, RequestOutcome] = {}
     for request in requests:
         # Failures cost nothing and may succeed now: only successes are reused.
         if request.key in journal:
             entry = journal.get(request.key)
             if entry.get("ok"):
-                outcomes[request.key] = entry
+                outcomes[request.key] = RequestOutcome.from_journal(entry)
                 stats.reused += 1
     pending = [r for r in requests if r.key not in outcomes]
 
@@ -222,11 +191,13 @@ async def run_requests_async(
             stats.succeeded += 1
         else:
             stats.failed += 1
-        entry = outcome_entry(request, reply, attempts, latency, error, kinds)
-        journal.append(entry)
-        outcomes[request.key] = entry
+        outcome = (RequestOutcome.replied(request.key, request.meta, reply, attempts, latency, kinds)
+                   if reply is not None else
+                   RequestOutcome.failed(request.key, request.meta, error, attempts, latency, kinds))
+        journal.append(outcome.to_journal())
+        outcomes[request.key] = outcome
         if on_outcome:
-            on_outcome(entry)
+            on_outcome(outcome)
 
     if pool is not None:
         await pool.send_all(pending, send)

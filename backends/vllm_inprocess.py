@@ -16,11 +16,16 @@ onto the engine is tested against a stand-in of the engine (tests/backends/test_
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from backends.base import BackendError, ChatReply, ChatRequest
+from backends.openai_compat import url_identity
+
+if TYPE_CHECKING:
+    from backends.config import ModelEndpoint
 
 
 class VLLMInProcessBackend:
@@ -50,6 +55,7 @@ class VLLMInProcessBackend:
         self.api = api
         self.model = model
         self.identity = f"vllm:{model}" + (f"+lora:{Path(adapter_dir).name}" if adapter_dir else "")
+        self.server_pid: int | None = None  # the engine runs in this process
 
     async def _prompt(self, messages: list[dict]) -> str:
         """The text the engine continues: the chat template applied, or the plain prompt for
@@ -92,3 +98,24 @@ class VLLMInProcessBackend:
 
     async def aclose(self) -> None:
         """The engine lives as long as the backend; nothing per event loop to close."""
+
+
+class VLLMInProcessKind:
+    """`backend: vllm`: a vLLM engine in this process; `model` is a local path."""
+
+    name = "vllm"
+    description = ("vLLM in-process (pip install -e \".[vllm]\", vLLM >= 0.12, GPU); engine_args go to "
+                   "its AsyncEngineArgs")
+
+    @contextlib.contextmanager
+    def open(self, endpoint: "ModelEndpoint", log_dir: Path | None = None) -> Iterator[VLLMInProcessBackend]:
+        yield VLLMInProcessBackend(endpoint.model, api=endpoint.api, engine_args=endpoint.engine_args)
+
+    def identity(self, endpoint: "ModelEndpoint") -> str:
+        return url_identity(endpoint)
+
+    def runs_locally(self, endpoint: "ModelEndpoint") -> bool:
+        return not endpoint.base_urls
+
+    def model_file(self, endpoint: "ModelEndpoint") -> Path | None:
+        return None

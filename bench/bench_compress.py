@@ -16,7 +16,7 @@ and every model answers the same Vicuna prompts, greedy, one at a time:
 pruning of the merged student: perplexity on seed-task answers, Q8_0 GGUF size, and
 llama.cpp's time for a fixed amount of work (what the model says cannot change it).
 
-Usage:  python bench/bench_compress.py [--adapter DIR] [--prompts 8] [--max-new-tokens 64] [--pruning]
+Usage:  python -m bench.bench_compress [--adapter DIR] [--prompts 8] [--max-new-tokens 64] [--pruning]
 """
 
 from __future__ import annotations
@@ -27,24 +27,20 @@ import json
 import logging
 import multiprocessing
 import os
-import platform
-import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from compress.answer import answer_with_variant  # noqa: E402
-from compress.variants import build_variants  # noqa: E402
-from eval.efficiency import latency_summary, process_peak_memory, size_on_disk  # noqa: E402
+from bench.harness import REPO, machine_line, markdown_table  # noqa: E402
+from compress.variants import answer_with_variant, build_variants  # noqa: E402
+from core.measure import latency_summary, process_peak_memory, size_on_disk  # noqa: E402
 from eval.sets import load_eval_set  # noqa: E402
-from finetune.embedded_student import ensure_plain_student, find_embedded_gguf  # noqa: E402
 from finetune.merge import merge_lora  # noqa: E402
+from student.embedded import ensure_plain_student, find_embedded_gguf  # noqa: E402
 
 log = logging.getLogger("bench_compress")
 VARIANTS = ["gguf_f16", "gguf_q8_0", "gguf_q4_k_m", "gguf_q4_0", "torch_int8"]
@@ -64,7 +60,7 @@ def seed_records(count: int) -> list[dict]:
 
 def train_adapter(student_dir: Path, out_dir: Path, steps: int) -> Path:
     """A LoRA adapter trained for ``steps`` real trl steps on seed tasks."""
-    from distill.config import FinetuneConfig
+    from finetune.config import FinetuneConfig
     from finetune.train import train_student
 
     settings = FinetuneConfig(max_length=256, batch_size=4, max_steps=steps, learning_rate=1e-3,
@@ -76,7 +72,7 @@ def _student_in_child(base_dir: str, adapter_dir: str, items: list[dict], max_ne
     """The student (base + adapter, transformers) answering in this fresh process."""
     import torch
 
-    from eval.student import answer_prompts, load_student
+    from student.generation import answer_prompts, load_student
 
     torch.set_num_threads(1)
     started = time.perf_counter()
@@ -114,7 +110,7 @@ def perplexity(model, tokenizer, records: list[dict]) -> float:
 
     import torch
 
-    from finetune.prompt_format import render_student_prompt
+    from student.prompt_format import render_student_prompt
 
     total, count = 0.0, 0
     with torch.no_grad():
@@ -185,11 +181,11 @@ def pruning_figures(merged_dir: Path, work: Path, rounds: int = 3) -> list[dict]
 
 def print_pruning(rows: list[dict]) -> None:
     """The pruning figures as a markdown table."""
-    print(f"\nload average {os.getloadavg()[0]:.1f}\n| merged student | weights zeroed | perplexity (seed answers) | "
-          "Q8_0 GGUF MB | llama.cpp s, 64-token prompt + 32 steps (median of 3) |\n|---|---|---|---|---|")
-    for row in rows:
-        print(f"| {row['model']} | {row['zeroed_weights'] / 1e6:.1f} M | {row['perplexity']} | "
-              f"{row['q8_0_bytes'] / 1e6:.1f} | {row['q8_0_equal_work_s']} |")
+    header = ("merged student", "weights zeroed", "perplexity (seed answers)", "Q8_0 GGUF MB",
+              "llama.cpp s, 64-token prompt + 32 steps (median of 3)")
+    print(f"\nload average {os.getloadavg()[0]:.1f}")
+    print(markdown_table(header, [(row["model"], f"{row['zeroed_weights'] / 1e6:.1f} M", row["perplexity"],
+                                   f"{row['q8_0_bytes'] / 1e6:.1f}", row["q8_0_equal_work_s"]) for row in rows]))
 
 
 def main() -> None:
@@ -233,25 +229,26 @@ def main() -> None:
         else:
             results[variant["label"]] = in_fresh_process(_variant_in_child, variant, items, args.max_new_tokens)
 
-    print(f"\nmachine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, load average "
+    print(f"\nmachine: {machine_line()}, load average "
           f"{os.getloadavg()[0]:.1f}; {len(items)} Vicuna prompts, greedy, max {args.max_new_tokens} new tokens, "
           f"one request at a time, 1 thread")
     print(f"adapter: {'given' if args.adapter else f'trained here, {args.train_steps} steps'} ({train_s:.0f} s); "
           f"merge {merge_s:.1f} s; export + quantize {compress_s:.1f} s\n")
     header = ("model", "size MB", "params M", "peak MB", "tok/s", "p50 s", "p95 s", "ttft p50 s",
               "same as student", "similarity")
-    print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
-    table = []
+    table, lines = [], []
     for label, (answers, efficiency) in results.items():
         summary = {**efficiency, **latency_summary([a["latency_s"] for a in answers],
                                                    [a["completion_tokens"] for a in answers],
                                                    [a.get("ttft_s") for a in answers]),
                    **closeness(answers, reference)}
         table.append({"model": label, **{k: v for k, v in summary.items() if not isinstance(v, (dict, list))}})
-        print(f"| {label} | {summary['size_on_disk_bytes'] / 1e6:.0f} | {summary['parameters'] / 1e6:.1f} | "
-              f"{summary['peak_memory_bytes'] / 1e6:.0f} | {summary['tokens_per_s']} | {summary['p50_latency_s']:.2f} | "
-              f"{summary['p95_latency_s']:.2f} | {summary.get('p50_ttft_s', float('nan')):.3f} | "
-              f"{summary['same_as_student']:.2f} | {summary['similarity_to_student']:.2f} |")
+        lines.append((label, f"{summary['size_on_disk_bytes'] / 1e6:.0f}", f"{summary['parameters'] / 1e6:.1f}",
+                      f"{summary['peak_memory_bytes'] / 1e6:.0f}", summary["tokens_per_s"],
+                      f"{summary['p50_latency_s']:.2f}", f"{summary['p95_latency_s']:.2f}",
+                      f"{summary.get('p50_ttft_s', float('nan')):.3f}", f"{summary['same_as_student']:.2f}",
+                      f"{summary['similarity_to_student']:.2f}"))
+    print(markdown_table(header, lines))
     if args.pruning:
         rows = pruning_figures(merged, work)
         print_pruning(rows)

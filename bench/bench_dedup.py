@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmark: exact greedy ROUGE-L dedup (selfinstruct.dedup) vs the Alpaca-style naive loop.
+"""Benchmark: exact greedy ROUGE-L dedup (similarity.rouge) vs the Alpaca-style naive loop.
 
 (1) Naive vs ours on the same N real Alpaca instructions (+ the 175 seed tasks): both timed,
     decisions asserted identical, speedup printed.
@@ -7,11 +7,14 @@
     tokenize each new instruction once with rouge_score's tokenizer, score it with
     ``rouge_scorer._score_lcs`` against EVERY pool instruction, drop iff
     ``max(scores) > threshold``, else append it to the pool.
-(2) Scaling: ours on the first 4,000 and on all 40,000 records of a deterministic workload
+(2) Whole processes on the same 2,000 records: the `distill dedup` command (interpreter start,
+    imports, reading and writing the files) against a script of Alpaca's loop (interpreter
+    start, importing rouge_score, the loop), wall and CPU seconds of each child process.
+(3) Scaling: ours on the first 4,000 and on all 40,000 records of a deterministic workload
     (real instructions + seeded edited variants: near-duplicates and distinct rewrites) and
     the time ratio (linear would be 10x).
 
-Usage:  python bench/bench_dedup.py [--naive-n 2000] [--small 4000] [--large 40000]
+Usage:  python -m bench.bench_dedup [--naive-n 2000] [--small 4000] [--large 40000]
 """
 
 from __future__ import annotations
@@ -19,24 +22,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import re
+import resource
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from selfinstruct.dedup import rouge_l_dedup  # noqa: E402
-
-
-def _default_data_dir() -> Path:
-    env = os.environ.get("SELFINSTRUCT_DATA_DIR")
-    if env:
-        return Path(env)
-    return REPO.parent / "shared" / "data"
+from bench.harness import machine_line, markdown_table, shared_data_dir
+from similarity.rouge import rouge_l_dedup
 
 
 def load_data(data_dir: Path) -> tuple[list[dict], list[str]]:
@@ -143,8 +140,58 @@ def timed(fn, *args, repeat: int = 1, inner: int = 1):
     return best_wall, best_cpu, result
 
 
+ALPACA_SCRIPT = """
+import json, sys
+from rouge_score import rouge_scorer
+
+records_path, seeds_path, out_path, threshold = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+instructions = [json.loads(line)["instruction"] for line in open(records_path, encoding="utf-8")]
+seeds = [json.loads(line)["instruction"] for line in open(seeds_path, encoding="utf-8") if line.strip()]
+scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+pool = [scorer._tokenizer.tokenize(s) for s in seeds]
+kept = []
+for instruction in instructions:
+    tokens = scorer._tokenizer.tokenize(instruction)
+    scores = [rouge_scorer._score_lcs(tokens, other).fmeasure for other in pool]
+    if scores and max(scores) > threshold:
+        continue
+    kept.append({"instruction": instruction})
+    pool.append(tokens)
+with open(out_path, "w", encoding="utf-8") as out:
+    out.writelines(json.dumps(record) + "\\n" for record in kept)
+"""
+
+
+def run_child(command: list[str]) -> tuple[float, float]:
+    """Wall and CPU seconds (user + system) of one child process run to the end."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def whole_processes(tmp: Path, instructions: list[str], seeds: Path, threshold: float, repeat: int):
+    """(wall, cpu, kept) of `distill dedup` (median of `repeat` runs) and of Alpaca's loop as a script."""
+    records = tmp / "records.jsonl"
+    records.write_text("".join(json.dumps({"instruction": i}) + "\n" for i in instructions), encoding="utf-8")
+    distill = [str(Path(sys.executable).parent / "distill"), "dedup", str(records), "-o", str(tmp / "ours.jsonl"),
+               "--seeds", str(seeds), "--threshold", str(threshold)]
+    ours = [run_child(distill) for _ in range(repeat)]
+    script = tmp / "alpaca_dedup.py"
+    script.write_text(ALPACA_SCRIPT, encoding="utf-8")
+    alpaca = run_child([sys.executable, str(script), str(records), str(seeds), str(tmp / "alpaca.jsonl"), str(threshold)])
+
+    def kept(path: Path) -> int:
+        return sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+
+    return ((statistics.median(w for w, _ in ours), statistics.median(c for _, c in ours), kept(tmp / "ours.jsonl")),
+            (*alpaca, kept(tmp / "alpaca.jsonl")))
+
+
 def incremental_dedup(instructions: list[str], seeds: list[str], threshold: float):
-    from selfinstruct.dedup import RougeLDeduplicator
+    from similarity.rouge import RougeLDeduplicator
 
     dedup = RougeLDeduplicator(threshold)
     for s in seeds:
@@ -154,7 +201,7 @@ def incremental_dedup(instructions: list[str], seeds: list[str], threshold: floa
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-dir", type=Path, default=_default_data_dir())
+    ap.add_argument("--data-dir", type=Path, default=shared_data_dir())
     ap.add_argument("--threshold", type=float, default=0.7)
     ap.add_argument("--naive-n", type=int, default=2000, help="real records for the naive comparison")
     ap.add_argument("--small", type=int, default=4000)
@@ -162,13 +209,13 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=3, help="best of N runs for our implementation")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-naive", action="store_true")
+    ap.add_argument("--skip-processes", action="store_true")
     args = ap.parse_args(argv)
 
     records, seeds = load_data(args.data_dir)
     t = args.threshold
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs, "
-          f"load average {load:.1f} at start; threshold={t}; seeds={len(seeds)}")
+    print(f"{machine_line()}, load average {load:.1f} at start; threshold={t}; seeds={len(seeds)}")
     rows = []
 
     if not args.skip_naive:
@@ -183,9 +230,23 @@ def main(argv=None) -> int:
         speed_w, speed_c = w_naive / w_ours, c_naive / c_ours
         print(f"    decisions identical: yes;  speedup {speed_w:,.0f}x wall, {speed_c:,.0f}x CPU")
         rows.append((f"naive Alpaca loop (rouge_score), {len(insts)} real", len(insts), w_naive, c_naive, sum(naive_kept)))
-        rows.append((f"selfinstruct.dedup, {len(insts)} real", len(insts), w_ours, c_ours, sum(ours_kept)))
+        rows.append((f"similarity.rouge, {len(insts)} real", len(insts), w_ours, c_ours, sum(ours_kept)))
 
-    print(f"\n[2] scaling: ours on {args.small} and {args.large} records (real + seeded edited variants);")
+    if not args.skip_processes:
+        insts = [r["instruction"] for r in records[: args.naive_n]]
+        print(f"\n[2] whole processes on {len(insts)} real records + {len(seeds)} seeds: `distill dedup` "
+              f"(median of {args.repeat}) vs a script of Alpaca's loop")
+        with tempfile.TemporaryDirectory(prefix="bench-dedup-") as tmp:
+            ours_p, alpaca_p = whole_processes(Path(tmp), insts, args.data_dir / "seed_tasks.jsonl", t, args.repeat)
+        print(f"    distill dedup : {ours_p[0]:8.3f} s wall {ours_p[1]:8.3f} s CPU   kept {ours_p[2]}")
+        print(f"    Alpaca script : {alpaca_p[0]:8.3f} s wall {alpaca_p[1]:8.3f} s CPU   kept {alpaca_p[2]}")
+        assert ours_p[2] == alpaca_p[2], "the two processes kept different records"
+        proc_w, proc_c = alpaca_p[0] / ours_p[0], alpaca_p[1] / ours_p[1]
+        print(f"    speedup as whole processes: {proc_w:,.0f}x wall, {proc_c:,.0f}x CPU")
+        rows.append((f"Alpaca loop as a whole process (python script), {len(insts)} real", len(insts), *alpaca_p))
+        rows.append((f"`distill dedup` as a whole process, {len(insts)} real", len(insts), *ours_p))
+
+    print(f"\n[3] scaling: ours on {args.small} and {args.large} records (real + seeded edited variants);")
     print(f"    best of {args.repeat} windows; a {args.small}-record window runs it {round(args.large / args.small)}x back to back")
     work = build_workload(records, args.large, seed=args.seed)
     small = work[: args.small]
@@ -205,18 +266,19 @@ def main(argv=None) -> int:
     w_inc, c_inc, d_inc = timed(incremental_dedup, work, seeds, t)
     assert [d.kept for d in d_inc] == [d.kept for d in d_large], "incremental API differs from rouge_l_dedup"
     print(f"    incremental RougeLDeduplicator.add() on {args.large}: {w_inc:.3f} s wall {c_inc:.3f} s CPU (same decisions)")
-    rows.append((f"selfinstruct.dedup, {args.small} mixed", args.small, w_small, c_small, k_small))
-    rows.append((f"selfinstruct.dedup, {args.large} mixed", args.large, w_large, c_large, k_large))
+    rows.append((f"similarity.rouge, {args.small} mixed", args.small, w_small, c_small, k_small))
+    rows.append((f"similarity.rouge, {args.large} mixed", args.large, w_large, c_large, k_large))
     rows.append((f"RougeLDeduplicator.add() loop, {args.large} mixed", args.large, w_inc, c_inc, sum(d.kept for d in d_inc)))
 
-    print("\n| run | records | wall s | CPU s | kept |")
-    print("| --- | ---: | ---: | ---: | ---: |")
-    for name, n, wall, cpu, kept in rows:
-        print(f"| {name} | {n:,} | {wall:.3f} | {cpu:.3f} | {kept:,} |")
+    print("\n" + markdown_table(["run", "records", "wall s", "CPU s", "kept"],
+                                [(name, f"{n:,}", f"{wall:.3f}", f"{cpu:.3f}", f"{kept:,}") for name, n, wall, cpu, kept in rows]))
     print()
     if not args.skip_naive:
         print(f"speedup vs naive on {args.naive_n} real records: **{speed_w:,.0f}x** wall, "
               f"**{speed_c:,.0f}x** CPU (target >= 50x)")
+    if not args.skip_processes:
+        print(f"speedup as whole processes on {args.naive_n} real records: **{proc_w:,.0f}x** wall, "
+              f"**{proc_c:,.0f}x** CPU (target >= 50x)")
     print(f"growth {args.small} -> {args.large} records: **{ratio_w:.2f}x** wall, **{ratio_c:.2f}x** CPU "
           f"(target <= 15x)")
     return 0

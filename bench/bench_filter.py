@@ -6,139 +6,102 @@ here on a free port of 127.0.0.1 with --workers uvicorn workers). Echo replies r
 user message, i.e. the whole rating prompt, and llm-katan has no option to answer with a
 chosen text. But since the prompt contains the record, a record whose output ends with
 ``{"score": X, "explanation": "..."}`` comes back from the echo judge with a reply that
-quality.score_parse reads as score X (the prompt's own ``{"score": <number from 0 to 5>}``
+filters.score_parse reads as score X (the prompt's own ``{"score": <number from 0 to 5>}``
 example is not a number and is ignored). So by default every record carries such a planted
 score, 0 to 5 in half points, cycling deterministically, and the whole stage runs as with a
 real judge: parsing, threshold selection (4.5: 2 records in 11 kept), histogram, examples,
 rejections and exports. --no-plant sends the records unchanged: every reply is then
 "unscored:no_score" (the stage still runs end to end; nothing is kept).
 
+The stage is run as `distill filter` runs it: pipeline.session.open_session on a temp run
+directory (the judge opened before the clock starts), then pipeline.session.run_stage with
+pipeline.stages.filter.FilterStage (the stage's summary recorded, rejected.jsonl rebuilt),
+shards sent by the stage's own sender (pipeline.requests.send_shard: several shards in flight
+on the run's one request loop). --one-shard-at-a-time sends each shard after the one before has
+come back instead (a sender without `send_many`), which is how this benchmark sent them before
+its port to the pipeline package (it wrapped the sender in a plain function).
+
 (a) throughput, records rated per second, --n records of alpaca_5000, --in-flight in flight:
-    direct:    quality.rate.rating_requests + backends.runner.run_requests_async + apply_ratings
-               (one call, one event loop; build, send and join are timed)
-    stage/S:   distill.stages.filter_stage on a temp run directory, judge endpoint
-               max_in_flight=--in-flight, filter.requests_per_shard=S (the stage sends one
-               shard at a time: each is one run_requests call, so at most min(S, in flight)
-               requests are in flight, and each shard opens and closes its own event loop and
-               HTTP client). S = 16 (the old generate-sized shards), 256 (the filter's default)
-               and --shard.
+    direct:    filters.rate.rating_requests + backends.runner.run_requests (run_requests_async
+               on an event loop of its own) + apply_ratings (one call; build, send and join
+               are timed)
+    stage/S:   the filter stage, judge endpoint max_in_flight=--in-flight,
+               filter.requests_per_shard=S. S = 16 (the old generate-sized shards), 256 (the
+               filter's default) and --shard.
     After one warm-up each, --repeats rounds run every variant in a rotating order; medians.
     Every run uses a fresh run directory / journal, so every request is sent.
 (b) memory: --memory-n (50,000) synthetic records (alpaca_5000 with deterministic edits, each
-    record distinct) through filter_stage (S = --memory-shard, default 256); RSS (psutil) is
-    sampled after every
-    shard (from the stage's `send` hook), every 0.05 s by a thread (for peaks), and at the
-    entry and exit of each step of filter_stage (the functions it calls are wrapped here; the
-    stage's code is unchanged), then after it returns, before and after gc + malloc_trim.
-(c) where the memory goes: --trace-n records through filter_stage under tracemalloc (25
-    frames); at the entry of select_rated (all replies in) and of RunDir.merge_rejections
-    (the end), the live Python allocations are grouped by the innermost frame in
-    this repository (file:line, function) and by the stage's local variable that holds them.
+    record distinct) through the filter stage (S = --memory-shard, default 256); RSS (psutil)
+    is sampled after every shard (from the stage's `send` hook), every 0.05 s by a thread (for
+    peaks), and at the entry and exit of each step of the stage (the functions it calls are
+    wrapped here; the stage's code is unchanged), then after it returns, before and after gc
+    + malloc_trim. The steps: pipeline.stages.filter.checked_generated, filters.judge's
+    rate_in_shards, selection and kept_rated (a generator: from its first record to its last,
+    while the stage writes filtered.jsonl), filters.histogram.score_histogram_png,
+    pipeline.stages.filter.export_filtered and core.rundir.RunDir.merge_rejections.
+(c) where the memory goes: --trace-n records through the stage under tracemalloc (25 frames);
+    at the entry of filters.judge.selection (all replies in) and of export_filtered (the last
+    step inside FilterStage.run), the live Python allocations are grouped by the innermost
+    frame in this repository (file:line, function); and the deep size of the locals that hold
+    the records and the ratings: JudgeFilter.apply's at the entry of score_histogram_png,
+    FilterStage.run's at the entry of export_filtered.
 
-(d) cost of the IFD pre-filter (quality.ifd): --ifd-n alpaca records (spread over the file)
+(d) cost of the IFD pre-filter (filters.ifd): --ifd-n alpaca records (spread over the file)
     scored by SmolLM2-135M on the CPU with --ifd-threads torch threads; records/s.
 
-Usage:  python bench/bench_filter.py [--n 2000] [--in-flight 64] [--shard 1024] [--repeats 3]
+Usage:  python -m bench.bench_filter [--n 2000] [--in-flight 64] [--shard 1024] [--repeats 3]
             [--workers 2] [--memory-n 50000] [--trace-n 1000] [--ifd-n 48] [--ifd-threads 1]
-            [--no-plant] [--skip-throughput] [--skip-memory] [--skip-trace]
+            [--no-plant] [--one-shard-at-a-time] [--skip-throughput] [--skip-memory] [--skip-trace]
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
-import asyncio
 import contextlib
-import ctypes
 import functools
 import gc
+import inspect
 import json
 import os
-import platform
 import random
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 import tracemalloc
-import urllib.request
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import pipeline.stages.filter as filter_module
+import prompts
+from backends.config import ModelEndpoint
+from backends.openai_compat import OpenAICompatibleBackend
+from backends.runner import RetryPolicy, run_requests
+from bench.harness import (
+    MODEL,
+    REPO,
+    interleaved_rounds,
+    machine_line,
+    malloc_trim,
+    markdown_table,
+    medians,
+    rss_mb,
+    shared_data_dir,
+    start_katan,
+)
+from core.records import Journal, write_jsonl
+from core.rundir import RunDir
+from filters import histogram, judge, rate
+from filters.base import record_key
+from filters.config import FilterConfig
+from pipeline.config import PipelineConfig
+from pipeline.requests import send_shard
+from pipeline.session import open_session, run_stage
+from pipeline.stages.filter import FilterStage
 
-import psutil  # noqa: E402
-
-import distill.stages as stages  # noqa: E402
-import distill.stages.filter as filter_module  # noqa: E402
-import quality.histogram as histogram  # noqa: E402
-import quality.rate as rate  # noqa: E402
-from backends.factory import open_chat_backend  # noqa: E402
-from backends.openai_compat import OpenAICompatibleBackend  # noqa: E402
-from backends.runner import RetryPolicy, run_requests  # noqa: E402
-from distill.config import FilterConfig, ModelEndpoint, PipelineConfig  # noqa: E402
-from distill.records import Journal, write_jsonl  # noqa: E402
-from distill.rundir import RunDir  # noqa: E402
-
-DATA = REPO.parent / "shared" / "data"
-MODEL = "echo"
+DATA = shared_data_dir()
 PLANTED = [i / 2 for i in range(11)]  # 0, 0.5, ..., 5
-
-
-# ----------------------------------------------------------------------------- server
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_katan(workers: int, stats_file: str) -> tuple[subprocess.Popen, str, list[str]]:
-    port = free_port()
-    command = [str(Path(sys.executable).parent / "llm-katan"), "-m", MODEL, "-b", "echo", "-p", str(port),
-               "-h", "127.0.0.1", "--disable-dashboard", "--stats-file", stats_file, "--log-level", "warning",
-               "--max-concurrent", "1024", "-w", str(workers)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"llm-katan exited with {process.returncode}: {' '.join(command)}")
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
-            return process, f"http://127.0.0.1:{port}/v1", command
-        except OSError:
-            time.sleep(0.3)
-    stop_katan(process)
-    raise RuntimeError("llm-katan did not start in 60 s")
-
-
-def stop_katan(process: subprocess.Popen) -> None:
-    # Only the server started here: its own session / process group (uvicorn's workers too).
-    try:
-        os.killpg(process.pid, 15)
-    except ProcessLookupError:
-        return
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, 9)
-        process.wait(timeout=5)
-
-
-def tree_cpu_s(process: subprocess.Popen) -> float:
-    """CPU seconds used so far by the server and its workers."""
-    total = 0.0
-    try:
-        root = psutil.Process(process.pid)
-        for proc in [root, *root.children(recursive=True)]:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                times = proc.cpu_times()
-                total += times.user + times.system
-    except psutil.NoSuchProcess:
-        pass
-    return total
 
 
 # ----------------------------------------------------------------------------- workload
@@ -185,10 +148,10 @@ def synthetic_records(base: list[dict], n: int) -> list[dict]:
                 words[j], words[j + 1] = words[j + 1], words[j]
             record["output"] = " ".join(words)
         record["instruction"] = instruction
-        key = rate.record_key(record)
+        key = record_key(record)
         if key in seen:  # keep every record distinct: a repeated key would be rated once
             record["instruction"] += f" (variant {k})"
-        seen.add(rate.record_key(record))
+        seen.add(record_key(record))
         records.append(record)
     return records
 
@@ -201,47 +164,61 @@ def load_ifd_sample(n: int) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- helpers
-def rss_mb() -> float:
-    return psutil.Process().memory_info().rss / 2**20
-
-
-def malloc_trim() -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
 def make_config(url: str, in_flight: int, shard: int) -> PipelineConfig:
-    judge = ModelEndpoint(backend="openai", model=MODEL, base_urls=[url], max_in_flight=in_flight, max_retries=3)
-    return PipelineConfig(name="bench-filter", seed_tasks=DATA / "seed_tasks.jsonl", teacher=judge,
+    judge_endpoint = ModelEndpoint(backend="openai", model=MODEL, base_urls=[url], max_in_flight=in_flight,
+                                   max_retries=3)
+    return PipelineConfig(name="bench-filter", seed_tasks=REPO / "data" / "seed_tasks.jsonl", teacher=judge_endpoint,
                           filter=FilterConfig(threshold=4.5, requests_per_shard=shard))
 
 
-def run_stage(url: str, records_path: Path, root: Path, in_flight: int, shard: int, on_shard=None) -> tuple[dict, float, float]:
-    """filter_stage on a fresh run directory whose generated.jsonl is records_path; (summary, wall, cpu)."""
-    rundir = RunDir(root).create()
-    os.link(records_path, rundir.generated)
-    config = make_config(url, in_flight, shard)
-    path = stages.RequestPath(rundir, stages.usage_so_far(rundir, config))
+class CountingSender:
+    """The stage's own sender (send_shard: several shards in flight), calling on_shard(count)
+    with each shard's outcome count as the stage takes them."""
 
-    def send(path_, backend, endpoint, journal_name, requests):
-        outcomes = stages.send_shard(path_, backend, endpoint, journal_name, requests)
+    def __init__(self, on_shard):
+        self.on_shard = on_shard
+
+    def __call__(self, *args):
+        return next(iter(self.send_many(*args[:4], [args[4]])))
+
+    def send_many(self, *args):
+        for outcomes in send_shard.send_many(*args):
+            self.on_shard(len(outcomes))
+            yield outcomes
+
+
+def one_shard_at_a_time(on_shard=None):
+    """A sender without `send_many`: pipeline.requests.send_shards then sends each shard after
+    the one before has come back (--one-shard-at-a-time)."""
+    def send(*args):
+        outcomes = send_shard(*args)
         if on_shard:
             on_shard(len(outcomes))
         return outcomes
+    return send
 
-    try:
-        with open_chat_backend(config.judge_endpoint) as judge:
-            cpu0, wall0 = time.process_time(), time.perf_counter()
-            summary = stages.filter_stage(config, rundir, judge, path, send=send)
-            wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-    finally:
-        path.close()
-    return summary, wall, cpu
+
+def run_filter_stage(url: str, records_path: Path, root: Path, in_flight: int, shard: int,
+                     on_shard=None, one_at_a_time: bool = False) -> tuple[dict, float, float]:
+    """The filter stage on a fresh run directory whose generated.jsonl is records_path; (summary, wall, cpu)."""
+    rundir = RunDir(root).create()
+    os.link(records_path, rundir.generated)
+    config = make_config(url, in_flight, shard)
+    if one_at_a_time:
+        send = one_shard_at_a_time(on_shard)
+    else:
+        send = CountingSender(on_shard) if on_shard else None
+    with open_session(config, root / "bench.yaml", rundir, send=send, progress=False) as context:
+        context.models.judge()  # opened before the clock starts
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        summary = run_stage(FilterStage(), context, skip_finished=False)
+        wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    return summary.to_json(), wall, cpu
 
 
 def run_direct(url: str, records: list[dict], in_flight: int, journal_path: Path) -> tuple[dict, float, float]:
-    """rating_requests + run_requests_async + apply_ratings; (counts, wall, cpu)."""
-    template = rate.RATING_TEMPLATE.read_text(encoding="utf-8")
+    """rating_requests + run_requests + apply_ratings; (counts, wall, cpu)."""
+    template = prompts.load_template(rate.RATING_TEMPLATE)
     backend = OpenAICompatibleBackend(MODEL, [url], max_connections=in_flight)
     cpu0, wall0 = time.process_time(), time.perf_counter()
     requests = rate.rating_requests(records, template, FilterConfig())
@@ -279,40 +256,58 @@ class RssSampler(threading.Thread):
         return self.peak()
 
 
-# The steps of filter_stage, as (module or class, attribute, label): wrapped to log RSS around them.
+# The steps of the filter stage, as (module or class, attribute, label): wrapped to log RSS
+# around them. Each is looked up by name where it is called, so the wrapper is what runs.
+STEP_SELECTION = "selection (keep-or-drop rule)"
+STEP_HISTOGRAM = "score_histogram_png"
+STEP_EXPORT = "export_filtered"
+STEP_MERGE = "RunDir.merge_rejections"
 STEPS = [
-    (filter_module, "Candidates", "Candidates (check generated.jsonl)"),
-    (filter_module, "rate_in_shards", "rate_in_shards (-> rated.jsonl)"),
-    (filter_module, "select_rated", "select_rated (-> filtered.jsonl)"),
-    (RunDir, "merge_rejections", "RunDir.merge_rejections"),
-    (histogram, "score_histogram_png", "score_histogram_png"),
-    (filter_module, "export_filtered", "export_filtered"),
+    (filter_module, "checked_generated", "checked_generated (check generated.jsonl)"),
+    (judge, "rate_in_shards", "rate_in_shards (-> rated.jsonl)"),
+    (judge, "selection", STEP_SELECTION),
+    (histogram, "score_histogram_png", STEP_HISTOGRAM),
+    (judge, "kept_rated", "kept_rated (-> filtered.jsonl)"),
+    (filter_module, "export_filtered", STEP_EXPORT),
+    (RunDir, "merge_rejections", STEP_MERGE),
 ]
 
 
 @contextlib.contextmanager
 def wrapped_steps(log: list, before=None, sampler: RssSampler | None = None):
-    """Wrap filter_stage's steps so that each logs (label, RSS at entry, RSS at exit, seconds,
-    peak RSS inside, sampler marks at entry and exit)."""
+    """Wrap the stage's steps so that each logs (label, RSS at entry, RSS at exit, seconds,
+    peak RSS inside, sampler marks at entry and exit). A generator step (kept_rated) is timed
+    from its first record to its last, its consumer's work included."""
     originals = []
     for owner, name, label in STEPS:
         original = getattr(owner, name)
         originals.append((owner, name, original))
 
         def make(original=original, label=label):
-            @functools.wraps(original)
-            def wrapper(*args, **kwargs):
-                shown = label
+            def enter():
                 if before:
-                    before(shown)
-                entry, started = rss_mb(), time.perf_counter()
-                first = sampler.mark() if sampler else 0
-                result = original(*args, **kwargs)
+                    before(label)
+                return rss_mb(), time.perf_counter(), sampler.mark() if sampler else 0
+
+            def leave(entry, started, first):
                 exit_ = rss_mb()
                 last = sampler.mark() if sampler else 0
                 inside = max(entry, exit_, sampler.peak(first, last) if sampler else 0.0)
-                log.append((shown, entry, exit_, time.perf_counter() - started, inside, first, last))
-                return result
+                log.append((label, entry, exit_, time.perf_counter() - started, inside, first, last))
+
+            if inspect.isgeneratorfunction(original):
+                @functools.wraps(original)
+                def wrapper(*args, **kwargs):
+                    state = enter()
+                    yield from original(*args, **kwargs)
+                    leave(*state)
+            else:
+                @functools.wraps(original)
+                def wrapper(*args, **kwargs):
+                    state = enter()
+                    result = original(*args, **kwargs)
+                    leave(*state)
+                    return result
             return wrapper
 
         setattr(owner, name, make())
@@ -383,22 +378,25 @@ def deep_size(value, seen: set) -> int:
     return size
 
 
-def stage_locals(frame_name: str = "filter_stage") -> dict:
-    """The local variables of the running filter_stage frame (for sizing what it holds)."""
+def frame_locals(function: str, filename: str) -> dict:
+    """The local variables of the running frame of `function` (defined in `filename`), for
+    sizing what it holds: FilterStage.run ("run", pipeline/stages/filter.py) or
+    JudgeFilter.apply ("apply", filters/judge.py)."""
     for thread_frame in sys._current_frames().values():
         frame = thread_frame
         while frame is not None:
-            if frame.f_code.co_name == frame_name and frame.f_code.co_filename == stages.filter.__file__:
+            if frame.f_code.co_name == function and frame.f_code.co_filename == filename:
                 return dict(frame.f_locals)
             frame = frame.f_back
     return {}
 
 
-def sizes_of_locals(names: list[str]) -> list[tuple[str, float]]:
-    """Deep sizes (MB) of filter_stage's big locals, in the order given; shared objects counted once."""
-    local = stage_locals()
+def sizes_of_locals(where: str, function: str, filename: str, names: list[str]) -> list[tuple[str, float]]:
+    """Deep sizes (MB) of a running frame's big locals, in the order given, each named
+    `where.name`; an object shared by several is counted with the first."""
+    local = frame_locals(function, filename)
     seen: set = set()
-    return [(name, deep_size(local[name], seen) / 2**20) for name in names if name in local]
+    return [(f"{where}.{name}", deep_size(local[name], seen) / 2**20) for name in names if name in local]
 
 
 # ----------------------------------------------------------------------------- main
@@ -412,10 +410,13 @@ def main(argv=None) -> int:
     ap.add_argument("--memory-n", type=int, default=50_000, help="records in the memory run (default 50000)")
     ap.add_argument("--memory-shard", type=int, default=256, help="requests_per_shard of the memory run (default 256)")
     ap.add_argument("--trace-n", type=int, default=1000, help="records in the tracemalloc run (default 1000)")
-    ap.add_argument("--ifd-n", type=int, default=48, help="alpaca records scored by quality.ifd (0: skip; default 48)")
+    ap.add_argument("--ifd-n", type=int, default=48, help="alpaca records scored by filters.ifd (0: skip; default 48)")
     ap.add_argument("--ifd-threads", type=int, default=1, help="torch threads for IFD scoring (default 1)")
     ap.add_argument("--ifd-batch", type=int, default=8, help="IFD batch size in sequences (default 8)")
     ap.add_argument("--no-plant", action="store_true", help="do not plant scores: every echo reply is unscored")
+    ap.add_argument("--one-shard-at-a-time", action="store_true",
+                    help="send the stage's shards one after another instead of with the stage's own sender "
+                         "(several in flight); how this benchmark sent them before the stage pipelined its shards")
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--skip-trace", action="store_true")
@@ -423,9 +424,9 @@ def main(argv=None) -> int:
     plant = not args.no_plant
 
     load = os.getloadavg()
-    print(f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs, "
-          f"{psutil.virtual_memory().total / 2**30:.0f} GiB; load average at start {load[0]:.1f} {load[1]:.1f} "
-          f"{load[2]:.1f}; scores {'planted' if plant else 'not planted (all unscored)'}")
+    print(f"{machine_line()}; load average at start {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}; "
+          f"scores {'planted' if plant else 'not planted (all unscored)'}; the stage's shards sent "
+          f"{'one at a time' if args.one_shard_at_a_time else 'by its own sender (several in flight)'}")
     alpaca = load_alpaca()
     rows: list[tuple] = []
     mem_rows: list[tuple] = []
@@ -434,8 +435,9 @@ def main(argv=None) -> int:
     ifd_rows: list[tuple] = []
     with tempfile.TemporaryDirectory(prefix="bench-filter-") as tmpdir:
         tmp = Path(tmpdir)
-        process, url, command = start_katan(args.workers, str(tmp / "katan-stats.json"))
-        print(f"server: {' '.join([Path(command[0]).name] + command[1:])}")
+        server = start_katan("--max-concurrent", "1024", stats_file=tmp / "katan-stats.json", workers=args.workers)
+        url = server.url
+        print(f"server: {' '.join([Path(server.command[0]).name] + server.command[1:])}")
         try:
             # ------------------------------------------------------------- (a) throughput
             if not args.skip_throughput:
@@ -443,10 +445,11 @@ def main(argv=None) -> int:
                 records_path = tmp / "tp-generated.jsonl"
                 write_jsonl(records_path, records)
                 variants = {
-                    "direct": f"rating_requests + run_requests_async ({args.in_flight} in flight) + apply_ratings",
-                    "stage/16": f"filter_stage, requests_per_shard 16, judge max_in_flight {args.in_flight}",
-                    "stage/256": f"filter_stage, requests_per_shard 256 (default), judge max_in_flight {args.in_flight}",
-                    f"stage/{args.shard}": f"filter_stage, requests_per_shard {args.shard}, judge max_in_flight "
+                    "direct": f"rating_requests + run_requests ({args.in_flight} in flight) + apply_ratings",
+                    "stage/16": f"filter stage, requests_per_shard 16, judge max_in_flight {args.in_flight}",
+                    "stage/256": f"filter stage, requests_per_shard 256 (default), judge max_in_flight "
+                                 f"{args.in_flight}",
+                    f"stage/{args.shard}": f"filter stage, requests_per_shard {args.shard}, judge max_in_flight "
                                            f"{args.in_flight}",
                 }
                 print(f"\n[a] {args.n} records per run; 1 warm-up + {args.repeats} timed rounds, rotating order")
@@ -456,31 +459,28 @@ def main(argv=None) -> int:
                 def one(name: str, label: str, timed: bool) -> None:
                     nonlocal counter
                     counter += 1
-                    server0 = tree_cpu_s(process)
+                    server0 = server.cpu_seconds()
                     if name == "direct":
                         counts, wall, cpu = run_direct(url, records, args.in_flight, tmp / f"direct-{counter}.jsonl")
                         kept = None
                     else:
                         shard = int(name.split("/")[1])
-                        summary, wall, cpu = run_stage(url, records_path, tmp / f"run-{counter}", args.in_flight, shard)
+                        summary, wall, cpu = run_filter_stage(url, records_path, tmp / f"run-{counter}",
+                                                              args.in_flight, shard,
+                                                              one_at_a_time=args.one_shard_at_a_time)
                         counts, kept = summary["counts"], summary["kept"]
-                    server = tree_cpu_s(process) - server0
+                    server_cpu = server.cpu_seconds() - server0
                     scored = sum(v for k, v in counts.items() if k.startswith("score:"))
                     print(f"    {label:<8} {name:<12} {args.n / wall:6.0f} records/s  {wall:6.2f} s  client "
-                          f"{cpu / args.n * 1e6:5.0f} us CPU/record  server {server / args.n * 1e6:5.0f} us CPU/record"
-                          f"  scored {scored}" + (f"  kept {kept}" if kept is not None else ""), flush=True)
+                          f"{cpu / args.n * 1e6:5.0f} us CPU/record  server {server_cpu / args.n * 1e6:5.0f} us "
+                          f"CPU/record  scored {scored}" + (f"  kept {kept}" if kept is not None else ""), flush=True)
                     if timed:
-                        timings[name].append((args.n / wall, cpu / args.n, server / args.n))
+                        timings[name].append((args.n / wall, cpu / args.n, server_cpu / args.n))
 
-                names = list(variants)
-                for name in names:
-                    one(name, "warm-up", False)
-                for i in range(args.repeats):
-                    for name in names[i % len(names):] + names[:i % len(names)]:
-                        one(name, f"round {i + 1}", True)
+                interleaved_rounds(list(variants), args.repeats, one)
                 for name, label in variants.items():
-                    rate_, cpu, server = (statistics.median(col) for col in zip(*timings[name]))
-                    rows.append((label, f"{rate_:.0f}", f"{cpu * 1e6:.0f} us", f"{server * 1e6:.0f} us"))
+                    rate_, cpu, server_cpu = medians(timings[name])
+                    rows.append((label, f"{rate_:.0f}", f"{cpu * 1e6:.0f} us", f"{server_cpu * 1e6:.0f} us"))
                 del records
 
             # ------------------------------------------------------------- (b) memory
@@ -491,7 +491,7 @@ def main(argv=None) -> int:
                 del alpaca[:]
                 gc.collect()
                 malloc_trim()
-                print(f"\n[b] memory: {args.memory_n} records ({size_mb:.1f} MB of JSONL) through filter_stage, "
+                print(f"\n[b] memory: {args.memory_n} records ({size_mb:.1f} MB of JSONL) through the filter stage, "
                       f"requests_per_shard {args.memory_shard}, {args.in_flight} in flight")
                 shard_samples: list[tuple[int, float]] = []
                 steps: list[tuple] = []
@@ -507,8 +507,9 @@ def main(argv=None) -> int:
                 sampler = RssSampler()
                 sampler.start()
                 with wrapped_steps(steps, sampler=sampler):
-                    summary, wall, _ = run_stage(url, records_path, tmp / "mem-run", args.in_flight,
-                                                 args.memory_shard, on_shard=on_shard)
+                    summary, wall, _ = run_filter_stage(url, records_path, tmp / "mem-run", args.in_flight,
+                                                        args.memory_shard, on_shard=on_shard,
+                                                        one_at_a_time=args.one_shard_at_a_time)
                 peak = sampler.stop()
                 after_return = rss_mb()
                 gc.collect()
@@ -532,26 +533,26 @@ def main(argv=None) -> int:
                 print(f"    growth while rating {first_done} -> {last_done}: {last_rss - first_rss:+.1f} MB "
                       f"({per_record:.0f} bytes/record)")
                 # The one thing that must grow with the records: the judge journal's key -> offset
-                # index (distill.records.Journal keeps it so that a rerun finds every paid reply).
+                # index (core.records.Journal keeps it so that a rerun finds every paid reply).
                 with Journal(RunDir(tmp / "mem-run").journal("rate")) as journal:
                     index_mb = deep_size(journal._offsets, set()) / 2**20
                 other = last_rss - first_rss - index_mb
                 print(f"    of which the rate journal's key index {index_mb:.1f} MB "
                       f"({index_mb * 2**20 / len(journal):.0f} bytes/record); the rest {other:+.1f} MB")
-                print("    RSS around each step of filter_stage (entry -> exit, peak inside), and in filter_stage's "
-                      "own code between steps:")
+                print("    RSS around each step of the filter stage (entry -> exit, peak inside), and in the "
+                      "stage's own code between steps:")
                 previous = None
                 for label, entry, exit_, seconds, inside, first, last in steps:
                     if previous is not None and abs(entry - previous[2]) >= 1:
                         gap_peak = max(previous[2], entry, sampler.peak(previous[6], first))
-                        gap = f"(filter_stage, {previous[0]} -> {label})"
+                        gap = f"(between {previous[0].split(' ')[0]} and {label.split(' ')[0]})"
                         print(f"      {gap:<58} {previous[2]:8.1f} -> {entry:8.1f} MB  ({entry - previous[2]:+7.1f})  "
                               f"peak {gap_peak:7.1f}")
                         gaps.append((gap, entry - previous[2], gap_peak))
                     print(f"      {label:<58} {entry:8.1f} -> {exit_:8.1f} MB  ({exit_ - entry:+7.1f})  "
                           f"peak {inside:7.1f}  {seconds:6.2f} s")
                     previous = (label, entry, exit_, seconds, inside, first, last)
-                print(f"    RSS after filter_stage returned {after_return:.1f} MB; after gc + malloc_trim "
+                print(f"    RSS after the stage returned {after_return:.1f} MB; after gc + malloc_trim "
                       f"{after_trim:.1f} MB")
                 mem_rows += [
                     ("records (JSONL on disk)", f"{args.memory_n:,} ({size_mb:.0f} MB)"),
@@ -565,7 +566,8 @@ def main(argv=None) -> int:
                 ]
                 for label, entry, exit_, _, inside, _, _ in steps:
                     if abs(exit_ - entry) >= 5 or inside - entry >= 5:
-                        mem_rows.append((f"step {label}", f"{exit_ - entry:+.0f} MB (peak inside {inside - entry:+.0f})"))
+                        mem_rows.append((f"step {label}",
+                                         f"{exit_ - entry:+.0f} MB (peak inside {inside - entry:+.0f})"))
                 for gap, delta, gap_peak in gaps:
                     if abs(delta) >= 5:
                         mem_rows.append((gap, f"{delta:+.0f} MB"))
@@ -578,22 +580,28 @@ def main(argv=None) -> int:
                 records_path = tmp / "trace-generated.jsonl"
                 write_jsonl(records_path, as_generated(synthetic_records(alpaca, args.trace_n), plant, "trace"))
                 gc.collect()
-                print(f"\n[c] tracemalloc: {args.trace_n} records through filter_stage (requests_per_shard "
+                print(f"\n[c] tracemalloc: {args.trace_n} records through the filter stage (requests_per_shard "
                       f"{args.shard}); live allocations by innermost repository frame")
                 snapshots: dict[str, tracemalloc.Snapshot] = {}
                 held: list[tuple[str, float]] = []
 
                 def snap(label: str) -> None:
-                    if label in ("select_rated (-> filtered.jsonl)", "RunDir.merge_rejections") and label not in snapshots:
+                    if label in (STEP_SELECTION, STEP_EXPORT) and label not in snapshots:
                         gc.collect()  # count what is held, not garbage waiting for the collector
                         snapshots[label] = tracemalloc.take_snapshot()
-                    if label == "RunDir.merge_rejections" and not held:
-                        held.extend(sizes_of_locals(["candidates", "tally", "ranking", "drop_counts"]))
+                    # The rating tally lives in JudgeFilter.apply until it returns; the stream of
+                    # kept records and the drop counts in FilterStage.run until the end.
+                    if label == STEP_HISTOGRAM and not any(name.startswith("JudgeFilter") for name, _ in held):
+                        held.extend(sizes_of_locals("JudgeFilter.apply", "apply", judge.__file__, ["tally"]))
+                    if label == STEP_EXPORT and not any(name.startswith("FilterStage") for name, _ in held):
+                        held.extend(sizes_of_locals("FilterStage.run", "run", filter_module.__file__,
+                                                    ["records", "drop_counts"]))
 
                 tracemalloc.start(25)
                 try:
                     with wrapped_steps([], snap):
-                        run_stage(url, records_path, tmp / "trace-run", args.in_flight, args.shard)
+                        run_filter_stage(url, records_path, tmp / "trace-run", args.in_flight, args.shard,
+                                         one_at_a_time=args.one_shard_at_a_time)
                 finally:
                     tracemalloc.stop()
                 for label, snapshot in snapshots.items():
@@ -604,22 +612,23 @@ def main(argv=None) -> int:
                     for where, size, count in groups[:12]:
                         print(f"      {size / 2**20:7.1f} MB  {size / args.trace_n:6.0f} B/record  {count:8d} blocks  "
                               f"{where}")
-                    if label == "RunDir.merge_rejections":
+                    if label == STEP_EXPORT:
                         trace_rows += [(where, f"{size / args.trace_n:.0f}", f"{size / total:.0%}")
                                        for where, size, _ in groups[:10]]
-                print("    filter_stage's locals at the entry of RunDir.merge_rejections (deep size; an object "
-                      "shared by several is counted with the first):")
+                print(f"    the stage's locals (deep size; an object shared by several is counted with the first): "
+                      f"JudgeFilter.apply's at the entry of {STEP_HISTOGRAM}, FilterStage.run's at the entry of "
+                      f"{STEP_EXPORT}:")
                 for name, mb in held:
-                    print(f"      {name:<16} {mb:8.1f} MB  ({mb * 2**20 / args.trace_n:6.0f} bytes/record)")
+                    print(f"      {name:<28} {mb:8.1f} MB  ({mb * 2**20 / args.trace_n:6.0f} bytes/record)")
                     held_rows.append((f"`{name}`", f"{mb * 2**20 / args.trace_n:.0f}"))
         finally:
-            stop_katan(process)
+            server.stop()
 
     # ----------------------------------------------------------------- (d) IFD scoring cost
     if args.ifd_n:
         import torch
 
-        from quality.ifd import ifd_scores, load_ifd_model, select_by_ifd
+        from filters.ifd import ifd_scores, load_ifd_model, select_by_ifd
 
         threads = torch.get_num_threads()
         torch.set_num_threads(args.ifd_threads)
@@ -644,33 +653,18 @@ def main(argv=None) -> int:
         ifd_rows.append((f"IFD scoring ({len(sample)} records, {args.ifd_threads} thread, batch {args.ifd_batch})",
                          f"{len(sample) / wall:.2f} records/s ({cpu / len(sample):.2f} s CPU/record)"))
 
-    if rows:
-        print(f"\n| path ({args.n} records, median of {args.repeats}) | records/s | client CPU / record "
-              f"| server CPU / record |")
-        print("| --- | ---: | ---: | ---: |")
-        for row in rows:
-            print("| " + " | ".join(row) + " |")
-    if mem_rows:
-        print(f"\n| memory: {args.memory_n:,} records through filter_stage | value |")
-        print("| --- | ---: |")
-        for row in mem_rows:
-            print("| " + " | ".join(row) + " |")
-    if trace_rows:
-        print(f"\n| live at RunDir.merge_rejections ({args.trace_n:,} records, tracemalloc): allocated in "
-              f"| bytes / record | share |")
-        print("| --- | ---: | ---: |")
-        for row in trace_rows:
-            print("| " + " | ".join(row) + " |")
-    if ifd_rows:
-        print("\n| IFD (quality/ifd.py) | value |")
-        print("| --- | ---: |")
-        for row in ifd_rows:
-            print("| " + " | ".join(row) + " |")
-    if held_rows:
-        print(f"\n| filter_stage local at RunDir.merge_rejections ({args.trace_n:,} records) | bytes / record |")
-        print("| --- | ---: |")
-        for row in held_rows:
-            print("| " + " | ".join(row) + " |")
+    tables = [
+        ((f"path ({args.n} records, median of {args.repeats})", "records/s", "client CPU / record",
+          "server CPU / record"), rows),
+        ((f"memory: {args.memory_n:,} records through the filter stage", "value"), mem_rows),
+        ((f"live at {STEP_EXPORT} ({args.trace_n:,} records, tracemalloc): allocated in", "bytes / record",
+          "share"), trace_rows),
+        (("IFD (filters/ifd.py)", "value"), ifd_rows),
+        ((f"stage local at the step's entry ({args.trace_n:,} records)", "bytes / record"), held_rows),
+    ]
+    for header, table_rows in tables:
+        if table_rows:
+            print("\n" + markdown_table(header, table_rows))
     print()
     return 0
 

@@ -33,16 +33,19 @@ Every setting runs in its own process (liger patches modules globally; an OOM st
 times --steps optimizer steps after --warmup (cuda-synchronised wall time between step ends,
 so data loading, logging and the optimizer are included), and reports peak allocated memory.
 
-Usage:  python bench/bench_finetune_gpu.py [--out DIR] [--only a,b,...] [--tiny] [--budget-s 540]
+Run from the repository root (the project need not be installed: its packages import from
+there, and each setting's worker process is started the same way, in the repository root):
+
+Usage:  python -m bench.bench_finetune_gpu [--out DIR] [--only a,b,...] [--tiny] [--budget-s 540]
             [--steps 8] [--warmup 3] [--without FIELD,...] [--check-varlen] [--list]
 
 On the lent H100 (no trl/datasets/liger/pydantic there: carried as wheels in .whl/, see
 docs/benchmarks.md), one call measures several settings, e.g.
     export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
-    python3 bench/bench_finetune_gpu.py --out $OUT/final --steps 10 --warmup 3 \
+    python3 -m bench.bench_finetune_gpu --out $OUT/final --steps 10 --warmup 3 \
         --only fp32w-gc-b4,best-b7,best-b6,best-nocompile-liger-b6
 CPU smoke test of the code paths (tiny model, no liger or compile):
-    python bench/bench_finetune_gpu.py --tiny --seq-len 256 --steps 2 --warmup 1 \
+    python -m bench.bench_finetune_gpu --tiny --seq-len 256 --steps 2 --warmup 1 \
         --without use_liger_kernel,torch_compile --only fast-b4,docs-packed-varlen-b4
 """
 
@@ -58,8 +61,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from bench.harness import REPO
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -221,7 +223,7 @@ def run_setting(name: str, args) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig, TrainerCallback
 
-    from distill.config import FinetuneConfig
+    from finetune.config import FinetuneConfig
     from finetune.train import build_trainer_for_dataset, load_model, model_load_kwargs
 
     overrides, opts = SETTINGS[name]
@@ -476,7 +478,7 @@ def check_varlen(out: Path) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from distill.config import FinetuneConfig
+    from finetune.config import FinetuneConfig
     from finetune.train import model_load_kwargs
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -572,8 +574,9 @@ def driver(args) -> int:
             results.append({"name": name, "error": f"skipped: {left:.0f} s of the budget left"})
             continue
         res_file = out / f".{name}.json"
-        cmd = [sys.executable, __file__, "--worker", name, "--result", str(res_file), "--steps", str(args.steps),
-               "--warmup", str(args.warmup), "--seq-len", str(args.seq_len), "--without", args.without]
+        cmd = [sys.executable, "-m", "bench.bench_finetune_gpu", "--worker", name, "--result", str(res_file),
+               "--steps", str(args.steps), "--warmup", str(args.warmup), "--seq-len", str(args.seq_len),
+               "--without", args.without]
         cmd += ["--tiny"] if args.tiny else []
         cmd += ["--model-cache", args.model_cache]
         t0 = time.monotonic()

@@ -5,7 +5,7 @@ The student has the Llama-2-7B shape (hidden 4096, 32 layers, 32 heads, intermed
 vocab 32000) with random bf16 weights built from a LlamaConfig on the GPU: nothing is
 downloaded. Prompts are the project's own evaluation sets (Vicuna 80 + Self-Instruct 252) in
 the Alpaca template, cycled to fill every batch, through the project's own answer path,
-``eval.student.answer_prompts`` (length-sorted batches, left padding, greedy). The tokenizer
+``student.generation.answer_prompts`` (length-sorted batches, left padding, greedy). The tokenizer
 is a word-level one built from the sets' words (no tokenizer can be downloaded), so prompt
 lengths are word counts, a little shorter than a real tokenizer's.
 
@@ -22,10 +22,13 @@ Each setting runs in its own process (an OOM or a compiled graph stays contained
 setting answers the same prompts twice: the first pass (compilation, CUDA graph capture) is
 timed and reported apart as the warm-up; in an evaluation run it is paid once per run.
 
-Usage:  python bench/bench_generate_gpu.py [--only plain-b32,static-b128] [--batches 2]
+Run from the repository root (the project need not be installed: its packages import from
+there, and each setting's process is started the same way, in the repository root):
+
+Usage:  python -m bench.bench_generate_gpu [--only plain-b32,static-b128] [--batches 2]
             [--max-new-tokens 256] [--out DIR] [--tiny]
 CPU smoke test of the code path (tiny model):
-    python bench/bench_generate_gpu.py --tiny --only plain-b4,static-b4 --max-new-tokens 8
+    python -m bench.bench_generate_gpu --tiny --only plain-b4,static-b4 --max-new-tokens 8
 """
 
 from __future__ import annotations
@@ -40,8 +43,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from bench.harness import REPO
 
 log = logging.getLogger("bench_generate_gpu")
 
@@ -81,7 +83,7 @@ def run_setting(name: str, args) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from eval.student import answer_prompts
+    from student.generation import answer_prompts
 
     kind, variant, batch = re.fullmatch(r"(plain|static)(-fullgraph)?-b(\d+)", name).groups()
     batch = int(batch)
@@ -155,10 +157,10 @@ def main() -> None:
         return
     results = []
     for name in args.only.split(","):
-        command = [sys.executable, __file__, "--one", name, "--batches", str(args.batches),
+        command = [sys.executable, "-m", "bench.bench_generate_gpu", "--one", name, "--batches", str(args.batches),
                    "--max-new-tokens", str(args.max_new_tokens), *(["--tiny"] if args.tiny else [])]
         started = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy())
+        done = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy(), cwd=REPO)
         if args.out:
             args.out.mkdir(parents=True, exist_ok=True)
             (args.out / f"{name}.log").write_text(done.stderr[-200_000:])

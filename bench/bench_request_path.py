@@ -9,7 +9,7 @@ uvicorn workers (--workers); its CPU use is measured too, to show it is not the 
               semaphore of --in-flight, one task per request.
 (b) runner:   run_requests_async(OpenAICompatibleBackend(...)) with a Journal in a temp dir,
               max_in_flight=--in-flight, the same N requests: the request path as shipped.
-(s) stage:    the generate stage itself (distill.stages.generate_stage) on a temp run
+(s) stage:    the generate stage itself (pipeline.stages.generate.GenerateStage) on a temp run
               directory, the teacher an `openai` endpoint at the server with max_in_flight =
               --in-flight, max_requests = N, requests_per_shard = each of --stage-shards, sent
               as the stage sends them (several shards in flight on one request loop): request
@@ -24,7 +24,7 @@ uvicorn workers (--workers); its CPU use is measured too, to show it is not the 
     request --flat-from to the last is compared with --flat-mb. Afterwards the returned
     outcomes are dropped (gc + malloc_trim) to show how much of the growth they held.
 
-Usage:  python bench/bench_request_path.py [--n 1000] [--in-flight 64] [--repeats 5]
+Usage:  python -m bench.bench_request_path [--n 1000] [--in-flight 64] [--repeats 5]
             [--workers 2] [--stage-shards 256,16] [--memory-n 20000] [--skip-throughput] [--skip-memory]
 """
 
@@ -32,32 +32,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import gc
-import os
-import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import httpx2
+import openai
 
-import httpx2  # noqa: E402
-import openai  # noqa: E402
-import psutil  # noqa: E402
-
-from backends.base import ChatRequest  # noqa: E402
-from backends.openai_compat import OpenAICompatibleBackend  # noqa: E402
-from backends.runner import RetryPolicy, run_requests_async  # noqa: E402
-from bench.katan_server import MODEL, start_katan  # noqa: E402
-from distill.config import GenerateConfig, ModelEndpoint, PipelineConfig  # noqa: E402
-from distill.records import Journal  # noqa: E402
-from distill.rundir import RunDir  # noqa: E402
-from distill.stages import RequestPath, generate_stage, send_shard, usage_so_far  # noqa: E402
-from backends.factory import open_chat_backend  # noqa: E402
+from backends.base import ChatRequest
+from backends.config import ModelEndpoint
+from backends.openai_compat import OpenAICompatibleBackend
+from backends.runner import RetryPolicy, run_requests_async
+from bench.harness import MODEL, REPO, interleaved_rounds, machine_line, malloc_trim, rss_mb, start_katan
+from bench.harness import medians as harness_medians
+from core.records import Journal
+from core.rundir import RunDir
+from pipeline.config import PipelineConfig
+from pipeline.requests import send_shard
+from pipeline.session import open_session
+from pipeline.stages.generate import GenerateStage
+from selfinstruct.config import GenerateConfig
 
 # Retries only matter if the server misbehaves; in echo mode without faults there are none.
 POLICY = RetryPolicy(max_retries=3, base_delay_s=0.01, max_delay_s=0.1)
@@ -118,46 +114,32 @@ def run_generate_stage(url: str, n: int, in_flight: int, shard: int, root: Path,
                             generate=GenerateConfig(max_requests=n, target_records=10**9, requests_per_shard=shard,
                                                     max_tokens=32))
     rundir = RunDir(root).create()
-    path = RequestPath(rundir, usage_so_far(rundir, config))
-    try:
-        with open_chat_backend(config.teacher) as backend:
-            cpu0, wall0 = time.process_time(), time.perf_counter()
-            done = 0
+    done = 0
 
-            class CountingSender:
-                """The stage's own sender (several shards in flight), counting the requests done."""
+    class CountingSender:
+        """The stage's own sender (several shards in flight), counting the requests done."""
 
-                def __call__(self, *args):
-                    return next(iter(self.send_many(*args[:4], [args[4]])))
+        def __call__(self, *args):
+            return next(iter(self.send_many(*args[:4], [args[4]])))
 
-                def send_many(self, *args):
-                    nonlocal done
-                    for outcomes in send_shard.send_many(*args):
-                        done += len(outcomes)
-                        if on_shard:
-                            on_shard(done)
-                        yield outcomes
+        def send_many(self, *args):
+            nonlocal done
+            for outcomes in send_shard.send_many(*args):
+                done += len(outcomes)
+                if on_shard:
+                    on_shard(done)
+                yield outcomes
 
-            summary = generate_stage(config, rundir, backend, path, send=CountingSender())
-            wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-    finally:
-        path.close()
+    with open_session(config, root / "bench.yaml", rundir, send=CountingSender()) as context:
+        context.models.teacher()  # opened before the clock starts, as the stage's caller does
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        summary = GenerateStage().run(context).to_json()
+        wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     assert summary["requests"] == n, summary
     return wall, cpu, summary["requests_failed"]
 
 
 # ----------------------------------------------------------------------------- memory
-def rss_mb() -> float:
-    return psutil.Process().memory_info().rss / 2**20
-
-
-def malloc_trim() -> None:
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
-
-
 def memory_run(url: str, n: int, in_flight: int, every: int, tmp: Path, shard: int | None = None) -> dict:
     """n requests through the project's path: one call (shard=None), or calls of `shard` requests
     on one journal whose outcomes are dropped after each call (as distill/stages.py sends shards)."""
@@ -273,8 +255,7 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-memory", action="store_true")
     args = ap.parse_args(argv)
 
-    print(f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs, "
-          f"{psutil.virtual_memory().total / 2**30:.0f} GiB; openai {openai.__version__}, httpx2 {httpx2.__version__}")
+    print(f"{machine_line()}; openai {openai.__version__}, httpx2 {httpx2.__version__}")
     rows: list[tuple] = []
     mem_rows: list[tuple] = []
     with tempfile.TemporaryDirectory(prefix="bench-request-path-") as tmpdir:
@@ -318,17 +299,10 @@ def main(argv=None) -> int:
                     if timed:
                         timings[name].append((args.n / wall, cpu / args.n, server_cpu / args.n))
 
-                names = list(variants)
-                for name in names:
-                    one(name, "warm-up", False)
-                for i in range(args.repeats):
-                    # Rotate the order, so that drift in machine load hits every variant alike.
-                    for name in names[i % len(names):] + names[:i % len(names)]:
-                        one(name, f"run {i + 1}", True)
-                    for name in names:
-                        paired[name].append(timings[name][-1][0] / timings["bare"][-1][0])
-                medians = {name: tuple(statistics.median(col) for col in zip(*rows_))
-                           for name, rows_ in timings.items()}
+                interleaved_rounds(list(variants), args.repeats, one)
+                for name in variants:  # each round timed every variant once: pair them by round
+                    paired[name] = [mine[0] / bare[0] for mine, bare in zip(timings[name], timings["bare"])]
+                medians = {name: harness_medians(rows_) for name, rows_ in timings.items()}
                 base_rate = medians["bare"][0]
                 pair = {name: statistics.median(values) for name, values in paired.items()}
                 print("    medians (rate; rate / bare's in the same round; client and server CPU per request):")
@@ -386,4 +360,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -1,13 +1,14 @@
 """Answer evaluation prompts with one compressed variant, in the shape the evaluate stage
 uses for the student: per-item ``{id, answer, completion_tokens, latency_s, ttft_s}`` and
-an efficiency dict (identity, parameters, size on disk, peak memory, latency, tokens/s).
+the variant's measured cost (parameters, peak memory, load time); `compress.variants`
+dispatches to these by the variant's kind.
 
 * ``gguf`` variants are served by llama.cpp (``backends.embedded_server.EmbeddedServer``
   on the variant's file) and prompted through the completions API with the student's own
   prompt (the Alpaca template it was trained on), greedy, one request at a time, streamed
   so the first token's time is seen. Peak memory is the server process's VmHWM.
 * ``torch_int8`` and ``bnb`` variants are loaded in this process and answer through the
-  student's own generation loop (``eval.student.answer_prompts``). Peak memory is this
+  student's own generation loop (``student.generation.answer_prompts``). Peak memory is this
   process's VmHWM, reset just before loading where Linux allows (``/proc/self/clear_refs``);
   on CUDA, the GPU's peak allocation too.
 """
@@ -19,22 +20,10 @@ import logging
 import time
 from pathlib import Path
 
-from eval.efficiency import latency_summary, process_peak_memory
-from finetune.prompt_format import render_student_prompt
+from core.measure import gguf_parameter_count, process_peak_memory, reset_peak_memory
+from student.prompt_format import render_student_prompt
 
 log = logging.getLogger(__name__)
-
-KINDS = ("gguf", "torch_int8", "bnb")
-
-
-def reset_peak_memory() -> bool:
-    """Reset this process's resident-memory high-water mark (VmHWM) to its current size;
-    False where the kernel does not allow it."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5", encoding="ascii")
-        return True
-    except OSError:
-        return False
 
 
 def _prompts(items: list[dict], prompt_format: str, tokenizer_dir: str | None) -> list[str]:
@@ -74,10 +63,12 @@ def complete_streamed(base_url: str, prompt: str, max_new_tokens: int, timeout_s
     return {"text": "".join(text), "tokens": pieces, "ttft_s": first, "latency_s": time.perf_counter() - started}
 
 
-def _answer_with_gguf(variant: dict, prompts: list[str], items: list[dict], max_new_tokens: int) -> tuple[list[dict], dict]:
+def answer_with_gguf(variant: dict, items: list[dict], prompt_format: str, max_new_tokens: int) -> tuple[list[dict], dict]:
+    """A GGUF variant served by llama.cpp, prompted one request at a time and streamed; peak memory
+    is the server process's."""
     from backends.embedded_server import EmbeddedServer
-    from eval.efficiency import gguf_parameter_count
 
+    prompts = _prompts(items, prompt_format, variant.get("tokenizer_dir"))
     path = Path(variant["path"])
     answers = []
     started = time.perf_counter()
@@ -94,10 +85,11 @@ def _answer_with_gguf(variant: dict, prompts: list[str], items: list[dict], max_
                      "server_threads": server.threads}
 
 
-def _answer_in_process(variant: dict, items: list[dict], prompt_format: str, max_new_tokens: int) -> tuple[list[dict], dict]:
+def answer_in_process(variant: dict, items: list[dict], prompt_format: str, max_new_tokens: int) -> tuple[list[dict], dict]:
+    """A torch_int8 or bitsandbytes variant loaded in this process; peak memory is this process's."""
     import torch
 
-    from eval.student import answer_prompts
+    from student.generation import answer_prompts
 
     reset = reset_peak_memory()
     started = time.perf_counter()
@@ -128,30 +120,4 @@ def _answer_in_process(variant: dict, items: list[dict], prompt_format: str, max
                                          else "VmHWM of this process over its lifetime (reset not allowed)")}
     if variant["kind"] == "bnb":
         efficiency["peak_gpu_memory_bytes"] = torch.cuda.max_memory_allocated()
-    return answers, efficiency
-
-
-def answer_with_variant(variant: dict, items: list[dict], prompt_format: str, max_new_tokens: int,
-                        cache_dir: Path | None = None) -> tuple[list[dict], dict]:
-    """Greedy answers of one variant (an entry of ``compress/variants.json``) to ``items``
-    (dicts with id, instruction, optional input), and its efficiency figures.
-
-    ``cache_dir`` is accepted for the evaluate stage's uniform call; variants carry their
-    own files.
-    """
-    kind = variant.get("kind")
-    if kind not in KINDS:
-        raise ValueError(f"variant {variant.get('label')!r}: kind must be one of {KINDS}, got {kind!r}")
-    if not Path(variant.get("path", "")).exists():
-        raise FileNotFoundError(f"variant {variant.get('label')!r}: its files are missing: {variant.get('path')}")
-    log.info("answering %d prompts with %s (%s)", len(items), variant["label"], kind)
-    if kind == "gguf":
-        prompts = _prompts(items, prompt_format, variant.get("tokenizer_dir"))
-        answers, efficiency = _answer_with_gguf(variant, prompts, items, max_new_tokens)
-    else:
-        answers, efficiency = _answer_in_process(variant, items, prompt_format, max_new_tokens)
-    efficiency = {"identity": f"{variant['label']} ({kind})", "size_on_disk_bytes": variant.get("size_on_disk_bytes"),
-                  **efficiency,
-                  **latency_summary([a["latency_s"] for a in answers], [a["completion_tokens"] for a in answers],
-                                    [a.get("ttft_s") for a in answers])}
     return answers, efficiency

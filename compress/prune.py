@@ -17,7 +17,6 @@ PATTERNS = ("unstructured", "2:4")
 def prune_weight(weight, pattern: str = "unstructured", sparsity: float = 0.5):
     """A copy of the 2-D ``weight`` with its smallest-magnitude entries zeroed: ``sparsity``
     of each row (unstructured), or two of every four consecutive entries of a row (2:4)."""
-    import torch
 
     if pattern == "2:4":
         rows, cols = weight.shape

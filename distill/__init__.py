@@ -1,0 +1,1 @@
+"""The `distill` command line: the entry point at the top of the layers (see docs/architecture.md)."""

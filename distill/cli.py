@@ -9,12 +9,14 @@ import signal
 import sys
 from pathlib import Path
 
+
 # Prefect reads these when it is imported: no telemetry, and our own loggers in its logs.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 # The ephemeral API server starts in ~15 s on 2 cores; a busy machine needs longer than 20 s.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-OUR_LOGGERS = ("backends", "selfinstruct", "quality", "finetune", "eval", "distill")
+OUR_LOGGERS = ("backends", "selfinstruct", "filters", "finetune", "compress", "eval", "student", "similarity",
+               "pipeline", "flows", "distill")
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", ",".join(OUR_LOGGERS))
 os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -59,10 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--limit", type=int, default=None, help="most runs of this deployment at once")
     serve.add_argument("--cache-dir", type=Path, default=None,
                        help="where the dequantized embedded student is kept (default ~/.cache/distill)")
-    for name, text in (("generate", "self-instruct generation"), ("filter", "rate and keep the best pairs"),
-                       ("finetune", "LoRA fine-tune the student"), ("evaluate", "student against teacher"),
-                       ("compress", "quantize the fine-tuned student (GGUF, int8, bitsandbytes)")):
-        _add_config_args(commands.add_parser(name, help=text), True)
+    from pipeline.stages import STAGES
+
+    for stage in STAGES:
+        _add_config_args(commands.add_parser(stage.name, help=stage.description), True)
     dedup = commands.add_parser("dedup", help="greedy ROUGE-L near-duplicate removal")
     dedup.add_argument("input", type=Path, help="records (JSONL or a JSON list) with an 'instruction' field")
     dedup.add_argument("-o", "--output", type=Path, required=True)
@@ -80,34 +82,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_stage(args) -> None:
-    from distill import stages
-    from distill.config import load_config
-    from distill.report import write_report
-    from distill.rundir import RunDir
-    from flows.pipeline import DEFAULT_CACHE, check_same_config
+    """One stage by name, in the run directory (run even when it finished before)."""
+    from core.rundir import RunDir
+    from pipeline.config import load_config
+    from pipeline.report import write_report
+    from pipeline.session import check_same_config, open_session, run_named_stage
 
     config = load_config(args.config, args.overrides)
     rundir = RunDir(args.run_dir)
     check_same_config(rundir, config)
-    cache = args.cache_dir or DEFAULT_CACHE
-    with stages.run_session(config, args.config, rundir) as (path, models):
-        if args.command == "generate":
-            summary = stages.generate_stage(config, rundir, models.teacher(), path)
-        elif args.command == "filter":
-            summary = stages.filter_stage(config, rundir, models.judge(), path, cache_dir=cache)
-        elif args.command == "finetune":
-            summary = stages.finetune_stage(config, rundir, cache)
-        elif args.command == "compress":
-            summary = stages.compress_stage(config, rundir)
-        else:
-            summary = stages.evaluate_stage(config, rundir, models.teacher(), models.judge(), path, cache)
+    with open_session(config, args.config, rundir, args.cache_dir) as context:
+        summary = run_named_stage(args.command, context, skip_finished=False)
     write_report(rundir)
-    logging.getLogger("distill").info("%s done: %s", args.command, summary)
+    shown = summary.to_json() if summary is not None else "not enabled in the config"
+    logging.getLogger("distill").info("%s done: %s", args.command, shown)
 
 
 def _run_dedup(args) -> None:
-    from distill.records import read_records, read_seed_tasks, write_jsonl, RecordError
-    from selfinstruct.dedup import rouge_l_dedup
+    from core.records import RecordError, read_records, read_seed_tasks, write_jsonl
+    from similarity.rouge import rouge_l_dedup
 
     records = read_records(args.input, required=("instruction",), optional=())
     seeds: list[str] = []
@@ -137,25 +130,23 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(name).setLevel(logging.INFO)
     # A plain `kill` unwinds like Ctrl-C, so the embedded server is stopped and files closed.
     signal.signal(signal.SIGTERM, _interrupt)
-    from distill.config import ConfigError
-    from distill.records import RecordError
-    from distill.rundir import RunDirBusy
-    from distill.stages import StageInputError
+    from core.errors import ConfigError, StageInputError
+    from core.records import RecordError
+    from core.rundir import RunDirBusy
 
     try:
         if args.command == "run":
-            from distill.config import load_config
-            from flows.pipeline import check_before_work, distill_pipeline
+            from pipeline.config import load_config
+            from pipeline.session import check_before_work, stages_to_run
 
             # Bad input stops here, before Prefect starts or anything is written.
-            from flows.pipeline import stages_to_run
-
             check_before_work(load_config(args.config, args.overrides), args.run_dir, stages_to_run(args.stages))
+            from flows.pipeline import distill_pipeline
 
             report = distill_pipeline(str(args.config), str(args.run_dir) if args.run_dir else None,
                                       args.overrides, str(args.cache_dir) if args.cache_dir else None,
                                       stages=args.stages)
-            from distill.report import headline
+            from pipeline.report import headline
 
             print(f"\nReport: {Path(report['run_dir']) / 'report.md'}\n{headline(report)}")
         elif args.command == "serve":
@@ -167,15 +158,15 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "dedup":
             _run_dedup(args)
         elif args.command == "export":
-            from distill.records import read_records
-            from selfinstruct.export import export_records
+            from core.records import read_records
+            from finetune.export import export_records
 
             records = read_records(args.input, required=("instruction", "output"), optional=("input",))
             count = export_records(records, args.format, args.output, system_prompt=args.system_prompt)
             print(f"wrote {count} records -> {args.output}")
         elif args.command == "report":
-            from distill.report import headline, write_report
-            from distill.rundir import RunDir
+            from core.rundir import RunDir
+            from pipeline.report import headline, write_report
 
             print(headline(write_report(RunDir(args.run_dir))))
         else:

@@ -3,66 +3,64 @@
 Run alone, the process's resident-memory high-water mark (VmHWM) is that model's honest
 peak memory: its weights, its KV cache and the runtime it needs, nothing left over from
 another model. The parent writes a job file, runs ``python -m eval.answer_process JOB``,
-and reads the answers and the measurements back.
+and reads the answers and the measurements back. The job is an ``eval.contestants.AnswerJob``.
 
 A job answers with a student (``kind: student``: base model + optional LoRA adapter,
-through ``eval.student``'s batched transformers generation, or through vLLM with the adapter
+through ``student.generation``'s batched transformers generation, or through vLLM with the adapter
 as a LoRA request) or with a compressed variant (``kind: variant``: through the
-compress stage's ``compress.answer.answer_with_variant``).
+compress stage's ``compress.variants.answer_with_variant``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from distill.records import write_json
+from core.records import write_json
+from eval.contestants import AnswerJob
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parent.parent
 
-
-def answer_in_child(job: dict, work_dir: Path) -> tuple[list[dict], dict]:
-    """Run one answering job in a child process; return its answers and its measurements
-    (parameters, peak_memory_bytes, answer_wall_s, ...). Raises RuntimeError if it fails."""
+def answer_in_child(job: AnswerJob, work_dir: Path) -> tuple[list[dict], dict]:
+    """Run one answering job in a child process (this module, run by the same Python); return its
+    answers and its measurements (parameters, peak_memory_bytes, answer_wall_s, ...). Raises
+    RuntimeError if it fails."""
     work_dir.mkdir(parents=True, exist_ok=True)
-    job_path, result_path = work_dir / f"{job['label']}_job.json", work_dir / f"{job['label']}_result.json"
+    job_path, result_path = work_dir / f"{job.label}_job.json", work_dir / f"{job.label}_result.json"
     result_path.unlink(missing_ok=True)
-    write_json(job_path, {**job, "result_path": str(result_path)})
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run([sys.executable, "-m", "eval.answer_process", str(job_path)], cwd=REPO, env=env,
+    write_json(job_path, {**job.to_json(), "result_path": str(result_path)})
+    done = subprocess.run([sys.executable, "-m", "eval.answer_process", str(job_path)],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if done.returncode != 0 or not result_path.is_file():
         tail = "\n".join(done.stderr.strip().splitlines()[-15:])
-        raise RuntimeError(f"answering with {job['label']} failed (exit {done.returncode}):\n{tail}")
+        raise RuntimeError(f"answering with {job.label} failed (exit {done.returncode}):\n{tail}")
     result = json.loads(result_path.read_text(encoding="utf-8"))
     return result["answers"], result["efficiency"]
 
 
-def _answer_with_student(job: dict) -> tuple[list[dict], dict]:
+def _answer_with_student(job: AnswerJob) -> tuple[list[dict], dict]:
     import torch
 
-    from eval.student import answer_prompts, load_student
+    from student.generation import answer_prompts, load_student
 
-    adapter = Path(job["adapter"]) if job.get("adapter") else None
-    model, tokenizer = load_student(Path(job["base_model"]), adapter, job.get("trust_remote_code", False))
+    adapter = Path(job.adapter) if job.adapter else None
+    model, tokenizer = load_student(Path(job.base_model), adapter, job.trust_remote_code)
     started = time.perf_counter()
-    answers = answer_prompts(model, tokenizer, job["items"], job["prompt_format"], job["max_new_tokens"],
-                             batch_size=job.get("batch_size", 1), static_cache=job.get("static_cache", False))
+    answers = answer_prompts(model, tokenizer, job.items, job.prompt_format, job.max_new_tokens,
+                             batch_size=job.batch_size, static_cache=job.static_cache)
     efficiency = {"answer_wall_s": round(time.perf_counter() - started, 4),
-                  "parameters": sum(p.numel() for p in model.parameters()), "batch_size": job.get("batch_size", 1)}
+                  "parameters": sum(p.numel() for p in model.parameters()), "batch_size": job.batch_size}
     if torch.cuda.is_available():
         efficiency["peak_gpu_memory_bytes"] = torch.cuda.max_memory_allocated()
     return answers, efficiency
 
 
-def _answer_with_vllm(job: dict) -> tuple[list[dict], dict]:
+def _answer_with_vllm(job: AnswerJob) -> tuple[list[dict], dict]:
     """The student served by vLLM in this process (`evaluate.student_backend: vllm`): the base
     model with the LoRA adapter as a LoRA request (nothing merged), the student's own prompt sent
     through the completions path, every prompt at once so that the engine batches them."""
@@ -70,21 +68,21 @@ def _answer_with_vllm(job: dict) -> tuple[list[dict], dict]:
 
     from backends.base import ChatRequest
     from backends.vllm_inprocess import VLLMInProcessBackend
-    from finetune.prompt_format import render_student_prompt
+    from student.prompt_format import render_student_prompt
 
     tokenizer = None
-    if job["prompt_format"] == "chat":
+    if job.prompt_format == "chat":
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(job["base_model"], trust_remote_code=job.get("trust_remote_code", False))
-    adapter_config = Path(job["adapter"]) / "adapter_config.json" if job.get("adapter") else None
+        tokenizer = AutoTokenizer.from_pretrained(job.base_model, trust_remote_code=job.trust_remote_code)
+    adapter_config = Path(job.adapter) / "adapter_config.json" if job.adapter else None
     rank = json.loads(adapter_config.read_text())["r"] if adapter_config and adapter_config.is_file() else 64
-    backend = VLLMInProcessBackend(job["base_model"], api="completions", adapter_dir=job.get("adapter"),
-                                   max_lora_rank=max(8, rank), engine_args=job.get("vllm_engine_args") or {})
-    requests = [ChatRequest(key=item["id"], max_tokens=job["max_new_tokens"], temperature=0.0, messages=[
+    backend = VLLMInProcessBackend(job.base_model, api="completions", adapter_dir=job.adapter,
+                                   max_lora_rank=max(8, rank), engine_args=job.vllm_engine_args or {})
+    requests = [ChatRequest(key=item["id"], max_tokens=job.max_new_tokens, temperature=0.0, messages=[
         {"role": "user", "content": render_student_prompt(item["instruction"], item.get("input", ""),
-                                                          job["prompt_format"], tokenizer)}])
-        for item in job["items"]]
+                                                          job.prompt_format, tokenizer)}])
+        for item in job.items]
 
     async def answer(request: ChatRequest) -> dict:
         began = time.perf_counter()
@@ -101,12 +99,12 @@ def _answer_with_vllm(job: dict) -> tuple[list[dict], dict]:
                      "served_by": backend.identity}
 
 
-def _answer_with_variant(job: dict) -> tuple[list[dict], dict]:
-    from compress.answer import answer_with_variant
+def _answer_with_variant(job: AnswerJob) -> tuple[list[dict], dict]:
+    from compress.variants import answer_with_variant
 
     started = time.perf_counter()
-    answers, efficiency = answer_with_variant(job["variant"], job["items"], job["prompt_format"],
-                                              job["max_new_tokens"], Path(job["cache_dir"]))
+    answers, efficiency = answer_with_variant(job.variant, job.items, job.prompt_format, job.max_new_tokens,
+                                              Path(job.cache_dir))
     # Loading (a llama.cpp server's start, say) is not answering time.
     wall_s = time.perf_counter() - started - (efficiency.get("load_s") or 0)
     return answers, {**efficiency, "answer_wall_s": round(wall_s, 4)}
@@ -114,24 +112,25 @@ def _answer_with_variant(job: dict) -> tuple[list[dict], dict]:
 
 def main(job_path: str) -> None:
     """Answer one job file's prompts and write answers + measurements to its result_path."""
-    from eval.efficiency import process_peak_memory
+    from core.measure import process_peak_memory
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    job = json.loads(Path(job_path).read_text(encoding="utf-8"))
-    if job.get("threads"):
+    data = json.loads(Path(job_path).read_text(encoding="utf-8"))
+    job = AnswerJob.from_json(data)
+    if job.threads:
         import torch
 
-        torch.set_num_threads(job["threads"])
-    if job["kind"] == "student":
-        answer = _answer_with_vllm if job.get("student_backend") == "vllm" else _answer_with_student
+        torch.set_num_threads(job.threads)
+    if job.kind == "student":
+        answer = _answer_with_vllm if job.student_backend == "vllm" else _answer_with_student
     else:
         answer = _answer_with_variant
     answers, efficiency = answer(job)
     # A variant served by another process (a llama.cpp server) reports that process's peak.
-    if efficiency.get("peak_memory_bytes") is None or job["kind"] == "student":
+    if efficiency.get("peak_memory_bytes") is None or job.kind == "student":
         efficiency.update(peak_memory_bytes=process_peak_memory(),
                           peak_memory_method="VmHWM of a process that only loads this model and answers")
-    write_json(Path(job["result_path"]), {"answers": answers, "efficiency": efficiency})
+    write_json(Path(data["result_path"]), {"answers": answers, "efficiency": efficiency})
 
 
 if __name__ == "__main__":

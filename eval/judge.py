@@ -6,14 +6,11 @@ A verdict that changes with the order is position bias, not preference; `combine
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from backends.base import ChatRequest
+from backends.base import ChatRequest, RequestOutcome
 from eval.verdict import combine_orders, parse_verdict
-from finetune.prompt_format import chat_user_message
+from student.prompt_format import chat_user_message
 
-PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
-PAIRWISE_TEMPLATE = PROMPTS_DIR / "judge_pairwise.txt"
+PAIRWISE_TEMPLATE = "judge_pairwise"
 VERDICT_SCHEMA = {
     "type": "object",
     "properties": {"winner": {"type": "string", "enum": ["A", "B", "tie"]}, "reason": {"type": "string"}},
@@ -48,15 +45,15 @@ def pairwise_requests(items: list[dict], student: dict, teacher: dict, template:
     return requests
 
 
-def judgments(items: list[dict], outcomes: list[dict], key_prefix: str = "judge") -> list[dict]:
+def judgments(items: list[dict], outcomes: list[RequestOutcome], key_prefix: str = "judge") -> list[dict]:
     """One record per item: both raw verdicts and the combined outcome for the student."""
-    by_key = {outcome["key"]: outcome for outcome in outcomes}
+    by_key = {outcome.key: outcome for outcome in outcomes}
     records = []
     for item in items:
         verdicts = {}
         for order in ("student_first", "teacher_first"):
             outcome = by_key.get(f"{key_prefix}-{item['id']}-{order}")
-            text = outcome.get("text") if outcome and outcome.get("ok") else None
+            text = outcome.text if outcome is not None and outcome.ok else None
             verdicts[order] = (parse_verdict(text) if text is not None else None, text)
         first, first_text = verdicts["student_first"]
         second, second_text = verdicts["teacher_first"]

@@ -47,7 +47,7 @@ import string
 from dataclasses import dataclass
 from typing import Literal
 
-from quality.score_parse import (
+from core.reply_json import (
     find_json_objects,
     first_text_value,
     iter_dicts,

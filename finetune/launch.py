@@ -5,9 +5,9 @@ bookkeeping once, in the caller's process; with ``num_processes > 1`` it then ca
 :func:`launch_training`, which writes the prepared pairs and settings to
 ``output_dir/launch/job.json`` and runs
 
-    python -m accelerate.commands.launch --multi_gpu --num_processes N ... -m finetune.launch job.json
+    python -m accelerate.commands.launch --multi_gpu --num_processes N ... -m finetune.launch_worker job.json
 
-Each of the N processes runs :func:`main`, which hands the job to
+Each of the N processes runs :func:`finetune.launch_worker.main`, which hands the job to
 :func:`finetune.train.run_training`: the trainer finds the process group in the environment
 (DDP over NCCL on GPUs, over gloo on CPU; FSDP when ``distributed: fsdp``), and only the main
 process writes the adapter and ``training_summary.json``, so the outputs look as with one.
@@ -18,28 +18,20 @@ launcher behind ``--multi_gpu`` is used on CPU too; the trainer's ``use_cpu`` th
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
-from distill.config import FinetuneConfig
-from distill.records import write_json
+from core.net import free_port
+from core.records import write_json
+from finetune.config import FinetuneConfig
 
 logger = logging.getLogger(__name__)
 
 JOB_DIR = "launch"
 JOB_FILE = "job.json"
-
-
-def _free_port() -> int:
-    """A TCP port nobody listens on now, for the process group's rendezvous."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def launch_command(job_file: Path, settings: FinetuneConfig, port: int) -> list[str]:
@@ -52,7 +44,7 @@ def launch_command(job_file: Path, settings: FinetuneConfig, port: int) -> list[
         "--mixed_precision", "no",  # the trainer's own bf16 setting applies
         "--dynamo_backend", "no",  # torch_compile is the trainer's business too
         "--main_process_port", str(port),
-        "-m", "finetune.launch", str(job_file),
+        "-m", "finetune.launch_worker", str(job_file),
     ]
 
 
@@ -83,9 +75,8 @@ def launch_training(
         "save_steps": save_steps,
         "resume_from": str(resume_from) if resume_from else None,
     })
-    command = launch_command(job_file, settings, _free_port())
-    repo_root = str(Path(__file__).resolve().parent.parent)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [repo_root, os.environ.get("PYTHONPATH")]))}
+    command = launch_command(job_file, settings, free_port())
+    env = {**os.environ}
     env.setdefault("OMP_NUM_THREADS", "1")  # N processes share the cores
     logger.info("launching %d training processes (%s): %s", settings.num_processes, settings.distributed, " ".join(command))
     completed = subprocess.run(command, env=env, check=False)
@@ -95,33 +86,3 @@ def launch_training(
             f"{completed.returncode} (their output is above); job: {job_file}"
         )
     job_file.unlink(missing_ok=True)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """One training process of a launch: read the job file named on the command line and train."""
-    from finetune.train import run_training
-
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        raise SystemExit("usage: python -m finetune.launch JOB_FILE  (started by accelerate launch)")
-    job = json.loads(Path(args[0]).read_text(encoding="utf-8"))
-    rank = int(os.environ.get("RANK", "0"))
-    logging.basicConfig(
-        level=logging.INFO if rank == 0 else logging.WARNING,
-        format=f"%(asctime)s rank{rank} %(name)s %(levelname)s %(message)s",
-    )
-    run_training(
-        job["pairs"],
-        job["dropped_records"],
-        Path(job["base_model_dir"]),
-        Path(job["output_dir"]),
-        FinetuneConfig(**job["settings"]),
-        progress=job["progress"] and rank == 0,
-        save_steps=job["save_steps"],
-        resume_from=Path(job["resume_from"]) if job["resume_from"] else None,
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,8 +1,8 @@
 """The model card (README.md) written next to a trained student: where its data came from and how it was trained.
 
-:func:`gather_provenance` reads a run directory (its manifest, the stage summaries and the
-record files) into plain data; :func:`render_model_card` turns that and the training summary
-into Markdown; :func:`write_model_card` puts it in a directory. The card names the teacher and
+The finetune stage gathers the provenance from the run directory (its manifest, the stage
+summaries and the record files) into plain data; :func:`render_model_card` turns that and the
+training summary into Markdown; :func:`write_model_card` puts it in a directory. The card names the teacher and
 judge, the hashes of the seed tasks and of every prompt file, the record counts at each stage,
 the generation and filter settings, and the training settings and results. Secrets never get
 in: the config holds only the names of environment variables, and credentials or query strings
@@ -16,54 +16,16 @@ import re
 from pathlib import Path
 from typing import Any
 
-from distill.config import PipelineConfig
-from distill.records import write_atomic
-from distill.rundir import RunDir
+from core.records import write_atomic
 
 CARD_FILE = "README.md"
 _URL_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
 _URL_QUERY = re.compile(r"\?[^\s,]*")
-# Generation settings that shape the data (the rest are about throughput).
-GENERATE_KEYS = ("strategy", "target_records", "seeds_per_prompt", "tasks_per_request", "temperature", "top_p",
-                 "rouge_threshold", "domain")
 
 
 def without_credentials(text: str) -> str:
     """``text`` with any ``user:password@`` in URLs and any ``?query`` removed."""
     return _URL_QUERY.sub("", _URL_USERINFO.sub(r"\g<scheme>", text))
-
-
-def _line_count(path: Path) -> int | None:
-    """Non-blank lines of a JSONL file (its records), or None when the file is not there."""
-    if not path.is_file():
-        return None
-    with path.open("rb") as handle:
-        return sum(1 for line in handle if line.strip())
-
-
-def gather_provenance(config: PipelineConfig, rundir: RunDir) -> dict[str, Any]:
-    """Where the training data came from, read from ``rundir``: models, hashes, counts, settings."""
-    manifest = json.loads(rundir.manifest.read_text(encoding="utf-8")) if rundir.manifest.is_file() else {}
-    generated = rundir.stage_summary("generate") or {}
-    filtered = rundir.stage_summary("filter") or {}
-    generate_settings = config.generate.model_dump(mode="json")
-    return {
-        "teacher": without_credentials(str(manifest.get("teacher") or generated.get("teacher") or config.teacher.model)),
-        "judge": without_credentials(str(manifest.get("judge") or filtered.get("judge") or "")) or None,
-        "seed_tasks_sha256": manifest.get("seed_tasks_sha256"),
-        "prompts_sha256": manifest.get("prompts_sha256", {}),
-        "counts": {
-            "teacher requests": generated.get("requests"),
-            "generated records": _line_count(rundir.generated),
-            "after dedup (filter input)": filtered.get("after_dedup"),
-            "rated by the judge": filtered.get("rated"),
-            "kept by the filter": _line_count(rundir.filtered),
-            "trained on": _line_count(rundir.train),
-            "held out for evaluation": _line_count(rundir.heldout),
-        },
-        "generate_settings": {key: generate_settings[key] for key in GENERATE_KEYS if key in generate_settings},
-        "filter_settings": config.filter.model_dump(mode="json"),
-    }
 
 
 def _table(rows: dict[str, Any]) -> list[str]:

@@ -45,9 +45,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from distill.config import FinetuneConfig
-from distill.records import write_json
-from finetune.prompt_format import to_prompt_completion
+from core.records import write_json
+from finetune.config import FinetuneConfig
+from student.prompt_format import to_prompt_completion
 
 logger = logging.getLogger(__name__)
 
@@ -654,7 +654,11 @@ def _compile_decoder_layers(model: Any) -> None:
 @contextlib.contextmanager
 def _datasets_progress(enabled: bool):
     """Show or hide the datasets library's progress bars for the duration of the block."""
-    from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    from datasets.utils import (
+        are_progress_bars_disabled,
+        disable_progress_bars,
+        enable_progress_bars,
+    )
 
     was_disabled = are_progress_bars_disabled()
     if enabled:

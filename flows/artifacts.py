@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from distill.report import headline, model_table_rows
-from distill.rundir import RunDir
+from core.rundir import RunDir
+from pipeline.report import headline, model_table_rows
 
 
 def publish_report_artifacts(report: dict, rundir: RunDir) -> list:

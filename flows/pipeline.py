@@ -1,13 +1,15 @@
-"""The pipeline as one Prefect flow: generate -> filter -> finetune -> evaluate -> report.
+"""The pipeline as one Prefect flow: every stage of `pipeline.stages.STAGES`, then the report.
 
-The flow is a thin recipe over `distill.stages`: every shard of model requests is a task
-run, every stage a subflow, and stages already finished in the run directory are skipped.
-Prefect runs in ephemeral mode unless PREFECT_API_URL points at a server.
+The flow is a thin recipe over `pipeline.session.run_stage`: a stage that asks models is a
+subflow whose every shard of requests is a task run, the others are one task run each, and
+stages already finished in the run directory are skipped. Prefect runs in ephemeral mode
+unless PREFECT_API_URL points at a server.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import uuid
@@ -18,107 +20,75 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 
-from distill import stages
-from distill.config import PipelineConfig, check_base_model, config_as_dict, load_config
-from distill.report import headline, write_report
-from distill.rundir import STAGES, RunDir
+from core.rundir import RunDir
 from flows.artifacts import publish_report_artifacts
 from flows.scale_out import shard_runner
-
-DEFAULT_CACHE = Path.home() / ".cache" / "distill"
-# Settings of where and how a run is carried out, not of what it produces: a run may resume
-# on another runner, or with another webhook, without counting as a different config.
-NOT_COMPARED_ON_RESUME = ("orchestration", "notify", "compress")
+from pipeline.config import PipelineConfig, load_config
+from pipeline.report import headline, write_report
+from pipeline.requests import PipelinedSender
+from pipeline.session import (
+    DEFAULT_CACHE,
+    check_before_work,
+    default_run_dir,
+    open_session,
+    run_stage,
+    stages_to_run,
+)
+from pipeline.stages import stage_named
 
 
 @task(name="request-shard", cache_policy=NO_CACHE)
-def request_shard(path, shard) -> list[dict]:
+def request_shard(path, shard) -> list:
     """One shard of model requests, sent through the shared retrying runner. The shard was
-    started ahead on the run's request loop (stages.PipelinedSender); this run waits for it."""
+    started ahead on the run's request loop (pipeline.requests.PipelinedSender); this run waits for it."""
     return path.finish(shard)
 
 
 # quote(): Prefect would otherwise walk the shard's requests looking for futures to resolve.
-_send_as_task = stages.PipelinedSender(lambda path, shard: request_shard(path, quote(shard)))
+_send_as_task = PipelinedSender(lambda path, shard: request_shard(path, quote(shard)))
 
 
 # The live objects of a run (model servers, open journals, the shard sender) stay in this
 # process; the subflows that may run tasks on Dask get a handle to them instead, because Prefect
 # ships a subflow's parameters with every task it sends to a worker, and those must pickle.
-_LIVE_SESSIONS: dict[str, tuple] = {}
+_LIVE_SESSIONS: dict[str, dict] = {}
 
 
 @contextlib.contextmanager
-def live_session(path, models, send) -> Iterator[str]:
-    """A handle to (path, models, send) for the subflows, valid inside the block."""
+def live_session(contexts: dict) -> Iterator[str]:
+    """A handle to the run's stage contexts for the subflows, valid inside the block: by whether
+    the stage scales out (its shards go to the configured task runner) or not."""
     handle = uuid.uuid4().hex
-    _LIVE_SESSIONS[handle] = (path, models, send)
+    _LIVE_SESSIONS[handle] = contexts
     try:
         yield handle
     finally:
         _LIVE_SESSIONS.pop(handle, None)
 
 
-def live_objects(handle: str) -> tuple:
-    """(path, models, send) of a live session. A function, not the dict itself, in the subflows:
+def live_objects(handle: str) -> dict:
+    """The stage contexts of a live session. A function, not the dict itself, in the subflows:
     cloudpickle ships a flow function's globals by value, and the dict holds open files."""
     return _LIVE_SESSIONS[handle]
 
 
-@flow(name="generate", validate_parameters=False)
-def generate_flow(config, rundir, session: str) -> dict:
-    path, models, send = live_objects(session)
-    return stages.generate_stage(config, rundir, models.teacher(), path, send=send)
+@flow(name="stage", validate_parameters=False)
+def stage_flow(stage_name: str, session: str) -> dict:
+    """A stage that asks models, as a subflow: each of its shards is a task run (on the task
+    runner the subflow was given)."""
+    return _run(stage_name, session)
 
 
-@flow(name="filter", validate_parameters=False)
-def filter_flow(config, rundir, session: str, cache_dir) -> dict:
-    path, models, send = live_objects(session)
-    return stages.filter_stage(config, rundir, models.judge(), path, send=send, cache_dir=cache_dir)
+@task(name="stage", cache_policy=NO_CACHE)
+def stage_task(stage_name: str, session: str) -> dict:
+    """A stage that asks no model (fine-tuning, compression), as one task run."""
+    return _run(stage_name, session)
 
 
-@task(name="finetune", cache_policy=NO_CACHE)
-def finetune_task(config, rundir, cache_dir) -> dict:
-    return stages.finetune_stage(config, rundir, cache_dir)
-
-
-@task(name="compress", cache_policy=NO_CACHE)
-def compress_task(config, rundir) -> dict:
-    return stages.compress_stage(config, rundir)
-
-
-@flow(name="evaluate", validate_parameters=False)
-def evaluate_flow(config, rundir, models, path, cache_dir) -> dict:
-    return stages.evaluate_stage(config, rundir, models.teacher(), models.judge(), path, cache_dir,
-                                 send=_send_as_task)
-
-
-def check_same_config(rundir: RunDir, config: PipelineConfig) -> None:
-    """Refuse to mix two configs' results in one run directory."""
-    if not rundir.manifest.is_file():
-        return
-    previous = json.loads(rundir.manifest.read_text(encoding="utf-8")).get("config_non_default") or {}
-    # Settings left at their defaults are not compared, so a newer version that adds a
-    # setting can still resume a run made before it.
-    current = config_as_dict(config, non_default_only=True)
-    for key in NOT_COMPARED_ON_RESUME:
-        previous.pop(key, None)
-        current.pop(key, None)
-    if previous != current:
-        raise stages.StageInputError(
-            f"{rundir.root} holds a run of a different config (see its manifest.json); "
-            "use another --run-dir, or the same config to resume"
-        )
-
-
-def stages_to_run(names: list[str] | None) -> tuple[str, ...]:
-    """The stages a run asks for (all by default), in pipeline order; unknown names are refused."""
-    if not names:
-        return STAGES
-    unknown = sorted(set(names) - set(STAGES))
-    if unknown:
-        raise stages.StageInputError(f"parameter 'stages': unknown stage(s) {unknown}; known: {list(STAGES)}")
-    return tuple(name for name in STAGES if name in names)
+def _run(stage_name: str, session: str) -> dict:
+    stage = stage_named(stage_name)
+    summary = run_stage(stage, live_objects(session)[stage.scales_out])
+    return summary.to_json() if summary is not None else {}
 
 
 def run_dir_of(config: PipelineConfig, run_dir: str | Path | None, runs_root: str | Path | None,
@@ -129,28 +99,18 @@ def run_dir_of(config: PipelineConfig, run_dir: str | Path | None, runs_root: st
         return Path(run_dir)
     if runs_root and flow_run_name and flow_run_id:
         return Path(runs_root) / config.name / f"{flow_run_name}-{str(flow_run_id)[:8]}"
-    return Path("runs") / config.name
-
-
-def check_before_work(config: PipelineConfig, run_dir: str | Path | None,
-                      stage_names: tuple[str, ...] = STAGES) -> RunDir:
-    """Everything that can be checked before any work: the run directory and the student's base."""
-    rundir = RunDir(run_dir or Path("runs") / config.name)
-    check_same_config(rundir, config)
-    if "finetune" in stage_names and rundir.stage_summary("finetune") is None:
-        check_base_model(config)
-    return rundir
+    return default_run_dir(config)
 
 
 def _notify(flow_run, state, outcome: str) -> None:
     """Flow-run hook: POST the run's ending to the config's webhook, if it names one."""
-    from distill.notify import notification_payload, post_notification
+    from pipeline.notify import notification_payload, post_notification
 
     params = flow_run.parameters or {}
     try:
         config = load_config(params["config_path"], params.get("overrides"))
     except Exception as exc:  # a run that failed on its config cannot say where to notify
-        logging.getLogger("distill.notify").warning("notify: config not loadable (%s); no notification",
+        logging.getLogger("pipeline.notify").warning("notify: config not loadable (%s); no notification",
                                                     type(exc).__name__)
         return
     run_dir = run_dir_of(config, params.get("run_dir"), params.get("runs_root"), flow_run.name, flow_run.id)
@@ -169,18 +129,14 @@ def notify_failed(flow, flow_run, state) -> None:
 
 
 @contextlib.contextmanager
-def stages_session(config: PipelineConfig, config_path: Path, rundir: RunDir):
-    """The run session (lock, manifest, models) and where shards go: (path, models, task runner,
-    handle of the live session for the subflows)."""
-    with stages.run_session(config, config_path, rundir) as (path, models):
+def stages_session(config: PipelineConfig, config_path: Path, rundir: RunDir, cache_dir: Path):
+    """The run session (lock, manifest, models) and where shards go: (task runner for the stages that
+    scale out, or None for Prefect's default; handle of the live session for the subflows)."""
+    with open_session(config, config_path, rundir, cache_dir, send=_send_as_task) as in_process:
         with shard_runner(config.orchestration, _send_as_task) as (runner, send):
-            with live_session(path, models, send) as handle:
-                yield path, models, runner, handle
-
-
-def on_runner(subflow, runner):
-    """The subflow on the given task runner (None: as declared)."""
-    return subflow if runner is None else subflow.with_options(task_runner=runner)
+            scaled_out = dataclasses.replace(in_process, send=send)
+            with live_session({False: in_process, True: scaled_out}) as handle:
+                yield runner, handle
 
 
 @flow(name="distill-pipeline", validate_parameters=False,
@@ -195,32 +151,28 @@ def distill_pipeline(config_path: str, run_dir: str | None = None, overrides: li
 
     logger = get_run_logger()
     config = load_config(config_path, overrides)
-    stage_names = stages_to_run(stages)
-    rundir = check_before_work(config, run_dir_of(config, run_dir, runs_root, flow_run.name, flow_run.id),
-                               stage_names)
+    selected = stages_to_run(stages)
+    rundir = check_before_work(config, run_dir_of(config, run_dir, runs_root, flow_run.name, flow_run.id), selected)
     cache = Path(cache_dir) if cache_dir else DEFAULT_CACHE
-    logger.info("run directory: %s; stages: %s; task runner: %s", rundir.root, ",".join(stage_names),
-                config.orchestration.task_runner)
-    with stages_session(config, Path(config_path), rundir) as (path, models, runner, session):
-        for name in stage_names:
-            if rundir.stage_summary(name) is not None:
-                logger.info("%s: already finished in %s, skipped", name, rundir.root)
+    logger.info("run directory: %s; stages: %s; task runner: %s", rundir.root,
+                ",".join(stage.name for stage in selected), config.orchestration.task_runner)
+    with stages_session(config, Path(config_path), rundir, cache) as (runner, session):
+        for stage in selected:
+            if rundir.stage_summary(stage.name) is not None:
+                logger.info("%s: already finished in %s, skipped", stage.name, rundir.root)
                 continue
-            if name == "compress" and not config.compress.enabled:
-                logger.info("compress: not enabled in the config, skipped")
+            if not stage.enabled(config):
+                logger.info("%s: not enabled in the config, skipped", stage.name)
                 continue
-            logger.info("%s: starting", name)
-            if name == "generate":
-                summary = on_runner(generate_flow, runner)(config, rundir, session)
-            elif name == "filter":
-                summary = on_runner(filter_flow, runner)(config, rundir, session, cache)
-            elif name == "finetune":
-                summary = finetune_task(config, rundir, cache)
-            elif name == "compress":
-                summary = compress_task(config, rundir)
+            logger.info("%s: starting", stage.name)
+            if stage.sends_requests:
+                options = {"name": stage.name}
+                if stage.scales_out and runner is not None:
+                    options["task_runner"] = runner
+                summary = stage_flow.with_options(**options)(stage.name, session)
             else:
-                summary = evaluate_flow(config, rundir, models, path, cache)
-            logger.info("%s: done %s", name, json.dumps(summary, default=str)[:400])
+                summary = stage_task.with_options(name=stage.name)(stage.name, session)
+            logger.info("%s: done %s", stage.name, json.dumps(summary, default=str)[:400])
     report = write_report(rundir)
     publish_report_artifacts(report, rundir)
     logger.info("report: %s", rundir.report_md)

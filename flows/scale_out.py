@@ -15,8 +15,9 @@ from typing import Iterator
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from distill.config import OrchestrationConfig
-from distill.stages.session import SendShard, StageInputError, WindowedShardSender, send_detached
+from core.errors import StageInputError
+from pipeline.config import OrchestrationConfig
+from pipeline.requests import SendShard, WindowedShardSender, send_detached
 
 log = logging.getLogger(__name__)
 

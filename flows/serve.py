@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from distill.config import load_config
-from flows.pipeline import distill_pipeline, stages_to_run
+from flows.pipeline import distill_pipeline
+from pipeline.config import load_config
+from pipeline.session import stages_to_run
 
 log = logging.getLogger(__name__)
 

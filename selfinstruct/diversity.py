@@ -13,7 +13,7 @@ Three views of one set of instruction / input / output records:
   against any seed instruction (Self-Instruct's Figure 3): a mass near 0 means the
   generated tasks are not paraphrases of the seeds. Scores equal ``rouge_score``'s
   ``RougeScorer(["rougeL"]).score(...)["rougeL"].fmeasure`` exactly: tokens from
-  :func:`selfinstruct.dedup.rouge_tokenize`, the LCS from rapidfuzz's compiled
+  :func:`similarity.rouge.rouge_tokenize`, the LCS from rapidfuzz's compiled
   ``LCSseq`` (all seeds against a batch at once through ``rapidfuzz.process.cdist``), the
   F from the same float expression ``rouge_score`` uses.
 
@@ -65,8 +65,8 @@ import numpy as np
 from rapidfuzz import process
 from rapidfuzz.distance import LCSseq
 
-from distill.records import atomic_file
-from selfinstruct.dedup import rouge_tokenize
+from core.records import atomic_file
+from similarity.rouge import rouge_tokenize
 
 __all__ = [
     "SPACY_MODEL",

@@ -33,26 +33,25 @@ Elimination rules (:func:`eliminate`), the paper's four, made concrete:
    "given prompt" / "rewritten prompt" phrasings that instruction-tuned teachers emit out
    of habit), matched case-insensitively with whitespace normalised.
 
-Everything here is pure: requests are built from their arguments, and outcomes (dicts
-``{key, ok, text, finish_reason, prompt_tokens, completion_tokens, meta}``, as the request
-runner returns them) are turned into records and rejections without any I/O, except that
-the two template files are read when no templates are passed in.
+Everything here is pure: requests are built from their arguments, and outcomes
+(``backends.base.RequestOutcome``, as the request runner returns them) are turned into
+records and rejections without any I/O, except that the two template files are read when no
+templates are passed in.
 """
 
 from __future__ import annotations
 
 import random
 import re
-from pathlib import Path
 from typing import Iterable, Sequence
 
-from backends.base import ChatRequest
-from finetune.prompt_format import chat_user_message
-from selfinstruct.dedup import rouge_l_fmeasure
+import prompts
+from backends.base import ChatRequest, RequestOutcome
+from similarity.rouge import rouge_l_fmeasure
+from student.prompt_format import chat_user_message
 
-PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
-IN_DEPTH_TEMPLATE = PROMPTS_DIR / "evol_in_depth.txt"
-IN_BREADTH_TEMPLATE = PROMPTS_DIR / "evol_in_breadth.txt"
+IN_DEPTH_TEMPLATE = "evol_in_depth"
+IN_BREADTH_TEMPLATE = "evol_in_breadth"
 
 # The five in-depth operations and how each is explained to the teacher.
 DEPTH_OPERATIONS: dict[str, str] = {
@@ -120,8 +119,8 @@ _WORD = re.compile(r"\w+(?:'\w+)?")
 def load_evol_templates() -> dict[str, str]:
     """The two evolving prompt templates, {"in_depth": ..., "in_breadth": ...}."""
     return {
-        "in_depth": IN_DEPTH_TEMPLATE.read_text(encoding="utf-8"),
-        "in_breadth": IN_BREADTH_TEMPLATE.read_text(encoding="utf-8"),
+        "in_depth": prompts.load_template(IN_DEPTH_TEMPLATE),
+        "in_breadth": prompts.load_template(IN_BREADTH_TEMPLATE),
     }
 
 
@@ -388,23 +387,23 @@ def _rejection(record_id: str, reason: str, **detail) -> dict:
     return {"id": record_id, "stage": "evolve", "reason": reason, **detail}
 
 
-def collect_evolved(outcomes: Iterable[dict]) -> tuple[list[dict], list[dict]]:
+def collect_evolved(outcomes: Iterable[RequestOutcome]) -> tuple[list[dict], list[dict]]:
     """Evolved instructions from a round's evolving outcomes, in key order, and a rejection
     for every outcome that failed: request failed, reply cut off by the length limit,
     nothing parseable, or an instruction rule of :func:`eliminate`."""
     evolved, rejected = [], []
-    for outcome in sorted(outcomes, key=lambda o: o["key"]):
-        key, meta = outcome["key"], outcome.get("meta") or {}
+    for outcome in sorted(outcomes, key=lambda o: o.key):
+        key, meta = outcome.key, outcome.meta or {}
         lineage = {name: meta.get(name) for name in ("round", "pool_index", "parent_id", "operation")}
-        if not outcome.get("ok"):
-            rejected.append(_rejection(key, "request_failed", error=outcome.get("error"), **lineage))
+        if not outcome.ok:
+            rejected.append(_rejection(key, "request_failed", error=outcome.error, **lineage))
             continue
-        if outcome.get("finish_reason") == "length":
-            rejected.append(_rejection(key, "truncated", text=(outcome.get("text") or "")[:2000], **lineage))
+        if outcome.finish_reason == "length":
+            rejected.append(_rejection(key, "truncated", text=(outcome.text or "")[:2000], **lineage))
             continue
-        instruction = parse_evolved(outcome.get("text"))
+        instruction = parse_evolved(outcome.text)
         if instruction is None:
-            rejected.append(_rejection(key, "unparseable", text=(outcome.get("text") or "")[:2000], **lineage))
+            rejected.append(_rejection(key, "unparseable", text=(outcome.text or "")[:2000], **lineage))
             continue
         reason = eliminate(meta.get("parent_instruction", ""), instruction, None)
         if reason:
@@ -442,12 +441,12 @@ def answer_requests(
     return requests
 
 
-def collect_answers(evolved: list[dict], outcomes: Iterable[dict]) -> tuple[list[dict], list[dict]]:
+def collect_answers(evolved: list[dict], outcomes: Iterable[RequestOutcome]) -> tuple[list[dict], list[dict]]:
     """Finished records {id, instruction, input, output, + lineage} for the evolved
     instructions whose answer came back and passes every rule of :func:`eliminate`, in the
     order of `evolved`, and a rejection for each of the others (a missing, failed or cut-off
     answer, or an elimination rule)."""
-    by_key = {outcome["key"]: outcome for outcome in outcomes}
+    by_key = {outcome.key: outcome for outcome in outcomes}
     records, rejected = [], []
     for record in evolved:
         lineage = {name: record.get(name) for name in ("round", "pool_index", "parent_id", "operation")}
@@ -455,12 +454,12 @@ def collect_answers(evolved: list[dict], outcomes: Iterable[dict]) -> tuple[list
         if outcome is None:
             rejected.append(_rejection(record["id"], "answer_missing", instruction=record["instruction"], **lineage))
             continue
-        if not outcome.get("ok"):
-            rejected.append(_rejection(record["id"], "answer_request_failed", error=outcome.get("error"),
+        if not outcome.ok:
+            rejected.append(_rejection(record["id"], "answer_request_failed", error=outcome.error,
                                        instruction=record["instruction"], **lineage))
             continue
-        answer = (outcome.get("text") or "").strip()
-        if outcome.get("finish_reason") == "length":
+        answer = (outcome.text or "").strip()
+        if outcome.finish_reason == "length":
             rejected.append(_rejection(record["id"], "answer_truncated", instruction=record["instruction"],
                                        output=answer[:2000], **lineage))
             continue

@@ -14,17 +14,23 @@ import random
 from collections import Counter
 from typing import Callable
 
-from backends.base import ChatRequest
-from distill.config import GenerateConfig
-from selfinstruct.dedup import RougeLDeduplicator
-from selfinstruct.evol import answer_requests, collect_answers, collect_evolved, evolution_requests, next_pool
+from backends.base import ChatRequest, RequestOutcome
+from selfinstruct.config import GenerateConfig
+from selfinstruct.evol import (
+    answer_requests,
+    collect_answers,
+    collect_evolved,
+    evolution_requests,
+    next_pool,
+)
+from similarity.rouge import RougeLDeduplicator
 
 log = logging.getLogger(__name__)
 
 
-def _in_shards(send: Callable[[list[ChatRequest]], list[dict]], requests: list[ChatRequest], size: int,
-               budget_exhausted: Callable[[], bool]) -> list[dict]:
-    outcomes: list[dict] = []
+def _in_shards(send: Callable[[list[ChatRequest]], list[RequestOutcome]], requests: list[ChatRequest], size: int,
+               budget_exhausted: Callable[[], bool]) -> list[RequestOutcome]:
+    outcomes: list[RequestOutcome] = []
     for begin in range(0, len(requests), size):
         if budget_exhausted():
             break
@@ -32,7 +38,7 @@ def _in_shards(send: Callable[[list[ChatRequest]], list[dict]], requests: list[C
     return outcomes
 
 
-def run_evol_instruct(settings: GenerateConfig, seeds: list[dict], send: Callable[[list[ChatRequest]], list[dict]],
+def run_evol_instruct(settings: GenerateConfig, seeds: list[dict], send: Callable[[list[ChatRequest]], list[RequestOutcome]],
                       budget_exhausted: Callable[[], bool] = lambda: False) -> dict:
     """Evolve the seed tasks for settings.evolve.rounds rounds; return kept, rejected, summary."""
     evolve = settings.evolve
@@ -61,9 +67,9 @@ def run_evol_instruct(settings: GenerateConfig, seeds: list[dict], send: Callabl
         records, dropped_answers = collect_answers(evolved, answering)
         rejected += dropped + dropped_answers
         for outcome in evolving + answering:
-            if outcome.get("ok"):
-                tokens["prompt_tokens"] += outcome.get("prompt_tokens", 0)
-                tokens["completion_tokens"] += outcome.get("completion_tokens", 0)
+            if outcome.ok:
+                tokens["prompt_tokens"] += outcome.prompt_tokens
+                tokens["completion_tokens"] += outcome.completion_tokens
         survivors = []
         for record in records:
             if len(kept) >= settings.target_records:

@@ -13,17 +13,22 @@ import logging
 from collections import Counter
 from typing import Callable, Iterable, Iterator
 
-from backends.base import ChatRequest
-from distill.config import GenerateConfig
-from selfinstruct.dedup import RougeLDeduplicator
-from selfinstruct.filters import heuristic_rejection
+from backends.base import ChatRequest, RequestOutcome
+from selfinstruct.alpaca_filters import heuristic_rejection
+from selfinstruct.config import GenerateConfig
 from selfinstruct.parse import parse_generated_tasks, parse_json_tasks
-from selfinstruct.prompt import TASKS_SCHEMA, render_generation_prompt, render_generation_prompt_json, sample_examples
+from selfinstruct.prompt import (
+    TASKS_SCHEMA,
+    render_generation_prompt,
+    render_generation_prompt_json,
+    sample_examples,
+)
+from similarity.rouge import RougeLDeduplicator
 
 log = logging.getLogger(__name__)
 
 # Takes the shards to send (pulled lazily) and yields each one's outcomes in shard order.
-SendShards = Callable[[Iterable[list[ChatRequest]]], Iterable[list[dict]]]
+SendShards = Callable[[Iterable[list[ChatRequest]]], Iterable[list[RequestOutcome]]]
 
 
 class SelfInstructRun:
@@ -98,25 +103,25 @@ class SelfInstructRun:
         self.counts[":".join(reason.split(":")[:2])] += 1
         self.rejected.append({"id": record_id, "stage": "generate", "reason": reason, **detail})
 
-    def absorb(self, outcomes: list[dict]) -> None:
+    def absorb(self, outcomes: list[RequestOutcome]) -> None:
         """Parse, filter and dedup a shard's replies, in request order."""
-        for outcome in sorted(outcomes, key=lambda o: o["key"]):
+        for outcome in sorted(outcomes, key=lambda o: o.key):
             self.counts["requests"] += 1
-            if not outcome.get("ok"):
-                self._reject(outcome["key"], "request_failed", error=outcome.get("error"))
+            if not outcome.ok:
+                self._reject(outcome.key, "request_failed", error=outcome.error)
                 continue
-            self.prompt_tokens += outcome.get("prompt_tokens", 0)
-            self.completion_tokens += outcome.get("completion_tokens", 0)
+            self.prompt_tokens += outcome.prompt_tokens
+            self.completion_tokens += outcome.completion_tokens
             if self.settings.reply_format == "json":
-                tasks, problems = parse_json_tasks(outcome["text"], outcome.get("finish_reason"))
+                tasks, problems = parse_json_tasks(outcome.text, outcome.finish_reason)
             else:
                 tasks, problems = parse_generated_tasks(
-                    outcome["text"], outcome["meta"]["next_index"], outcome.get("finish_reason")
+                    outcome.text, outcome.meta["next_index"], outcome.finish_reason
                 )
             for number, problem in enumerate(problems):
-                self._reject(f"{outcome['key']}-p{number:02d}", f"parse:{problem.reason}", text=problem.text[:2000])
+                self._reject(f"{outcome.key}-p{number:02d}", f"parse:{problem.reason}", text=problem.text[:2000])
             for number, task in enumerate(tasks):
-                record_id = f"{outcome['key']}-{number:02d}"
+                record_id = f"{outcome.key}-{number:02d}"
                 self.counts["parsed"] += 1
                 if len(self.kept) >= self.settings.target_records:
                     self.counts["beyond_target"] += 1
@@ -161,7 +166,7 @@ class SelfInstructRun:
 def domain_similarity_scorer(domain: str, seed_instructions: list[str] = ()) -> Callable[[str], float]:
     """How close a text is to the domain: the highest cosine similarity (all-MiniLM-L6-v2) to
     the domain description or to any of the user's own seed instructions."""
-    from quality.semantic_dedup import embed_texts
+    from similarity.embeddings import embed_texts
 
     anchors = embed_texts([domain, *seed_instructions])
     return lambda text: float((anchors @ embed_texts([text])[0]).max())

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
 
-PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
-GENERATION_TEMPLATE = PROMPTS_DIR / "self_instruct.txt"
-GENERATION_TEMPLATE_JSON = PROMPTS_DIR / "self_instruct_json.txt"
+import prompts
+
+GENERATION_TEMPLATE = "self_instruct"
+GENERATION_TEMPLATE_JSON = "self_instruct_json"
 NO_INPUT = "<noinput>"
 
 # The reply shape for `reply_format: json`: servers with structured output (vLLM,
@@ -37,8 +37,7 @@ TASKS_SCHEMA = {
 
 def load_template(reply_format: str = "numbered") -> str:
     """The template text for a reply format; it holds {num_tasks} and {examples} placeholders."""
-    path = GENERATION_TEMPLATE_JSON if reply_format == "json" else GENERATION_TEMPLATE
-    return path.read_text(encoding="utf-8")
+    return prompts.load_template(GENERATION_TEMPLATE_JSON if reply_format == "json" else GENERATION_TEMPLATE)
 
 
 def format_task(index: int, task: dict) -> str:

@@ -35,10 +35,7 @@ def student_cache_dir() -> Path:
 @pytest.fixture
 def katan(tmp_path):
     """Start llm-katan's echo server (a real third-party OpenAI-compatible server) with fault flags."""
-    import sys
-
-    sys.path.insert(0, str(REPO))
-    from bench.katan_server import start_katan
+    from bench.harness import start_katan
 
     started = []
 

@@ -2,18 +2,19 @@
 
 import re
 import string
-from pathlib import Path
 
 import pytest
 
-PROMPTS = sorted((Path(__file__).resolve().parent.parent / "prompts").glob("*.txt"))
+import prompts
+
+PROMPTS = prompts.template_names()
 
 
-@pytest.mark.parametrize("path", PROMPTS, ids=[p.name for p in PROMPTS])
-def test_prompt_renders(path):
-    text = path.read_text(encoding="utf-8")
+@pytest.mark.parametrize("name", PROMPTS)
+def test_prompt_renders(name):
+    text = prompts.load_template(name)
     fields = {name for _, name, _, _ in string.Formatter().parse(text) if name}
-    assert fields, f"{path.name} has no placeholders"
+    assert fields, f"{name} has no placeholders"
     values = {name: f"<<{name.upper()}-SAMPLE>>" for name in fields}
     rendered = text.format(**values)
     for value in values.values():
@@ -23,4 +24,5 @@ def test_prompt_renders(path):
 
 
 def test_prompt_files_are_known():
-    assert {"self_instruct.txt", "self_instruct_json.txt", "rate_pair.txt", "judge_pairwise.txt"} <= {p.name for p in PROMPTS}
+    assert {"self_instruct", "self_instruct_json", "rate_pair", "judge_pairwise"} <= set(PROMPTS)
+    assert set(prompts.template_hashes()) == {f"{name}.txt" for name in PROMPTS}

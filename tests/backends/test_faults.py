@@ -18,7 +18,7 @@ import pytest
 from backends.base import ChatRequest
 from backends.openai_compat import OpenAICompatibleBackend
 from backends.runner import RetryPolicy, run_requests
-from distill.records import Journal
+from core.records import Journal
 
 
 def requests(n: int, prefix: str = "f") -> list[ChatRequest]:
@@ -51,9 +51,9 @@ def test_overloaded_server_503s_are_retried_until_all_succeed(katan, tmp_path):
     assert set(stats.errors) == {"HTTP 503"}
     assert stats.retries == stats.errors["HTTP 503"]
     assert stats.sent == 48 and stats.succeeded == 48 and stats.failed == 0
-    assert [o["key"] for o in outcomes] == [f"f-{i:04d}" for i in range(48)]
-    assert all(o["ok"] and "question" in o["text"] for o in outcomes)
-    assert sum(o["attempts"] for o in outcomes) == stats.sent + stats.retries
+    assert [o.key for o in outcomes] == [f"f-{i:04d}" for i in range(48)]
+    assert all(o.ok and "question" in o.text for o in outcomes)
+    assert sum(o.attempts for o in outcomes) == stats.sent + stats.retries
     assert sorted(e["key"] for e in journal_lines(tmp_path / "j.jsonl")) == [f"f-{i:04d}" for i in range(48)]
     assert katan_answered(url) == 48
 
@@ -71,9 +71,9 @@ def test_client_timeouts_are_counted_and_failures_listed(katan, tmp_path):
     assert stats.retries == 12
     assert len(outcomes) == 6
     for outcome in outcomes:
-        assert outcome["ok"] is False and outcome["attempts"] == 3
-        assert isinstance(outcome["error"], str) and "APITimeoutError" in outcome["error"]
-        assert "text" not in outcome
+        assert outcome.ok is False and outcome.attempts == 3
+        assert isinstance(outcome.error, str) and "APITimeoutError" in outcome.error
+        assert outcome.text is None and "text" not in outcome.to_journal()
     listed = journal_lines(tmp_path / "j.jsonl")
     assert sorted(e["key"] for e in listed) == [f"f-{i:04d}" for i in range(6)]
     assert all(not e["ok"] and "APITimeoutError" in e["error"] for e in listed)
@@ -89,10 +89,10 @@ def test_gateway_timeouts_504_are_retried_then_failed_and_listed(katan, tmp_path
     assert stats.sent == 12 and stats.succeeded == 5 and stats.failed == 7
     assert stats.errors == {"HTTP 504": 7 * 4}
     assert stats.retries == 7 * 3
-    failed = [o for o in outcomes if not o["ok"]]
+    failed = [o for o in outcomes if not o.ok]
     assert len(failed) == 7
-    assert all("HTTP 504" in o["error"] and o["attempts"] == 4 for o in failed)
-    assert all(o["attempts"] == 1 for o in outcomes if o["ok"])
+    assert all("HTTP 504" in o.error and o.attempts == 4 for o in failed)
+    assert all(o.attempts == 1 for o in outcomes if o.ok)
     listed = {e["key"]: e for e in journal_lines(tmp_path / "j.jsonl")}
     assert len(listed) == 12 and sum(not e["ok"] for e in listed.values()) == 7
     assert katan_answered(url) == 5  # no success was asked for twice
@@ -114,13 +114,13 @@ def test_mixed_errors_every_request_accounted_for_once_and_rerun_sends_only_the_
     assert stats1.reused == 0 and stats1.errors.get("HTTP 500", 0) > 0
     assert set(stats1.errors) == {"HTTP 500"}
     assert stats1.errors["HTTP 500"] == stats1.retries + stats1.failed
-    assert [o["key"] for o in first] == keys[:280]  # each exactly once, in request order
-    assert sum(o["attempts"] for o in first) == stats1.sent + stats1.retries
+    assert [o.key for o in first] == keys[:280]  # each exactly once, in request order
+    assert sum(o.attempts for o in first) == stats1.sent + stats1.retries
     lines = journal_lines(path)
     assert sorted(e["key"] for e in lines) == keys[:280]  # each exactly once in the journal
     assert sum(e["ok"] for e in lines) == stats1.succeeded
-    failed_keys = {o["key"] for o in first if not o["ok"]}
-    assert all("HTTP 500" in o["error"] and o["attempts"] == 2 for o in first if not o["ok"])
+    failed_keys = {o.key for o in first if not o.ok}
+    assert all("HTTP 500" in o.error and o.attempts == 2 for o in first if not o.ok)
     assert katan_answered(url) == stats1.succeeded  # nothing the server answered was asked for again
 
     # Rerun over the same journal: only the failed and the missing requests are sent.
@@ -129,12 +129,12 @@ def test_mixed_errors_every_request_accounted_for_once_and_rerun_sends_only_the_
     with Journal(path) as journal:
         second, stats2 = run_requests(OpenAICompatibleBackend("echo", [url]), everything, journal,
                                       max_in_flight=16, policy=policy,
-                                      on_outcome=lambda entry: sent_second.append(entry["key"]))
+                                      on_outcome=lambda entry: sent_second.append(entry.key))
     assert stats2.reused == stats1.succeeded
     assert stats2.sent == len(failed_keys) + 20 == stats2.succeeded + stats2.failed
     assert stats2.failed == 0
     assert set(sent_second) == failed_keys | set(keys[280:]) and len(sent_second) == stats2.sent
-    assert [o["key"] for o in second] == keys and all(o["ok"] for o in second)
+    assert [o.key for o in second] == keys and all(o.ok for o in second)
     lines = journal_lines(path)
     assert len(lines) == 280 + stats2.sent
     assert sorted({e["key"] for e in lines}) == keys
@@ -210,5 +210,5 @@ def test_retry_after_is_honoured(rate_limit_once_server, tmp_path):
     assert arrivals[1] - arrivals[0] >= 0.95
     assert stats.errors == {"HTTP 429": 1} and stats.retries == 1 and stats.succeeded == 1
     (outcome,) = outcomes
-    assert outcome["ok"] and outcome["text"] == "hello after waiting" and outcome["attempts"] == 2
-    assert outcome["latency_s"] >= 0.95
+    assert outcome.ok and outcome.text == "hello after waiting" and outcome.attempts == 2
+    assert outcome.latency_s >= 0.95

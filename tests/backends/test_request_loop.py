@@ -7,10 +7,10 @@ import pytest
 from backends.base import ChatRequest
 from backends.openai_compat import OpenAICompatibleBackend
 from backends.runner import UsageMeter, run_requests
-from distill.config import ModelEndpoint
-from distill.records import Journal, iter_jsonl
-from distill.rundir import RunDir
-from distill.stages.session import RequestPath, send_shard, send_shards, shards_in_flight
+from backends.config import ModelEndpoint
+from core.records import Journal, iter_jsonl
+from core.rundir import RunDir
+from pipeline.requests import RequestPath, send_shard, send_shards, shards_in_flight
 
 
 def shards(count: int, size: int) -> list[list[ChatRequest]]:
@@ -45,8 +45,8 @@ def test_shards_in_flight_together_stay_within_the_endpoint_window(katan, tmp_pa
     planned = shards(8, 2)
     assert shards_in_flight(ModelEndpoint(model="echo", max_in_flight=4), 2) == 5
     outcomes, _ = send_all(url, tmp_path, 4, planned)
-    assert [[o["key"] for o in shard] for shard in outcomes] == [[r.key for r in shard] for shard in planned]
-    assert all(o["ok"] for shard in outcomes for o in shard)
+    assert [[o.key for o in shard] for shard in outcomes] == [[r.key for r in shard] for shard in planned]
+    assert all(o.ok for shard in outcomes for o in shard)
 
 
 def test_the_next_shards_fill_the_window_while_one_drains(katan, tmp_path):
@@ -55,8 +55,8 @@ def test_the_next_shards_fill_the_window_while_one_drains(katan, tmp_path):
     # after another would never have more than 2 in flight.)
     url = katan("--max-inflight", "3", "--latency-ms", "150")
     outcomes, _ = send_all(url, tmp_path, 4, shards(8, 2))
-    refused = [o for shard in outcomes for o in shard if not o["ok"]]
-    assert refused and all("HTTP 503" in o["error"] for o in refused)
+    refused = [o for shard in outcomes for o in shard if not o.ok]
+    assert refused and all("HTTP 503" in o.error for o in refused)
 
 
 def test_one_client_serves_every_shard_and_is_closed_with_the_path(katan, tmp_path):
@@ -72,7 +72,7 @@ def test_one_client_serves_every_shard_and_is_closed_with_the_path(katan, tmp_pa
     # A call of run_requests on a loop of its own gets a client of its own, closed at its end.
     with Journal(tmp_path / "other.jsonl") as journal:
         outcomes, _ = run_requests(backend, shards(1, 3)[0], journal, max_in_flight=2)
-    assert all(o["ok"] for o in outcomes) and backend._clients == clients
+    assert all(o.ok for o in outcomes) and backend._clients == clients
     path.close()
     assert backend._clients == {}
     assert len(list(iter_jsonl(path.rundir.journal("generate")))) == 8
@@ -89,7 +89,7 @@ def test_shards_still_in_flight_when_the_stage_stops_early_are_journaled(katan, 
         path.close()
     journaled = [entry["key"] for _, entry in iter_jsonl(rundir.journal("generate"))]
     started = shards_in_flight(endpoint, 2) + 1  # the window, and the one started as the first was handed on
-    assert [o["key"] for o in first] == ["s00-0", "s00-1"]
+    assert [o.key for o in first] == ["s00-0", "s00-1"]
     assert sorted(journaled) == [f"s{s:02d}-{i}" for s in range(started) for i in range(2)]
 
 

@@ -21,7 +21,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 @pytest.fixture(scope="session")
 def student_dir(student_cache_dir) -> Path:
-    from finetune.embedded_student import ensure_plain_student
+    from student.embedded import ensure_plain_student
 
     return ensure_plain_student(student_cache_dir)
 

@@ -23,7 +23,7 @@ needs_gpu = pytest.mark.skipif(not (HAS_CUDA and HAS_BNB),
 @needs_gpu
 @pytest.mark.parametrize("bits", [8, 4])
 def test_bnb_variant_loads_quantized_and_answers(merged_dir, bits):
-    from compress.answer import answer_with_variant
+    from compress.variants import answer_with_variant
     from compress.bnb import load_bnb
 
     model, _ = load_bnb(merged_dir, bits)

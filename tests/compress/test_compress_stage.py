@@ -15,17 +15,22 @@ import yaml
 pytest.importorskip("torch")
 pytest.importorskip("llama_cpp")
 
-from compress.answer import answer_with_variant  # noqa: E402
-from distill.config import PipelineConfig  # noqa: E402
-from distill.rundir import RunDir  # noqa: E402
-from distill.stages import compress_stage  # noqa: E402
-from distill.stages.compress import variants_path  # noqa: E402
-from distill.stages.session import StageInputError  # noqa: E402
+from compress.variants import answer_with_variant  # noqa: E402
+from pipeline.config import PipelineConfig  # noqa: E402
+from core.rundir import RunDir  # noqa: E402
+from pipeline.session import run_stage_in  # noqa: E402
+from pipeline.stages.compress import variants_path  # noqa: E402
+from core.errors import StageInputError  # noqa: E402
 from student_prompts import PROMPTS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 VARIANTS = ["gguf_f16", "gguf_q8_0", "gguf_q4_0", "torch_int8"]
 MAX_NEW_TOKENS = 24
+
+
+def compress_stage(config: PipelineConfig, rundir: RunDir) -> dict:
+    """The compress stage run as `distill run` runs it (a finished stage is skipped)."""
+    return run_stage_in(rundir, config, "compress").to_json()
 
 
 def pipeline_config(**compress) -> PipelineConfig:
@@ -88,7 +93,7 @@ def test_a_variant_answers_like_the_student(compressed, label):
 def test_the_served_f16_variant_answers_as_the_student_does(compressed, merged_dir):
     """Through the whole serving path (llama.cpp server, completions API, the student's
     Alpaca prompt), the F16 file answers exactly what transformers answers on the merged weights."""
-    from eval.student import answer_prompts, load_student
+    from student.generation import answer_prompts, load_student
 
     rundir, _ = compressed
     variant = next(v for v in json.loads(variants_path(rundir).read_text()) if v["label"] == "gguf_f16")

@@ -19,8 +19,8 @@ from compress.gguf_export import (  # noqa: E402
     quantize_gguf,
 )
 from student_prompts import PROMPTS  # noqa: E402
-from finetune.embedded_student import find_embedded_gguf  # noqa: E402
-from finetune.prompt_format import render_student_prompt  # noqa: E402
+from student.embedded import find_embedded_gguf  # noqa: E402
+from student.prompt_format import render_student_prompt  # noqa: E402
 
 GREEDY_TOKENS = 16
 

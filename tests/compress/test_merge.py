@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from finetune.embedded_student import probe_logits  # noqa: E402
+from student.embedded import probe_logits  # noqa: E402
 from finetune.merge import MERGE_INFO_FILE, MergeError, atomic_directory, merge_lora  # noqa: E402
 
 

@@ -3,16 +3,17 @@
 import pytest
 
 from eval.answer_process import answer_in_child
+from eval.contestants import AnswerJob
 from eval.sets import load_eval_set
 
 
 def test_student_answers_in_its_own_process(tmp_path, student_cache_dir):
-    from finetune.embedded_student import ensure_plain_student
+    from student.embedded import ensure_plain_student
 
     items = load_eval_set("vicuna_80", tmp_path / "none")[:3]
-    job = {"kind": "student", "label": "base_student", "base_model": str(ensure_plain_student(student_cache_dir)),
-           "adapter": None, "batch_size": 2, "items": items, "prompt_format": "alpaca", "max_new_tokens": 8,
-           "threads": 1}
+    job = AnswerJob(kind="student", label="base_student", base_model=str(ensure_plain_student(student_cache_dir)),
+                    adapter=None, batch_size=2, items=items, prompt_format="alpaca", max_new_tokens=8, threads=1,
+                    cache_dir=str(student_cache_dir))
     answers, measured = answer_in_child(job, tmp_path / "work")
     assert [a["id"] for a in answers] == [item["id"] for item in items]
     assert all(a["answer"] and 1 <= a["completion_tokens"] <= 8 for a in answers)
@@ -22,7 +23,8 @@ def test_student_answers_in_its_own_process(tmp_path, student_cache_dir):
 
 
 def test_a_failing_child_says_why(tmp_path):
-    job = {"kind": "student", "label": "student", "base_model": str(tmp_path / "no-such-model"), "adapter": None,
-           "items": [{"id": "x", "instruction": "Hi"}], "prompt_format": "alpaca", "max_new_tokens": 4}
+    job = AnswerJob(kind="student", label="student", base_model=str(tmp_path / "no-such-model"), adapter=None,
+                    items=[{"id": "x", "instruction": "Hi"}], prompt_format="alpaca", max_new_tokens=4,
+                    cache_dir=str(tmp_path))
     with pytest.raises(RuntimeError, match=r"answering with student failed \(exit 1\)"):
         answer_in_child(job, tmp_path / "work")

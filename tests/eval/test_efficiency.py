@@ -1,14 +1,8 @@
-"""Cost arithmetic, the Pareto front and peak-memory readings (of real processes)."""
-
-import os
-import subprocess
-import sys
-import time
+"""Cost arithmetic, latency figures and the Pareto front."""
 
 import pytest
 
-from eval.efficiency import (api_cost_per_1k, latency_summary, local_cost_per_1k, pareto_front,
-                             process_peak_memory, server_pid_on_port)
+from eval.efficiency import api_cost_per_1k, latency_summary, local_cost_per_1k, pareto_front
 
 
 def test_cost_per_1k_answers():
@@ -33,36 +27,3 @@ def test_latency_summary_with_first_token_times():
     assert summary["tokens_per_s"] == pytest.approx(100 / 16, abs=0.01)
     assert summary["p50_ttft_s"] == 0.2 and summary["p95_ttft_s"] == 0.4
     assert latency_summary([], []) == {"answers": 0}
-
-
-def test_peak_memory_follows_what_a_process_touched():
-    code = "b = bytearray(300 * 1024 * 1024); import time; time.sleep(30)"
-    small = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
-    big = subprocess.Popen([sys.executable, "-c", code])
-    try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and (process_peak_memory(big.pid) or 0) < 300 * 1024 * 1024:
-            time.sleep(0.2)
-        assert process_peak_memory(big.pid) >= 300 * 1024 * 1024
-        assert process_peak_memory(small.pid) < 100 * 1024 * 1024
-        assert process_peak_memory(os.getpid()) > 0
-    finally:
-        small.kill(), big.kill()
-        small.wait(), big.wait()
-    assert process_peak_memory(big.pid) is None  # gone
-
-
-def test_server_pid_is_found_by_its_port():
-    # A sleeping process with the server's arguments: only its command line is read here; the
-    # real llama.cpp server's memory is checked in tests/flows/test_pipeline_e2e.py.
-    fake_server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "llama_cpp.server",
-                                    "--port", "54321"])
-    try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and server_pid_on_port(54321) is None:
-            time.sleep(0.1)  # until the child has exec'd
-        assert server_pid_on_port(54321) == fake_server.pid
-        assert server_pid_on_port(54322) is None
-    finally:
-        fake_server.kill()
-        fake_server.wait()

@@ -10,15 +10,17 @@ import pytest
 from vllm_standin import install_vllm_standin
 
 from eval.answer_process import _answer_with_vllm
-from finetune.prompt_format import render_student_prompt
+from eval.contestants import AnswerJob
+from student.prompt_format import render_student_prompt
 
 
 def test_student_answers_through_vllm_with_its_adapter(monkeypatch, tmp_path):
     install_vllm_standin(monkeypatch)
     items = [{"id": "a", "instruction": "Name a colour.", "input": ""},
              {"id": "b", "instruction": "Add the numbers.", "input": "2 and 3"}]
-    job = {"base_model": "/models/base", "adapter": str(tmp_path / "adapter"), "items": items,
-           "prompt_format": "alpaca", "max_new_tokens": 16, "vllm_engine_args": {"gpu_memory_utilization": 0.5}}
+    job = AnswerJob(label="student", kind="student", base_model="/models/base", adapter=str(tmp_path / "adapter"),
+                    items=items, prompt_format="alpaca", max_new_tokens=16, cache_dir=str(tmp_path),
+                    vllm_engine_args={"gpu_memory_utilization": 0.5})
     answers, efficiency = _answer_with_vllm(job)
     assert [a["id"] for a in answers] == ["a", "b"]
     assert all(a["answer"] == "partial answer" and a["completion_tokens"] == 2 for a in answers)
@@ -38,8 +40,9 @@ def test_the_engine_gets_the_students_prompt_greedy_and_the_lora_request(monkeyp
 
     monkeypatch.setattr(vllm_inprocess.VLLMInProcessBackend, "__init__", remember)
     item = {"id": "b", "instruction": "Add the numbers.", "input": "2 and 3"}
-    _answer_with_vllm({"base_model": "/models/base", "adapter": str(tmp_path / "adapter"), "items": [item],
-                       "prompt_format": "alpaca", "max_new_tokens": 16})
+    _answer_with_vllm(AnswerJob(label="student", kind="student", base_model="/models/base",
+                                adapter=str(tmp_path / "adapter"), items=[item], prompt_format="alpaca",
+                                max_new_tokens=16, cache_dir=str(tmp_path)))
     (engine,) = engines
     assert engine.args == {"model": "/models/base", "enable_lora": True, "max_lora_rank": 64}
     (call,) = engine.calls
@@ -49,7 +52,7 @@ def test_the_engine_gets_the_students_prompt_greedy_and_the_lora_request(monkeyp
 
 
 def test_engine_args_without_vllm_are_refused():
-    from distill.config import EvaluateConfig
+    from eval.config import EvaluateConfig
 
     with pytest.raises(ValueError, match="student_backend vllm"):
         EvaluateConfig(vllm_engine_args={"tensor_parallel_size": 2})

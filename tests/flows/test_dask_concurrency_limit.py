@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from distill.stages import StageInputError
+from core.errors import StageInputError
 from flows.pipeline import distill_pipeline
 
 REPO = Path(__file__).resolve().parents[2]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from distill.records import iter_jsonl
+from core.records import iter_jsonl
 from flows.pipeline import distill_pipeline
 
 REPO = Path(__file__).resolve().parents[2]

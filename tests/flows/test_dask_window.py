@@ -14,9 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 from backends.base import ChatRequest
 from backends.openai_compat import OpenAICompatibleBackend
 from backends.runner import UsageMeter
-from distill.config import ModelEndpoint
-from distill.rundir import RunDir
-from distill.stages.session import RequestPath, WindowedShardSender, send_detached, send_shards
+from backends.config import ModelEndpoint
+from core.rundir import RunDir
+from pipeline.requests import RequestPath, WindowedShardSender, send_detached, send_shards
 
 
 class CountingBackend:
@@ -79,7 +79,7 @@ def test_window_order_cap_and_early_stop(katan, tmp_path):
         assert sender.shard_window(endpoint) == (2, 3)
         received = []
         for outcomes in send_shards(sender, path, backend, endpoint, "generate", shards):
-            received.append([o["key"] for o in outcomes])
+            received.append([o.key for o in outcomes])
             if len(received) == 3:
                 break  # the stage has what it needs (its target), with shards still in flight
         assert received == [[r.key for r in shard] for shard in shards[:3]]
@@ -91,7 +91,7 @@ def test_window_order_cap_and_early_stop(katan, tmp_path):
 
         # A rerun over the same shards sends only what is not in the journal yet.
         submitted.clear()
-        again = [[o["key"] for o in outcomes]
+        again = [[o.key for o in outcomes]
                  for outcomes in send_shards(sender, path, backend, endpoint, "generate", shards)]
     assert again == [[r.key for r in shard] for shard in shards]
     assert submitted == [[r.key for r in shard] for shard in shards[sent_ahead:]]

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from distill.config import NotifyConfig
-from distill.notify import notification_payload, post_notification
+from pipeline.config import NotifyConfig
+from pipeline.notify import notification_payload, post_notification
 
 REPO = Path(__file__).resolve().parents[2]
 DISTILL = str(Path(sys.executable).parent / "distill")

@@ -13,7 +13,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from backends.embedded_server import free_port
+from core.net import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

@@ -16,7 +16,7 @@ import sys
 import pytest
 
 from cli_runs import REPO, SEEDS, file_hashes, openai_teacher, run_distill, write_config
-from distill.records import MAX_LINE_BYTES
+from core.records import MAX_LINE_BYTES
 from scripted_server import ScriptedServer
 
 RECORDS = [{"id": f"r{i}", "instruction": f"Name a colour number {i}.", "input": "", "output": "Blue."}

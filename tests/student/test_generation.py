@@ -1,0 +1,42 @@
+"""Batched student answers on the real embedded student (SmolLM2-135M dequantized from the GGUF)."""
+
+import pytest
+import torch
+
+from eval.sets import load_eval_set
+from student.generation import answer_prompts, left_pad, length_sorted_batches, load_student, until_stop
+
+
+def test_left_pad_and_stop():
+    ids, masks = left_pad([[5, 6, 7], [8]], pad_id=0, multiple=4)
+    assert ids == [[0, 5, 6, 7], [0, 0, 0, 8]] and masks == [[0, 1, 1, 1], [0, 0, 0, 1]]
+    assert until_stop([3, 4, 2, 2, 2], {2}) == [3, 4, 2] and until_stop([3, 4], {2}) == [3, 4]
+    assert length_sorted_batches([1, 9, 5, 9], 2) == [[1, 3], [2, 0]]
+
+
+@pytest.fixture(scope="module")
+def embedded_student(student_cache_dir):
+    from student.embedded import ensure_plain_student
+
+    torch.set_num_threads(1)
+    return load_student(ensure_plain_student(student_cache_dir), None)
+
+
+@pytest.mark.parametrize("prompt_format", ["alpaca", "chat"])
+def test_batched_greedy_answers_equal_one_at_a_time(embedded_student, tmp_path, prompt_format):
+    model, tokenizer = embedded_student
+    # Prompts of different lengths, so the batch really is padded on the left.
+    items = load_eval_set("vicuna_80", tmp_path / "none")[:3] + load_eval_set("self_instruct_252", tmp_path / "none")[:2]
+    single = answer_prompts(model, tokenizer, items, prompt_format, max_new_tokens=20, batch_size=1)
+    batched = answer_prompts(model, tokenizer, items, prompt_format, max_new_tokens=20, batch_size=5)
+    # A static KV cache shared by the batches; the last batch (1 prompt) is filled up to 2.
+    static = answer_prompts(model, tokenizer, items, prompt_format, max_new_tokens=20, batch_size=2,
+                            static_cache=True)
+    assert [a["answer"] for a in static] == [a["answer"] for a in single]
+    assert [a["id"] for a in batched] == [item["id"] for item in items]
+    assert [a["answer"] for a in batched] == [a["answer"] for a in single]
+    assert [a["completion_tokens"] for a in batched] == [a["completion_tokens"] for a in single]
+    assert all(a["answer"] for a in batched)
+    for answer in batched:
+        assert 0 < answer["ttft_s"] <= answer["latency_s"]
+        assert 1 <= answer["completion_tokens"] <= 20
