@@ -4,6 +4,14 @@
 # Safe to run again: what is installed already is kept.
 set -euo pipefail
 cd "$(dirname "$0")"
+# --vllm: also make .venv-vllm, a second environment with vLLM (setup_vllm.sh; README, "vLLM").
+WITH_VLLM=0
+for arg in "$@"; do
+    case "$arg" in
+        --vllm) WITH_VLLM=1 ;;
+        *) echo "setup: unknown option $arg (known: --vllm)" >&2; exit 2 ;;
+    esac
+done
 PYTHON="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
@@ -26,3 +34,6 @@ if .venv/bin/python -c 'import llama_cpp, sys; sys.exit("AMX_INT8 = 1" not in ll
     .venv/bin/python -m pip install --quiet --no-cache-dir --force-reinstall --no-deps "llama-cpp-python[server]==0.3.36"
 fi
 echo "setup done: $(.venv/bin/python -c 'import torch, transformers, trl, peft, prefect; print("torch", torch.__version__, "| transformers", transformers.__version__, "| trl", trl.__version__, "| peft", peft.__version__, "| prefect", prefect.__version__)')"
+if [ "$WITH_VLLM" = 1 ]; then
+    ./setup_vllm.sh
+fi

@@ -43,13 +43,17 @@ class ChatReply:
 
 
 class BackendError(Exception):
-    """A failed attempt. `retryable` says whether trying again may help."""
+    """A failed attempt. `retryable` says whether trying again may help; `fatal` that the
+    endpoint can answer nothing more (a vLLM engine that died: its server exits, an in-process
+    engine refuses every later request), so the run stops instead of failing request after request."""
 
-    def __init__(self, message: str, retryable: bool, retry_after: float | None = None, status: int | None = None):
+    def __init__(self, message: str, retryable: bool, retry_after: float | None = None, status: int | None = None,
+                 fatal: bool = False):
         super().__init__(message)
-        self.retryable = retryable
+        self.retryable = retryable and not fatal
         self.retry_after = retry_after
         self.status = status
+        self.fatal = fatal
 
 
 # Far above any reply within a request's max_tokens; journal lines stay well under the

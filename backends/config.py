@@ -39,6 +39,14 @@ class ModelEndpoint(Settings):
     price_input_per_mtok: float = Field(0.0, ge=0, description="USD per million prompt tokens.")
     price_output_per_mtok: float = Field(0.0, ge=0, description="USD per million completion tokens.")
     context_length: int = Field(4096, ge=256, description="Context window of the embedded server.")
+    seed_requests: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="Whether requests carry their per-request seed. auto: yes, except to vLLM (a server whose "
+        "/models names vllm as owner gets none at temperature > 0; the in-process engine on a CPU runs without "
+        "chunked prefill and keeps them), since on vLLM's CPU engine a seed at temperature > 0 with chunked "
+        "prefill kills the engine; always: every seed sent (a GPU server, or a CPU one started with "
+        "--no-enable-chunked-prefill); never: none sent.",
+    )
     engine_args: dict[str, Any] = Field(
         default_factory=dict,
         description="backend vllm only: keyword arguments for vLLM's AsyncEngineArgs "

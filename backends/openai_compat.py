@@ -10,8 +10,11 @@ import asyncio
 import contextlib
 import functools
 import itertools
+import json
+import logging
 import os
 import ssl
+import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
@@ -23,6 +26,12 @@ from backends.base import BackendError, ChatReply, ChatRequest
 
 if TYPE_CHECKING:
     from backends.config import ModelEndpoint
+
+log = logging.getLogger(__name__)
+
+# What vLLM's OpenAI server answers every request in flight when its engine dies (HTTP 500);
+# the server then shuts down (and exits with code 0), so no later request can succeed.
+VLLM_ENGINE_DEAD = "EngineCore encountered an issue"
 
 
 def _retry_after_seconds(headers: httpx.Headers | None) -> float | None:
@@ -58,6 +67,7 @@ class OpenAICompatibleBackend:
         max_connections: int = 64,
         api: str = "chat",
         schema_style: str = "openai",
+        seed_requests: str = "always",
     ):
         api_key = os.environ.get(api_key_env, "") if api_key_env else ""
         if api_key_env and not api_key:
@@ -74,6 +84,12 @@ class OpenAICompatibleBackend:
         self.api = api
         # llama.cpp's server takes a schema inside json_object; OpenAI and vLLM take json_schema.
         self.schema_style = schema_style
+        # Per-request seeds at temperature > 0, by URL: always, never, or auto: not to a vLLM
+        # server (on vLLM's CPU engine such a seed kills the engine under chunked prefill). auto
+        # asks each server here, once, before any request is timed.
+        self.seed_requests = seed_requests
+        self._seeds_allowed = {url: seed_requests == "always"
+                               or (seed_requests == "auto" and not self._served_by_vllm(url)) for url in self._urls}
         self.identity = f"openai-compatible:{model}@" + ",".join(self._urls)
         self.server_pid: int | None = None  # the server runs elsewhere (set by whoever started one)
 
@@ -99,13 +115,19 @@ class OpenAICompatibleBackend:
     async def chat(self, request: ChatRequest) -> ChatReply:
         url = self._urls[next(self._next)]
         client = self._client(url)
+        send_seed = self.seed_requests != "never" and (self._seeds_allowed[url] or request.temperature <= 0)
         try:
             # The documented low-level `post` with the body as the API defines it, and the reply
             # read as plain JSON: the SDK's per-request type transform and model construction
             # cost more CPU than the rest of a request (bench/bench_request_path.py).
-            data = await client.post(self._path, body=self._body(request), cast_to=object)
+            data = await client.post(self._path, body=self._body(request, send_seed), cast_to=object)
         except openai.APIStatusError as exc:
             status = exc.status_code
+            if status == 500 and VLLM_ENGINE_DEAD in f"{exc.body} {exc.message}":
+                raise BackendError(f"{url}: HTTP 500: the vLLM engine behind this endpoint died "
+                                   f"({VLLM_ENGINE_DEAD}; its server log has the cause) and its server stops: "
+                                   "no later request can be answered", retryable=False, status=status,
+                                   fatal=True) from None
             retryable = status in (408, 409, 429) or status >= 500
             raise BackendError(
                 f"{url}: HTTP {status}", retryable, _retry_after_seconds(exc.response.headers), status
@@ -121,7 +143,23 @@ class OpenAICompatibleBackend:
     def _path(self) -> str:
         return "/completions" if self.api == "completions" else "/chat/completions"
 
-    def _body(self, request: ChatRequest) -> dict:
+    def _served_by_vllm(self, url: str) -> bool:
+        """Whether the server at `url` says it is vLLM (`owned_by: vllm` in its /models list). A
+        server that cannot say in time is taken for another: its requests keep their seeds."""
+        ask = urllib.request.Request(f"{url.rstrip('/')}/models", headers={"Authorization": f"Bearer {self._api_key}"})
+        try:
+            with urllib.request.urlopen(ask, timeout=min(self._timeout_s, 10.0), context=_tls_context()) as reply:
+                models = json.loads(reply.read(1 << 20)).get("data") or []
+        except Exception:  # noqa: BLE001 - unreachable, not JSON, not a list: not known to be vLLM
+            return False
+        if any(isinstance(m, dict) and m.get("owned_by") == "vllm" for m in models):
+            log.info("%s is a vLLM server: requests go without their seeds (seed_requests: auto; a seed at "
+                     "temperature > 0 kills vLLM's CPU engine under chunked prefill). Set seed_requests: always "
+                     "for a GPU server or one started with --no-enable-chunked-prefill", url)
+            return True
+        return False
+
+    def _body(self, request: ChatRequest, send_seed: bool = True) -> dict:
         """The request body of the chat (or completions) API."""
         body = {"model": self.model, "max_tokens": request.max_tokens, "temperature": request.temperature,
                 "top_p": request.top_p}
@@ -137,7 +175,7 @@ class OpenAICompatibleBackend:
                                            "json_schema": {"name": "reply", "schema": request.json_schema}}
             elif request.json_mode:
                 body["response_format"] = {"type": "json_object"}
-        if request.seed is not None:
+        if request.seed is not None and send_seed:
             body["seed"] = request.seed
         return body
 
@@ -184,7 +222,8 @@ class OpenAICompatibleKind:
     @contextlib.contextmanager
     def open(self, endpoint: "ModelEndpoint", log_dir: Path | None = None) -> Iterator[OpenAICompatibleBackend]:
         yield OpenAICompatibleBackend(endpoint.model, endpoint.base_urls, endpoint.api_key_env, endpoint.timeout_s,
-                                      max_connections=endpoint.max_in_flight, api=endpoint.api)
+                                      max_connections=endpoint.max_in_flight, api=endpoint.api,
+                                      seed_requests=endpoint.seed_requests)
 
     def identity(self, endpoint: "ModelEndpoint") -> str:
         return url_identity(endpoint)

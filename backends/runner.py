@@ -122,6 +122,8 @@ async def _send_with_retries(backend: ChatBackend, request: ChatRequest, policy:
             kind = error_kind(exc)
             kinds.append(kind)
             stats.errors[kind] = stats.errors.get(kind, 0) + 1
+            if exc.fatal:  # the endpoint can answer nothing more: stop the run with this error
+                raise
             if not exc.retryable or attempt > policy.max_retries:
                 return None, attempt, time.perf_counter() - started, str(exc), kinds
             stats.retries += 1

@@ -40,6 +40,29 @@ def process_peak_memory(pid: int | str = "self") -> int | None:
     return None
 
 
+def process_tree_peak_memory(pid: int | str = "self") -> int | None:
+    """The VmHWM of a process plus those of its live descendants (a process that left its model to
+    child processes, as vLLM's engine core is): their peaks summed, so at least their joint peak."""
+    root = process_peak_memory(pid)
+    if root is None:
+        return None
+    parents: dict[int, list[int]] = {}
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            ppid = next(int(line.split()[1]) for line in status.read_text(encoding="utf-8").splitlines()
+                        if line.startswith("PPid:"))
+        except (OSError, StopIteration, ValueError):
+            continue
+        parents.setdefault(ppid, []).append(int(status.parent.name))
+    own = int(Path(f"/proc/{pid}").resolve().name) if pid == "self" else int(pid)
+    total, queue = root, list(parents.get(own, []))
+    while queue:
+        child = queue.pop()
+        total += process_peak_memory(child) or 0
+        queue += parents.get(child, [])
+    return total
+
+
 def reset_peak_memory() -> bool:
     """Reset this process's resident-memory high-water mark (VmHWM) to its current size;
     False where the kernel does not allow it."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -34,8 +35,15 @@ def answer_in_child(job: AnswerJob, work_dir: Path) -> tuple[list[dict], dict]:
     job_path, result_path = work_dir / f"{job.label}_job.json", work_dir / f"{job.label}_result.json"
     result_path.unlink(missing_ok=True)
     write_json(job_path, {**job.to_json(), "result_path": str(result_path)})
-    done = subprocess.run([sys.executable, "-m", "eval.answer_process", str(job_path)],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    python, env = sys.executable, None
+    if job.kind == "student" and job.student_backend == "vllm":
+        # vLLM lives in an environment of its own (backends.vllm_env); the child runs there.
+        from backends.vllm_env import env_for_project_in, require_vllm_python
+
+        python = require_vllm_python()
+        env = {**os.environ, **env_for_project_in(python)}
+    done = subprocess.run([str(python), "-m", "eval.answer_process", str(job_path)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     if done.returncode != 0 or not result_path.is_file():
         tail = "\n".join(done.stderr.strip().splitlines()[-15:])
         raise RuntimeError(f"answering with {job.label} failed (exit {done.returncode}):\n{tail}")
@@ -68,6 +76,7 @@ def _answer_with_vllm(job: AnswerJob) -> tuple[list[dict], dict]:
 
     from backends.base import ChatRequest
     from backends.vllm_inprocess import VLLMInProcessBackend
+    from core.measure import process_tree_peak_memory
     from student.prompt_format import render_student_prompt
 
     tokenizer = None
@@ -77,8 +86,10 @@ def _answer_with_vllm(job: AnswerJob) -> tuple[list[dict], dict]:
         tokenizer = AutoTokenizer.from_pretrained(job.base_model, trust_remote_code=job.trust_remote_code)
     adapter_config = Path(job.adapter) / "adapter_config.json" if job.adapter else None
     rank = json.loads(adapter_config.read_text())["r"] if adapter_config and adapter_config.is_file() else 64
+    # vLLM takes only these maximum ranks.
+    max_rank = next((r for r in (8, 16, 32, 64, 128, 256, 512) if r >= rank), rank)
     backend = VLLMInProcessBackend(job.base_model, api="completions", adapter_dir=job.adapter,
-                                   max_lora_rank=max(8, rank), engine_args=job.vllm_engine_args or {})
+                                   max_lora_rank=max_rank, engine_args=job.vllm_engine_args or {})
     requests = [ChatRequest(key=item["id"], max_tokens=job.max_new_tokens, temperature=0.0, messages=[
         {"role": "user", "content": render_student_prompt(item["instruction"], item.get("input", ""),
                                                           job.prompt_format, tokenizer)}])
@@ -95,8 +106,14 @@ def _answer_with_vllm(job: AnswerJob) -> tuple[list[dict], dict]:
 
     started = time.perf_counter()
     answers = asyncio.run(answer_all())
-    return answers, {"answer_wall_s": round(time.perf_counter() - started, 4), "batch_size": len(requests),
-                     "served_by": backend.identity}
+    wall_s = time.perf_counter() - started
+    # The weights and the KV cache live in vLLM's engine-core process, a child of this one:
+    # its peak counts, read before the engine stops.
+    peak = process_tree_peak_memory()
+    backend.shutdown()
+    return answers, {"answer_wall_s": round(wall_s, 4), "batch_size": len(requests), "served_by": backend.identity,
+                     "peak_memory_bytes": peak, "peak_memory_method": "VmHWM of a process that only loads this "
+                     "model and answers, plus that of its vLLM engine-core process"}
 
 
 def _answer_with_variant(job: AnswerJob) -> tuple[list[dict], dict]:
@@ -127,7 +144,7 @@ def main(job_path: str) -> None:
         answer = _answer_with_variant
     answers, efficiency = answer(job)
     # A variant served by another process (a llama.cpp server) reports that process's peak.
-    if efficiency.get("peak_memory_bytes") is None or job.kind == "student":
+    if efficiency.get("peak_memory_bytes") is None or (job.kind == "student" and job.student_backend != "vllm"):
         efficiency.update(peak_memory_bytes=process_peak_memory(),
                           peak_memory_method="VmHWM of a process that only loads this model and answers")
     write_json(Path(data["result_path"]), {"answers": answers, "efficiency": efficiency})

@@ -67,7 +67,10 @@ def test_dropped_and_cut_replies_from_the_real_teacher_are_retried_listed_and_re
     with EmbeddedServer(log_path=tmp_path / "llama.log") as teacher, FaultProxy(teacher.base_url, schedule) as proxy:
         config = write_config(
             tmp_path / "proxy.yaml",
-            teacher=openai_teacher(proxy.base_url, model="smollm2-135m-instruct", max_retries=1, max_in_flight=1),
+            # seed_requests always: no /models question to the server (seed_requests auto asks
+            # it once), which would take a connection of the proxy's schedule.
+            teacher=openai_teacher(proxy.base_url, model="smollm2-135m-instruct", max_retries=1, max_in_flight=1,
+                                   seed_requests="always"),
             generate={"max_requests": 5, "requests_per_shard": 5, "max_tokens": 48})
         command = ("generate", str(config), "--run-dir", str(tmp_path / "run"))
         result = run_distill(*command)
