@@ -30,6 +30,12 @@ class EvaluateConfig(Settings):
         False, description="Static KV cache for local students; on a GPU transformers then compiles the "
         "decoding step into CUDA graphs (see docs/benchmarks.md).",
     )
+    continuous_batching: bool = Field(
+        False, description="Local students answer through transformers' continuous batching (a paged KV cache "
+        "read only as far as each request has filled it, chunked prefill, a finished request replaced at once; "
+        "batch_size requests decode together) instead of length-sorted padded batches. Faster on a GPU at large "
+        "batches (docs/benchmarks.md); the same greedy answers in float32.",
+    )
     local_hourly_usd: float = Field(
         0.10, ge=0, description="USD per hour of the machine that runs local models (students, the embedded "
         "teacher): cost per 1,000 answers = measured seconds per answer x this. 0.10 is about a 2-vCPU cloud VM.",

@@ -190,6 +190,13 @@ def check_hardware(settings: FinetuneConfig) -> None:
             import bitsandbytes  # noqa: F401
         except ImportError as exc:
             raise TrainingSetupError(f"finetune: {what} needs the bitsandbytes package (pip install bitsandbytes)") from exc
+    if settings.base_precision == "fp8":
+        from finetune.fp8 import check_fp8_hardware
+
+        try:
+            check_fp8_hardware()
+        except RuntimeError as exc:
+            raise TrainingSetupError(str(exc)) from None
     if _fsdp(settings) and not _use_cuda():
         raise TrainingSetupError(
             "finetune.distributed fsdp needs GPUs (accelerate shards over accelerators only; on CPU it would "
@@ -613,6 +620,11 @@ def build_trainer_for_dataset(
         trainer.remove_callback(PrinterCallback)  # it prints every log line to stdout
     if args.bf16 and _base_dtype_is_low_precision(trainer.model):
         _disable_lora_input_casting(trainer.model)
+    if settings.base_precision == "fp8":
+        from finetune.fp8 import convert_lora_bases_to_fp8
+
+        swapped = convert_lora_bases_to_fp8(trainer.model)
+        logger.info("base_precision fp8: %d frozen base layers run their matmuls in FP8", swapped)
     if settings.torch_compile:
         _compile_decoder_layers(trainer.model)
     return trainer

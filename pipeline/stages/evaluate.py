@@ -79,7 +79,8 @@ def answer_job(contestant: Contestant, items: list[dict], config: PipelineConfig
                      variant=contestant.variant, student_backend=settings.student_backend,
                      vllm_engine_args=settings.vllm_engine_args,
                      **({"trust_remote_code": config.finetune.trust_remote_code, "batch_size": settings.batch_size,
-                         "static_cache": settings.static_cache} if contestant.kind == "student" else {}))
+                         "static_cache": settings.static_cache, "continuous": settings.continuous_batching}
+                        if contestant.kind == "student" else {}))
 
 
 def _answer(contestant: Contestant, items: list[dict], config: PipelineConfig, rundir: RunDir,
