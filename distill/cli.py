@@ -76,6 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=("alpaca", "chat", "hf"), required=True)
     export.add_argument("-o", "--output", type=Path, required=True)
     export.add_argument("--system-prompt", default=None, help="system turn for the chat format")
+    gguf = commands.add_parser("export-gguf", help="write a merged Hugging Face model as a GGUF file for llama.cpp")
+    gguf.add_argument("model_dir", type=Path, help="model directory (config.json, safetensors, tokenizer), "
+                      "e.g. a run's finetune/merged or compress/merged")
+    gguf.add_argument("-o", "--output", type=Path, required=True, help="GGUF file to write")
+    gguf.add_argument("--type", dest="gguf_type", choices=("f16", "q8_0", "q4_0", "q4_k_m"), default="f16",
+                      help="f16 (as the model answers), or quantized by llama.cpp (default: f16)")
+    gguf.add_argument("--threads", type=int, default=1, help="threads for llama.cpp's quantizer")
     report = commands.add_parser("report", help="rebuild report.json and report.md of a run directory")
     report.add_argument("--run-dir", type=Path, required=True)
     return parser
@@ -164,6 +171,11 @@ def main(argv: list[str] | None = None) -> int:
             records = read_records(args.input, required=("instruction", "output"), optional=("input",))
             count = export_records(records, args.format, args.output, system_prompt=args.system_prompt)
             print(f"wrote {count} records -> {args.output}")
+        elif args.command == "export-gguf":
+            from compress.gguf_export import write_gguf
+
+            path = write_gguf(args.model_dir, args.output, args.gguf_type, threads=args.threads)
+            print(f"wrote {path} ({args.gguf_type}, {path.stat().st_size / 1e6:.1f} MB)")
         elif args.command == "report":
             from core.rundir import RunDir
             from pipeline.report import headline, write_report

