@@ -77,8 +77,11 @@ def evaluation_target(config: PipelineConfig, rundir: RunDir) -> Evaluation:
     if name is None:
         default = rundir.stage_summary("evaluate")
         earlier = (default or {}).get("evaluation") or {}
+        # A run evaluated before evaluations had a settings hash: the same sets and the run's own
+        # judge count as the same evaluation (so a rerun of the same config still skips it).
         same = (earlier.get("settings_hash") == digest if earlier.get("settings_hash")
-                else default is not None and default.get("sets") == list(config.evaluate.sets))
+                else default is not None and default.get("sets") == list(config.evaluate.sets)
+                and config.evaluate.judge is None and config.evaluate.second_judge is None)
         if default is None or same:
             return Evaluation(None, rundir.eval_dir, rundir.stages / "evaluate.json", digest, settings)
         stems = "-".join(re.sub(r"[^\w.-]+", "_", Path(s).stem) for s in config.evaluate.sets)[:40]

@@ -77,6 +77,8 @@ def test_a_run_evaluated_before_evaluations_had_names_is_its_first(tmp_path, dem
     rundir.mark_done("evaluate", {"sets": list(config.evaluate.sets)})  # no "evaluation" entry
     assert evaluation_target(config, rundir).name is None
     assert evaluation_target(load_config(demo, ["evaluate.sets=[vicuna_80]"]), rundir).name is not None
+    other_judge = load_config(demo, ["evaluate.judge.backend=openai", "evaluate.judge.base_urls=[http://127.0.0.1:9/v1]"])
+    assert evaluation_target(other_judge, rundir).name is not None  # never the earlier judge's journaled verdicts
 
 
 def test_reserved_and_malformed_names_are_refused(demo):
