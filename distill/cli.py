@@ -71,6 +71,15 @@ def build_parser() -> argparse.ArgumentParser:
     dedup.add_argument("--seeds", type=Path, help="seed tasks JSONL, or records with 'instruction'")
     dedup.add_argument("--threshold", type=float, default=0.7)
     dedup.add_argument("--rejected", type=Path, help="write the dropped records here, with their nearest match")
+    decontaminate = commands.add_parser("decontaminate", help="drop records that copy an evaluation prompt")
+    decontaminate.add_argument("input", type=Path, help="records (JSONL or a JSON list) with 'instruction' (and 'input')")
+    decontaminate.add_argument("--against", type=_stage_list, required=True, metavar="SET[,SET...]",
+                               help="shipped sets (vicuna_80, self_instruct_252) or JSONL files of prompts")
+    decontaminate.add_argument("-o", "--output", type=Path, required=True, help="the kept records (JSONL)")
+    decontaminate.add_argument("--rejected", type=Path, help="the dropped records, each with the prompt it matched")
+    decontaminate.add_argument("--ngram", type=int, default=13, help="words in a run that makes a copy (13)")
+    decontaminate.add_argument("--min-words", type=int, default=6, help="shortest prompt matched whole (6)")
+    decontaminate.add_argument("--threshold", type=float, default=0.7, help="ROUGE-L F above which a record is a copy")
     export = commands.add_parser("export", help="write records as Alpaca JSON, chat JSONL or a datasets folder")
     export.add_argument("input", type=Path, help="records (JSONL or a JSON list), e.g. a run's filtered.jsonl")
     export.add_argument("--format", choices=("alpaca", "chat", "hf"), required=True)
@@ -127,6 +136,23 @@ def _run_dedup(args) -> None:
     print(f"kept {len(kept)} of {len(records)} records -> {args.output}")
 
 
+def _run_decontaminate(args) -> None:
+    from core.records import read_records, write_jsonl
+    from eval.contamination import decontaminator, prompts_by_set, split_contaminated
+
+    if not 0 < args.threshold <= 1:
+        raise ValueError(f"--threshold must be above 0 and at most 1, got {args.threshold}")
+    records = read_records(args.input, required=("instruction",), optional=("input",))
+    by_set = prompts_by_set(args.against, skip_heldout=False)
+    kept, dropped, per_set = split_contaminated(records, decontaminator(by_set, args.ngram, args.min_words,
+                                                                        args.threshold))
+    write_jsonl(args.output, kept)
+    if args.rejected:
+        write_jsonl(args.rejected, dropped)
+    print(f"kept {len(kept)} of {len(records)} records -> {args.output}; dropped per set: "
+          + ", ".join(f"{name} {count}" for name, count in per_set.items()))
+
+
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
@@ -164,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
                            args.stages, args.cache_dir, args.limit)
         elif args.command == "dedup":
             _run_dedup(args)
+        elif args.command == "decontaminate":
+            _run_decontaminate(args)
         elif args.command == "export":
             from core.records import read_records
             from finetune.export import export_records

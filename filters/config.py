@@ -1,4 +1,5 @@
-"""Settings of the filter stage: near-duplicate removal, IFD (Superfiltering) and the judge's rating and selection."""
+"""Settings of the filter stage: decontamination against the evaluation prompts, near-duplicate removal, IFD
+(Superfiltering) and the judge's rating and selection."""
 
 from __future__ import annotations
 
@@ -47,6 +48,23 @@ class IfdConfig(Settings):
         return self
 
 
+class DecontaminateConfig(Settings):
+    """Records that copy an evaluation prompt dropped before training (similarity.decontaminate)."""
+
+    enabled: bool = Field(True, description="Check every generated record against the evaluation prompts, first.")
+    against: list[str] | None = Field(
+        None, description="Evaluation sets to check against: shipped set names (vicuna_80, self_instruct_252) or "
+        "JSONL files with instruction (and optional input). Empty: every set in evaluate.sets (heldout is left "
+        "out: it is drawn from the filtered records themselves).",
+    )
+    ngram: int = Field(13, ge=4, le=64, description="A record sharing a run of this many consecutive words "
+                       "(case, punctuation and whitespace ignored) with an evaluation prompt is a copy (GPT-3, Tulu 3).")
+    min_words: int = Field(6, ge=1, le=64, description="An evaluation prompt shorter than ngram words is a copy "
+                           "when all its words appear in a record in a row, if it has at least this many words.")
+    rouge_threshold: float = Field(0.7, gt=0, le=1, description="A record whose ROUGE-L F against an evaluation "
+                                   "prompt is above this is a copy (the exact ROUGE-L of distill dedup).")
+
+
 class FilterConfig(Settings):
     """AlpaGasus-style rating by a judge model, after optional near-duplicate removal."""
 
@@ -71,6 +89,8 @@ class FilterConfig(Settings):
         "memory stays flat; within a shard the judge endpoint's max_in_flight is the window.",
     )
     ifd: IfdConfig = Field(default_factory=IfdConfig, description="Superfiltering's IFD ranking, before or instead of the judge.")
+    decontaminate: DecontaminateConfig = Field(
+        default_factory=DecontaminateConfig, description="Drop records that copy an evaluation prompt (first step).")
 
     @model_validator(mode="after")
     def _top_k_given(self) -> "FilterConfig":

@@ -30,6 +30,7 @@ from pipeline.session import (
     DEFAULT_CACHE,
     check_before_work,
     default_run_dir,
+    is_finished,
     open_session,
     run_stage,
     stages_to_run,
@@ -158,7 +159,7 @@ def distill_pipeline(config_path: str, run_dir: str | None = None, overrides: li
                 ",".join(stage.name for stage in selected), config.orchestration.task_runner)
     with stages_session(config, Path(config_path), rundir, cache) as (runner, session):
         for stage in selected:
-            if rundir.stage_summary(stage.name) is not None:
+            if is_finished(stage, config, rundir):
                 logger.info("%s: already finished in %s, skipped", stage.name, rundir.root)
                 continue
             if not stage.enabled(config):

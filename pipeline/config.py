@@ -183,16 +183,31 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
         # whose student is not downloaded yet can still run its generation stages.
         base_path = (path.parent / base).resolve()
         config = config.model_copy(update={"finetune": config.finetune.model_copy(update={"base_model": str(base_path)})})
-    sets = []
-    for name in config.evaluate.sets:
-        if not is_named_set(name):
-            set_path = Path(name) if Path(name).is_absolute() else (path.parent / name).resolve()
-            if not set_path.is_file():
-                raise ConfigError(f"{path}: key 'evaluate.sets': not a known set and no such file: {set_path}")
-            name = str(set_path)
-        sets.append(name)
+    sets = _resolve_sets(config.evaluate.sets, path, "evaluate.sets")
     config = config.model_copy(update={"evaluate": config.evaluate.model_copy(update={"sets": sets})})
+    against = config.filter.decontaminate.against
+    if against is not None:
+        decontaminate = config.filter.decontaminate.model_copy(
+            update={"against": _resolve_sets(against, path, "filter.decontaminate.against")})
+        config = config.model_copy(update={"filter": config.filter.model_copy(update={"decontaminate": decontaminate})})
     return config.model_copy(update={"seed_tasks": seeds})
+
+
+def _resolve_sets(names: list[str], config_path: Path, key: str) -> list[str]:
+    """Evaluation set names as given, and files as absolute paths: relative to the config file,
+    else to the working directory (a file named on the command line); a name that is neither
+    a known set nor a file is refused."""
+    resolved = []
+    for name in names:
+        if not is_named_set(name):
+            candidates = [Path(name)] if Path(name).is_absolute() else [config_path.parent / name, Path(name)]
+            found = next((candidate.resolve() for candidate in candidates if candidate.is_file()), None)
+            if found is None:
+                raise ConfigError(f"{config_path}: key '{key}': not a known set and no such file: "
+                                  f"{candidates[0].resolve()}")
+            name = str(found)
+        resolved.append(name)
+    return resolved
 
 
 def check_base_model(config: PipelineConfig) -> None:

@@ -22,7 +22,10 @@ log = logging.getLogger(__name__)
 DEFAULT_CACHE = Path.home() / ".cache" / "distill"
 # Settings of where and how a run is carried out, not of what it produces: a run may resume
 # on another runner, or with another webhook, without counting as a different config.
-NOT_COMPARED_ON_RESUME = ("orchestration", "notify", "compress")
+# Nor do the evaluation settings (sets, judges, prompts, contestants): they change no record
+# and no model, so a finished run can be evaluated again (pipeline.stages.evaluate keeps each
+# evaluation in a folder of its own).
+NOT_COMPARED_ON_RESUME = ("orchestration", "notify", "compress", "evaluate")
 
 
 def check_same_config(rundir: RunDir, config: PipelineConfig) -> None:
@@ -110,19 +113,34 @@ def finished_summary(rundir: RunDir, stage: Stage) -> StageSummary | None:
     return None if data is None else stage.summary_type.from_json(data)
 
 
+def summary_file(stage: Stage, config: PipelineConfig, rundir: RunDir) -> Path:
+    """Where a stage's summary for this config goes: stages/<name>.json, unless the stage keeps
+    one per setting (`summary_file(config, rundir)`: an evaluation on other sets goes to its own folder)."""
+    where = getattr(stage, "summary_file", None)
+    return where(config, rundir) if where is not None else rundir.stages / f"{stage.name}.json"
+
+
+def is_finished(stage: Stage, config: PipelineConfig, rundir: RunDir) -> bool:
+    """Whether the stage has finished in the run directory for this config."""
+    return summary_file(stage, config, rundir).is_file()
+
+
 def run_stage(stage: Stage, context: StageContext, skip_finished: bool = True) -> StageSummary | None:
     """Run one stage: skipped when finished (with `skip_finished`) or not enabled by the config;
-    otherwise run, its summary recorded in stages/<name>.json and rejected.jsonl rebuilt.
-    Returns the summary (the earlier one for a finished stage), or None when not enabled."""
+    otherwise run, its summary recorded (stages/<name>.json, see `summary_file`) and rejected.jsonl
+    rebuilt. Returns the summary (the earlier one for a finished stage), or None when not enabled."""
+    from core.records import write_json
+
     rundir = context.rundir
-    if skip_finished and (done := finished_summary(rundir, stage)) is not None:
+    target = summary_file(stage, context.config, rundir)
+    if skip_finished and target.is_file():
         log.info("%s: already finished in %s, skipped", stage.name, rundir.root)
-        return done
+        return stage.summary_type.from_json(json.loads(target.read_text(encoding="utf-8")))
     if not stage.enabled(context.config):
         log.info("%s: not enabled in the config, skipped", stage.name)
         return None
     summary = stage.run(context)
-    rundir.mark_done(stage.name, summary.to_json())
+    write_json(target, summary.to_json())
     rundir.merge_rejections(pipeline_stages.stage_names())
     return summary
 

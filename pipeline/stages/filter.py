@@ -1,5 +1,6 @@
 """The filter stage: generated.jsonl through every filter step the config enables
-(`filters.registry.FILTERS`: near-duplicate removal, IFD, the judge's rating and selection),
+(`filters.registry.FILTERS`: decontamination against the evaluation prompts, near-duplicate
+removal, IFD, the judge's rating and selection),
 in order, into filtered.jsonl, with every drop and its reason in the rejections, and the kept
 records exported for fine-tuning tools.
 
@@ -47,6 +48,7 @@ class FilterSummary(StageSummary):
     judge: str | None = None
     exports: dict = dataclasses.field(default_factory=dict)
     filters: list = dataclasses.field(default_factory=list)  # the steps applied, in order
+    decontamination: dict | None = None  # sets checked against, drops per set (filters.decontaminate)
 
 
 def iter_generated(path: Path) -> Iterator[dict]:
@@ -88,6 +90,16 @@ def export_filtered(config: PipelineConfig, rundir) -> dict[str, str]:
                        system_prompt=config.export.chat_system_prompt)
         written[fmt] = str(target)
     return written
+
+
+def decontamination_prompts(config: PipelineConfig) -> dict[str, list[dict]]:
+    """The evaluation prompts the records are checked against, by set: `filter.decontaminate.against`,
+    by default every set of `evaluate.sets`; heldout is left out (it is drawn from the filtered
+    records themselves, after this stage)."""
+    from eval.contamination import prompts_by_set
+
+    settings = config.filter.decontaminate
+    return prompts_by_set(settings.against or config.evaluate.sets) if settings.enabled else {}
 
 
 class RatingSender:
@@ -156,7 +168,8 @@ class FilterStage:
             filter_context = FilterContext(
                 settings=settings, work_dir=rundir.work, out_dir=rundir.root, rated_path=rundir.rated,
                 cache_dir=context.cache_dir, reject=reject, send_ratings=sender,
-                judge_identity=lambda: context.models.judge().identity)
+                judge_identity=lambda: context.models.judge().identity,
+                eval_prompts=decontamination_prompts(config))
             try:
                 for step in steps:
                     log.info("filter: %s", step.name)
@@ -178,4 +191,5 @@ class FilterStage:
             histogram=reported.get("histogram"), prompt_tokens=reported.get("prompt_tokens", 0),
             completion_tokens=reported.get("completion_tokens", 0), judge=reported.get("judge"),
             exports=export_filtered(config, rundir), filters=[step.name for step in steps],
+            decontamination=reported.get("decontamination"),
             seconds=round(time.perf_counter() - started, 2))

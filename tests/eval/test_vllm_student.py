@@ -21,10 +21,11 @@ def test_student_answers_through_vllm_with_its_adapter(monkeypatch, tmp_path):
     job = AnswerJob(label="student", kind="student", base_model="/models/base", adapter=str(tmp_path / "adapter"),
                     items=items, prompt_format="alpaca", max_new_tokens=16, cache_dir=str(tmp_path),
                     vllm_engine_args={"gpu_memory_utilization": 0.5})
-    answers, efficiency = _answer_with_vllm(job)
+    answers, efficiency, fidelity = _answer_with_vllm(job)
     assert [a["id"] for a in answers] == ["a", "b"]
     assert all(a["answer"] == "partial answer" and a["completion_tokens"] == 2 for a in answers)
     assert efficiency["batch_size"] == 2 and efficiency["served_by"] == "vllm:/models/base+lora:adapter"
+    assert fidelity()["teacher_answer_nll"] is None and "vLLM" in fidelity()["nll_not_measured"]
 
 
 def test_the_engine_gets_the_students_prompt_greedy_and_the_lora_request(monkeypatch, tmp_path):
