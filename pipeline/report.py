@@ -159,6 +159,9 @@ def build_report(rundir: RunDir) -> dict:
         "memory_ratio_student_teacher": _ratio(student.get("peak_memory_bytes"), teacher.get("peak_memory_bytes")),
     }
     report["examples"] = load_examples(rundir)
+    from pipeline.estimate import cost_against_estimate
+
+    report["cost"] = cost_against_estimate(rundir)
     return report
 
 
@@ -245,6 +248,9 @@ def render_markdown(report: dict) -> str:
     for name, seconds in report["seconds"].items():
         tokens = report["tokens"].get(name, {})
         lines.append(f"| {name} | {_fmt(tokens.get('prompt'))} | {_fmt(tokens.get('completion'))} | {_fmt(seconds)} |")
+    from pipeline.estimate import cost_markdown
+
+    lines += cost_markdown(report.get("cost"))
     return "\n".join(lines) + "\n"
 
 

@@ -54,6 +54,12 @@ class StageContext:
     send: "SendShard"
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        # Whatever sends the shards, a batch-mode endpoint's go through the Batch API.
+        from pipeline.requests import by_endpoint_mode
+
+        self.send = by_endpoint_mode(self.send)
+
 
 class Stage(Protocol):
     """One step of the pipeline."""

@@ -207,6 +207,10 @@ class EvaluateStage:
     def preflight(self, config: PipelineConfig) -> None:
         pass
 
+    def endpoints(self, config: PipelineConfig) -> dict:
+        """The teacher answers; the judge compares."""
+        return {"teacher": config.teacher, **({"judge": config.judge} if config.judge else {})}
+
     def run(self, context: StageContext) -> EvaluateSummary:
         return evaluate(context.config, context.rundir, context.models.teacher(), context.models.judge(),
                         context.path, context.cache_dir, context.send)
@@ -271,6 +275,10 @@ def evaluate(config: PipelineConfig, rundir: RunDir, teacher: ChatBackend, judge
     write_jsonl(rundir.eval_dir / "teacher_answers.jsonl", teacher_answers)
     teacher_by_id = {a["id"]: a["answer"] for a in teacher_answers if a["ok"]}
     judged_items = [item for item in items if item["id"] in teacher_by_id]
+    if teacher_outcomes and not teacher_by_id:
+        from pipeline.requests import stop_if_nothing_answered
+
+        stop_if_nothing_answered("evaluate", config.teacher, rundir.journal("teacher_answers"), len(teacher_outcomes))
 
     # Judge both orders, per contestant; report overall and per set.
     quality, judge_outcomes, examples = {}, [], {}
@@ -284,6 +292,10 @@ def evaluate(config: PipelineConfig, rundir: RunDir, teacher: ChatBackend, judge
         quality[label] = _quality_per_set(verdicts, judged_items, answers[label], teacher_by_id)
         examples[label] = _examples(judged_items, answers[label], teacher_by_id, verdicts)
     write_json(rundir.eval_dir / "examples.json", examples)
+    if judge_outcomes and not any(o.ok for o in judge_outcomes):
+        from pipeline.requests import stop_if_nothing_answered
+
+        stop_if_nothing_answered("evaluate", config.judge_endpoint, rundir.journal("judge"), len(judge_outcomes))
 
     teacher_model = {"identity": endpoint_identity(config.teacher)}
     gguf = model_file(config.teacher)
