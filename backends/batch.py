@@ -143,9 +143,10 @@ class BatchAPI:
             self.sleep(delay)
 
     def upload(self, path: Path) -> str:
-        with path.open("rb") as handle:
-            return self._call(f"upload {path.name}",
-                              lambda: self.client.files.create(file=(path.name, handle.read()), purpose="batch")).id
+        def send():
+            with path.open("rb") as handle:  # streamed, and opened afresh for each attempt
+                return self.client.files.create(file=(path.name, handle), purpose="batch")
+        return self._call(f"upload {path.name}", send).id
 
     def create(self, input_file_id: str, endpoint_path: str, metadata: dict) -> dict:
         return self._call("create batch", lambda: self.client.batches.create(

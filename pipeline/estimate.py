@@ -149,13 +149,15 @@ class Assumptions:
 def _part(name: str, key: str, endpoint: ModelEndpoint, journal: str, requests: int, prompt_tokens_each: float,
           reply_tokens: tuple[float, str], latency_s: float, batch_requests: int | None = None) -> dict:
     """One endpoint's share of a stage: requests, tokens, cost online and with the Batch API, time."""
-    batch_requests = requests if batch_requests is None else batch_requests
-    online, batch = endpoint.online_prices(), endpoint.batch_prices()
+    # Only an OpenAI-API endpoint has a Batch API (mode: batch); the others' batch column is their online one.
+    batchable = endpoint.backend == "openai"
+    batch_requests = requests if batch_requests is None or not batchable else batch_requests
+    online, batch = endpoint.online_prices(), endpoint.batch_prices() if batchable else endpoint.online_prices()
     prompt, completion = round(requests * prompt_tokens_each), round(requests * reply_tokens[0])
     batch_prompt, batch_completion = round(batch_requests * prompt_tokens_each), round(batch_requests * reply_tokens[0])
     part = {
         "part": name, "endpoint": key, "identity": endpoint_identity(endpoint), "journal": journal,
-        "mode": endpoint.mode, "paid": endpoint.priced, "local": runs_locally(endpoint),
+        "mode": endpoint.mode, "paid": endpoint.priced, "local": runs_locally(endpoint), "batchable": batchable,
         "requests": requests, "prompt_tokens": prompt, "completion_tokens": completion,
         "prompt_tokens_per_request": round(prompt_tokens_each, 1), "completion_tokens_per_request": round(reply_tokens[0], 1),
         "reply_length": reply_tokens[1],
@@ -213,9 +215,10 @@ def _generate(config: PipelineConfig, count, assume: Assumptions, yield_per_requ
     reply = assume.reply_tokens("generate", settings.max_tokens)
     notes = [f"yield {yield_per_request[0]:.3g} records per request ({yield_per_request[1]}): "
              f"{online:,} requests for {settings.target_records:,} records (at most max_requests {settings.max_requests:,})"]
-    notes.append(f"Batch API: a wave asks for {batch:,} requests at once (the target is checked between waves"
-                 + ("; set teacher.batch_wave_requests to about the online number to stop near the target)"
-                    if batch > online else ")"))
+    if teacher.backend == "openai":
+        notes.append(f"Batch API: a wave asks for {batch:,} requests at once (the target is checked between waves"
+                      + ("; set teacher.batch_wave_requests to about the online number to stop near the target)"
+                         if batch > online else ")"))
     part = _part("tasks", "teacher", teacher, "generate", online, _mean(tokens), reply,
                  assume.latency_s("generate", reply[0]), batch_requests=batch)
     return {"stage": "generate", "parts": [part], "notes": notes, "expected_records": min(
@@ -425,7 +428,7 @@ def render_estimate(estimate: dict) -> str:
     rows = [header]
     for stage in estimate["stages"]:
         for part in stage["parts"]:
-            batch = _usd(part["usd_batch"])
+            batch = _usd(part["usd_batch"]) if part.get("batchable", True) else "n/a"
             if part["batch_requests"] != part["requests"]:
                 batch += f" ({part['batch_requests']:,} req)"
             rows.append((stage["stage"], part["part"], f"{part['endpoint']}{' (local)' if part['local'] else ''}",

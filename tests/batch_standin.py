@@ -14,7 +14,8 @@ Endpoints (https://platform.openai.com/docs/api-reference/batch and .../files):
   pipeline's preflight).
 
 A batch goes validating -> in_progress -> finalizing -> completed, or -> expired (`expire_after`
-lines run, the rest "batch_expired" in the error file), or cancelling -> cancelled; a line whose
+lines run, the rest "batch_expired" in the error file), or cancelling -> cancelled, or -> failed
+(with `served`, a line naming another model fails the whole batch's validation); a line whose
 custom_id is in `fail_once` is answered HTTP 500 the first time it is seen (a partial failure);
 while `hold` is set, batches stay in_progress (to kill or cancel a run mid-batch). Every line
 forwarded, batch created and cancel received is recorded. OpenAI's json_schema response format
@@ -37,8 +38,9 @@ from urllib.parse import parse_qs, urlsplit
 
 class BatchStandin:
     def __init__(self, upstream: str, expire_after: int | None = None, fail_once: set[str] | None = None,
-                 port: int = 0):
+                 port: int = 0, served: set[str] | None = None):
         self.upstream = upstream.rstrip("/").removesuffix("/v1")
+        self.served = served  # with it, a batch naming another model fails validation, as OpenAI's does
         self.expire_after = expire_after
         self.fail_once = set(fail_once or ())
         self.hold = threading.Event()
@@ -198,9 +200,18 @@ class BatchStandin:
                     batch = self._next_batch()
                 if self._stop:
                     return
+                lines = [json.loads(line) for line in self.files[batch["input_file_id"]].splitlines() if line.strip()]
+                unserved = [number for number, line in enumerate(lines, 1)
+                            if self.served is not None and line["body"].get("model") not in self.served]
+                if unserved:
+                    batch.update(status="failed", failed_at=int(time.time()), errors={"object": "list", "data": [
+                        {"code": "model_not_found", "line": number, "param": "body.model",
+                         "message": f"The model {lines[number - 1]['body'].get('model')!r} does not exist."}
+                        for number in unserved]})
+                    self._finished.add(batch["id"])
+                    continue
                 if batch["status"] == "validating":
                     batch.update(status="in_progress", in_progress_at=int(time.time()))
-                lines = [json.loads(line) for line in self.files[batch["input_file_id"]].splitlines() if line.strip()]
             self._run(batch, lines)
 
     def _run(self, batch: dict, lines: list[dict]) -> None:

@@ -188,3 +188,16 @@ def test_batch_waves_keep_within_the_budget(teacher, tmp_path):
         assert meter.reserved_tokens == 0 and meter.reserved_cost_usd == 0
         assert meter.exhausted and meter.cost_usd <= meter.max_cost_usd + worst
         assert sum(len(outcomes) for outcomes in got) == len(api.forwarded) < 8
+
+
+def test_a_batch_that_fails_validation_stops_the_run_naming_the_batch_and_the_cause(teacher, tmp_path):
+    from core.errors import EndpointError
+
+    with BatchStandin(teacher.base_url, served={"gpt-4o-mini"}) as api:
+        runner = make_runner(api.base_url, tmp_path)
+        with pytest.raises(EndpointError, match=r"batch batch_\d+ \(q-b0001.jsonl\) failed: model_not_found: "
+                                                r"The model 'smollm2-135m-instruct' does not exist. \(line 1\)"):
+            runner.run(requests(2))
+        assert not api.forwarded
+    assert [entry["state"] for entry in runner.ledger.entries()] == ["failed"]
+    assert len(runner.journal) == 0  # nothing answered, nothing journaled: a rerun sends them again
