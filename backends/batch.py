@@ -254,25 +254,33 @@ class BatchRunner:
         url = self.backend.api_path
         lines = ((r.key, batch_line(r.key, url, self.backend.body(r))) for r in requests)
         metas = {r.key: r.meta for r in requests}
-        entries = []
-        for group in split_lines(lines, self.max_lines, self.max_bytes):
-            local_id = f"{self.name}-b{len(self.ledger) + 1:04d}"
-            path = self.work_dir / f"{local_id}.jsonl"
-            path.write_bytes(b"".join(line for _, line in group))
-            with (self.work_dir / f"{local_id}.meta.jsonl").open("w", encoding="utf-8") as sidecar:
-                for key, _ in group:
-                    sidecar.write(json.dumps({"key": key, "meta": metas[key]}, ensure_ascii=False) + "\n")
-            entry = self._note({"key": local_id}, state="prepared", round=round_number, requests=len(group),
-                               input=path.name)
-            file_id = self.api.upload(path)
-            self._note(entry, state="uploaded", input_file_id=file_id)
-            batch = self.api.create(file_id, url, {"distill_batch": local_id})
-            self.batches_created += 1
-            self._note(entry, state="submitted", batch_id=batch["id"], submitted_at=batch.get("created_at") or time.time())
-            log.info("%s: batch %s submitted (%s, %d requests, round %d)", self.name, batch["id"], path.name,
-                     len(group), round_number)
-            entries.append(entry)
+        entries: list[dict] = []
+        try:
+            for group in split_lines(lines, self.max_lines, self.max_bytes):
+                entries.append(self._submit_file(group, metas, url, round_number))
+        except KeyboardInterrupt:
+            self._cancel(entries)  # interrupted between two files: those already submitted are cancelled
+            raise
         return entries
+
+    def _submit_file(self, group: list[tuple[str, bytes]], metas: dict[str, dict], url: str, round_number: int) -> dict:
+        """Write, upload and submit one batch file, each step in the ledger before the next is awaited."""
+        local_id = f"{self.name}-b{len(self.ledger) + 1:04d}"
+        path = self.work_dir / f"{local_id}.jsonl"
+        path.write_bytes(b"".join(line for _, line in group))
+        with (self.work_dir / f"{local_id}.meta.jsonl").open("w", encoding="utf-8") as sidecar:
+            for key, _ in group:
+                sidecar.write(json.dumps({"key": key, "meta": metas[key]}, ensure_ascii=False) + "\n")
+        entry = self._note({"key": local_id}, state="prepared", round=round_number, requests=len(group),
+                           input=path.name)
+        file_id = self.api.upload(path)
+        self._note(entry, state="uploaded", input_file_id=file_id)
+        batch = self.api.create(file_id, url, {"distill_batch": local_id})
+        self.batches_created += 1
+        self._note(entry, state="submitted", batch_id=batch["id"], submitted_at=batch.get("created_at") or time.time())
+        log.info("%s: batch %s submitted (%s, %d requests, round %d)", self.name, batch["id"], path.name,
+                 len(group), round_number)
+        return entry
 
     def _wait(self, entries: list[dict], round_number: int | None, history: dict[str, list[str]]) -> set[str]:
         """Poll the batches until each is done, collecting each as it ends; return the keys to

@@ -62,7 +62,8 @@ class StageContext:
 
 
 class Stage(Protocol):
-    """One step of the pipeline."""
+    """One step of the pipeline. A stage that sends requests also has `endpoints(config)`: the model
+    endpoints it sends to, by config key, checked before it starts (pipeline.session.check_endpoints)."""
 
     name: ClassVar[str]
     description: ClassVar[str]
