@@ -43,13 +43,22 @@ class ChatReply:
 
 
 class BackendError(Exception):
-    """A failed attempt. `retryable` says whether trying again may help."""
+    """A failed attempt. `retryable` says whether trying again may help; `fatal` that the endpoint
+    itself cannot answer any request (nothing listening, the API key refused, the model or path
+    unknown, a dead engine): the circuit breaker (backends.breaker) counts those."""
 
-    def __init__(self, message: str, retryable: bool, retry_after: float | None = None, status: int | None = None):
+    def __init__(self, message: str, retryable: bool, retry_after: float | None = None, status: int | None = None,
+                 fatal: bool = False):
         super().__init__(message)
         self.retryable = retryable
         self.retry_after = retry_after
         self.status = status
+        self.fatal = fatal
+
+    @property
+    def kind(self) -> str:
+        """A short name for what went wrong ("HTTP 503", "APITimeoutError"), without the URL."""
+        return f"HTTP {self.status}" if self.status else str(self).split(": ", 1)[-1]
 
 
 # Far above any reply within a request's max_tokens; journal lines stay well under the

@@ -10,8 +10,10 @@ import asyncio
 import contextlib
 import functools
 import itertools
+import logging
 import os
 import ssl
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
@@ -20,9 +22,70 @@ import httpx2
 import openai
 
 from backends.base import BackendError, ChatReply, ChatRequest
+from core.errors import ConfigError, EndpointError
 
 if TYPE_CHECKING:
     from backends.config import ModelEndpoint
+
+log = logging.getLogger(__name__)
+
+# vLLM's reply to the requests in flight once its engine has died; the server exits right after.
+ENGINE_DEAD = "EngineCore encountered an issue"
+
+
+def _causes(exc: BaseException | None) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def cannot_connect(exc: BaseException) -> str | None:
+    """Why no connection could be opened at all ("connection refused", "cannot connect": a name
+    that does not resolve, no route), or None when one was opened and then failed or timed out."""
+    causes = list(_causes(exc))
+    if any(isinstance(cause, ConnectionRefusedError) for cause in causes):
+        return "connection refused"
+    if any(isinstance(cause, (httpx.ConnectError, httpx2.ConnectError)) for cause in causes):
+        return "cannot connect"
+    return None
+
+
+def http_failure(url: str, status: int, code: str | None = None, message: str | None = None,
+                 retry_after: float | None = None) -> BackendError:
+    """The BackendError for an HTTP error reply (online, or one line of a batch's output).
+
+    Retryable: 408, 409, 429 and 5xx. Fatal (the endpoint cannot answer any request, so the
+    circuit breaker counts it): 401 and 403 (the key refused), 404 (the model or path unknown),
+    429 insufficient_quota (no credit left) and vLLM's dead-engine 500. The server's own words are
+    kept only where they cannot carry the key (never for 401 and 403)."""
+    message = (message or "").strip().replace("\n", " ")[:200]
+    if status in (401, 403):
+        return BackendError(f"{url}: HTTP {status} (the API key was refused)", False, None, status, fatal=True)
+    if status == 404:
+        return BackendError(f"{url}: HTTP 404 (model or path not found{': ' + message if message else ''})",
+                            False, None, status, fatal=True)
+    if status == 429 and code == "insufficient_quota":
+        return BackendError(f"{url}: HTTP 429 (insufficient_quota: no credit left)", False, None, status, fatal=True)
+    if status >= 500 and ENGINE_DEAD in message:
+        return BackendError(f"{url}: HTTP {status} (the engine died: {message})", False, None, status, fatal=True)
+    retryable = status in (408, 409, 429) or status >= 500
+    return BackendError(f"{url}: HTTP {status}", retryable, retry_after, status)
+
+
+def _status_error(url: str, exc: openai.APIStatusError) -> BackendError:
+    body = exc.body if isinstance(exc.body, dict) else {}
+    return http_failure(url, exc.status_code, str(body.get("code") or "") or None, str(body.get("message") or ""),
+                        _retry_after_seconds(exc.response.headers))
+
+
+def _connection_error(url: str, exc: openai.APIConnectionError) -> BackendError:
+    why = None if isinstance(exc, openai.APITimeoutError) else cannot_connect(exc)
+    if why is not None:
+        # Retryable (a server restarting answers again soon), but counted by the circuit breaker.
+        return BackendError(f"{url}: {type(exc).__name__}: {why}", retryable=True, fatal=True)
+    return BackendError(f"{url}: {type(exc).__name__}", retryable=True)
 
 
 def _retry_after_seconds(headers: httpx.Headers | None) -> float | None:
@@ -105,13 +168,9 @@ class OpenAICompatibleBackend:
             # cost more CPU than the rest of a request (bench/bench_request_path.py).
             data = await client.post(self._path, body=self._body(request), cast_to=object)
         except openai.APIStatusError as exc:
-            status = exc.status_code
-            retryable = status in (408, 409, 429) or status >= 500
-            raise BackendError(
-                f"{url}: HTTP {status}", retryable, _retry_after_seconds(exc.response.headers), status
-            ) from None
-        except (openai.APITimeoutError, openai.APIConnectionError) as exc:
-            raise BackendError(f"{url}: {type(exc).__name__}", retryable=True) from None
+            raise _status_error(url, exc) from None
+        except openai.APIConnectionError as exc:
+            raise _connection_error(url, exc) from None
         except (httpx.HTTPError, httpx2.HTTPError, ValueError) as exc:
             # A reply that is not the JSON the API promises (cut connection, proxy page).
             raise BackendError(f"{url}: unreadable reply: {type(exc).__name__}", retryable=True) from None
@@ -120,6 +179,93 @@ class OpenAICompatibleBackend:
     @property
     def _path(self) -> str:
         return "/completions" if self.api == "completions" else "/chat/completions"
+
+    @property
+    def api_path(self) -> str:
+        """The API's path as a batch line names it ("/v1/chat/completions")."""
+        return "/v1" + self._path
+
+    @property
+    def base_url(self) -> str:
+        """The first endpoint (the one that holds files and batches in batch mode)."""
+        return self._urls[0]
+
+    def body(self, request: ChatRequest) -> dict:
+        """The request body the API defines (the same online and in a batch file)."""
+        return self._body(request)
+
+    def reply(self, data, url: str) -> ChatReply:
+        """A reply body read as the API defines it; BackendError when it is not one."""
+        return self._reply(data, url)
+
+    def sync_client(self, url: str, connect_timeout_s: float = 10.0) -> openai.OpenAI:
+        """A blocking client for one URL (preflight checks and the Batch API's files and batches);
+        the caller closes it. No retries of its own: its callers own theirs."""
+        timeout = httpx2.Timeout(self._timeout_s, connect=min(connect_timeout_s, self._timeout_s))
+        return openai.OpenAI(api_key=self._api_key, base_url=url, timeout=timeout, max_retries=0,
+                             http_client=openai.DefaultHttpx2Client(timeout=timeout, verify=_tls_context()))
+
+    def preflight(self, name: str, batch: bool = False) -> list[str]:
+        """Check every URL before a stage spends anything: it answers, it accepts the key, it lists
+        the model (where the server has a model list), one one-token request is answered, and, for
+        batch mode, it has a Batch API. Raises EndpointError (or ConfigError for a model the server
+        does not list), naming `name` (the config key: teacher, judge) and the URL; returns warnings."""
+        warnings = []
+        for url in self._urls:
+            with self.sync_client(url) as client:
+                warning = self._preflight_url(client, url, name, batch)
+            if warning:
+                warnings.append(warning)
+        return warnings
+
+    def _preflight_url(self, client: openai.OpenAI, url: str, name: str, batch: bool) -> str | None:
+        def refused(what: str, failure: BackendError) -> EndpointError:
+            return EndpointError(f"{name}: {what} failed: {failure}; nothing was sent by the stage")
+
+        try:
+            listing = client.get("/models", cast_to=object)
+        except openai.APIStatusError as exc:
+            failure = _status_error(url, exc)
+            if exc.status_code in (401, 403):
+                raise refused("GET /models", failure) from None
+            listing = None  # this server has no model list (llama.cpp's answers one; a bare proxy may not)
+        except openai.APIConnectionError as exc:
+            raise refused("GET /models", _connection_error(url, exc)) from None
+        models = [entry.get("id") for entry in (listing or {}).get("data") or [] if isinstance(entry, dict)] \
+            if isinstance(listing, dict) else []
+        if models and self.model not in models:
+            shown = ", ".join(sorted(str(m) for m in models)[:20])
+            raise ConfigError(f"key '{name}.model': {url} does not serve {self.model!r}; it lists: {shown}")
+        tiny = ChatRequest(key="preflight", messages=[{"role": "user", "content": "Reply with the word OK."}],
+                           max_tokens=1, temperature=0.0)
+        warning = None
+        for attempt in range(1, 4):
+            try:
+                self._reply(client.post(self._path, body=self._body(tiny), cast_to=object), url)
+                break
+            except openai.APIStatusError as exc:
+                failure = _status_error(url, exc)
+            except openai.APIConnectionError as exc:
+                failure = _connection_error(url, exc)
+            except BackendError as exc:  # a reply that is not the API's
+                failure = exc
+            if failure.fatal or not failure.retryable:
+                raise refused("a one-token request", failure)
+            if attempt == 3:
+                if failure.status == 429:  # rate limited, but reachable and accepting the key
+                    warning = f"{name}: {url} answers 429 (rate limited) to a one-token request; going on"
+                    break
+                raise refused("a one-token request (3 attempts)", failure)
+            time.sleep(min(failure.retry_after or attempt, 10.0))
+        if batch:
+            try:
+                client.get("/batches", options={"params": {"limit": 1}}, cast_to=object)
+            except openai.APIStatusError as exc:
+                raise EndpointError(f"{name}: {url} has no Batch API (GET /batches: HTTP {exc.status_code}); "
+                                    f"mode: batch needs one (OpenAI's)") from None
+            except openai.APIConnectionError as exc:
+                raise refused("GET /batches", _connection_error(url, exc)) from None
+        return warning
 
     def _body(self, request: ChatRequest) -> dict:
         """The request body of the chat (or completions) API."""
@@ -185,6 +331,12 @@ class OpenAICompatibleKind:
     def open(self, endpoint: "ModelEndpoint", log_dir: Path | None = None) -> Iterator[OpenAICompatibleBackend]:
         yield OpenAICompatibleBackend(endpoint.model, endpoint.base_urls, endpoint.api_key_env, endpoint.timeout_s,
                                       max_connections=endpoint.max_in_flight, api=endpoint.api)
+
+    def preflight(self, endpoint: "ModelEndpoint", name: str) -> list[str]:
+        """The endpoint's URLs checked before a stage spends anything (see OpenAICompatibleBackend.preflight)."""
+        backend = OpenAICompatibleBackend(endpoint.model, endpoint.base_urls, endpoint.api_key_env, endpoint.timeout_s,
+                                          api=endpoint.api)
+        return backend.preflight(name, batch=endpoint.mode == "batch")
 
     def identity(self, endpoint: "ModelEndpoint") -> str:
         return url_identity(endpoint)

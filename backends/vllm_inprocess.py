@@ -84,7 +84,9 @@ class VLLMInProcessBackend:
                                                       lora_request=self._lora):
                 final = output
         except Exception as exc:  # the engine's own errors carry no HTTP status
-            raise BackendError(f"vllm: {type(exc).__name__}: {exc}", retryable=False) from exc
+            # A dead engine fails every request after it: the circuit breaker stops the stage.
+            dead = type(exc).__name__ == "EngineDeadError" or bool(getattr(self._engine, "errored", False))
+            raise BackendError(f"vllm: {type(exc).__name__}: {exc}", retryable=False, fatal=dead) from exc
         if final is None or not final.outputs:
             raise BackendError("vllm: no output", retryable=True)
         completion = final.outputs[0]

@@ -23,6 +23,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 EXIT_BAD_INPUT = 2
+EXIT_ENDPOINT_FAILED = 3  # a model endpoint could not answer; rerun once it is fixed to resume
 
 
 def _add_config_args(parser: argparse.ArgumentParser, run_dir_required: bool) -> None:
@@ -94,6 +95,15 @@ def build_parser() -> argparse.ArgumentParser:
     gguf.add_argument("--threads", type=int, default=1, help="threads for llama.cpp's quantizer")
     report = commands.add_parser("report", help="rebuild report.json and report.md of a run directory")
     report.add_argument("--run-dir", type=Path, required=True)
+    estimate = commands.add_parser("estimate", help="requests, tokens, cost (online and Batch API) and time "
+                                   "of every stage that asks a model, before a run")
+    estimate.add_argument("config", type=Path, help="pipeline config (YAML), e.g. configs/alpaca.yaml")
+    estimate.add_argument("--pilot", type=int, default=0, metavar="N",
+                          help="measure reply length, yield and latency with N real requests per stage (paid; "
+                               "default: the config's estimate section, no request sent)")
+    estimate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                          help="override a config key (repeatable)")
+    estimate.add_argument("--json", type=Path, default=None, help="also write the estimate to this file")
     return parser
 
 
@@ -102,11 +112,15 @@ def _run_stage(args) -> None:
     from core.rundir import RunDir
     from pipeline.config import load_config
     from pipeline.report import write_report
-    from pipeline.session import check_same_config, open_session, run_named_stage
+    from pipeline.session import check_endpoints, check_same_config, open_session, run_named_stage
+    from pipeline.stages import stage_named
 
     config = load_config(args.config, args.overrides)
     rundir = RunDir(args.run_dir)
     check_same_config(rundir, config)
+    stage = stage_named(args.command)
+    stage.preflight(config)  # bad input and bad endpoint settings: named before anything is written
+    check_endpoints(stage, config, network=False)
     with open_session(config, args.config, rundir, args.cache_dir) as context:
         summary = run_named_stage(args.command, context, skip_finished=False)
     write_report(rundir)
@@ -163,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(name).setLevel(logging.INFO)
     # A plain `kill` unwinds like Ctrl-C, so the embedded server is stopped and files closed.
     signal.signal(signal.SIGTERM, _interrupt)
-    from core.errors import ConfigError, StageInputError
+    from core.errors import ConfigError, EndpointError, StageFailed, StageInputError
     from core.records import RecordError
     from core.rundir import RunDirBusy
 
@@ -204,6 +218,17 @@ def main(argv: list[str] | None = None) -> int:
 
             path = write_gguf(args.model_dir, args.output, args.gguf_type, threads=args.threads)
             print(f"wrote {path} ({args.gguf_type}, {path.stat().st_size / 1e6:.1f} MB)")
+        elif args.command == "estimate":
+            from pipeline.config import load_config
+            from pipeline.estimate import estimate_run, render_estimate
+
+            logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+            result = estimate_run(load_config(args.config, args.overrides), pilot=args.pilot)
+            if args.json:
+                from core.records import write_json
+
+                write_json(args.json, result)
+            print(render_estimate(result))
         elif args.command == "report":
             from core.rundir import RunDir
             from pipeline.report import headline, write_report
@@ -215,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, RecordError, StageInputError, RunDirBusy, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except (EndpointError, StageFailed) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ENDPOINT_FAILED
     except KeyboardInterrupt:
         print("interrupted: finished work is kept in the run directory; rerun the same command to resume",
               file=sys.stderr)

@@ -71,6 +71,21 @@ class NotifyConfig(Settings):
     timeout_s: float = Field(10.0, gt=0, le=300, description="Timeout of the POST.")
 
 
+class EstimateConfig(Settings):
+    """What `distill estimate` (and the estimate.json of every run) assumes where no pilot measured it."""
+
+    reply_fraction: float = Field(
+        0.6, gt=0, le=1, description="Expected reply length as a share of each request's max_tokens (generation, "
+        "ratings, answers, verdicts), where no pilot measured it.")
+    records_per_request: float = Field(
+        4.0, gt=0, le=100, description="Records kept per generation request (the yield, after parsing, Alpaca's "
+        "filters and ROUGE-L dedup), where no pilot measured it. A strong teacher asked for 20 tasks keeps a few; "
+        "the embedded 135M teacher keeps 0.15-0.5 (docs/scale.md).")
+    tokens_per_s: float = Field(
+        50.0, gt=0, description="Reply tokens per second of one request (its latency is 0.5 s plus its reply at "
+        "this rate), where no pilot measured latency.")
+
+
 class PipelineConfig(Settings):
     """One use case of the pipeline: teacher, seeds and every stage's settings."""
 
@@ -87,6 +102,7 @@ class PipelineConfig(Settings):
     budget: BudgetConfig = Field(default_factory=BudgetConfig, description="Token and money limits across all stages (backends.config).")
     orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig, description="Where request shards run (the flow's process or Dask).")
     notify: NotifyConfig = Field(default_factory=NotifyConfig, description="A webhook told when a run finishes or fails.")
+    estimate: EstimateConfig = Field(default_factory=EstimateConfig, description="Assumptions of the cost estimate (distill estimate, estimate.json).")
 
     @property
     def judge_endpoint(self) -> ModelEndpoint:

@@ -248,6 +248,9 @@ def build_report(rundir: RunDir) -> dict:
     report["examples"] = primary["examples"]
     report["evaluations"] = [{key: value for key, value in section.items() if key != "examples"}
                              for section in sections]
+    from pipeline.estimate import cost_against_estimate
+
+    report["cost"] = cost_against_estimate(rundir)
     return report
 
 
@@ -397,6 +400,9 @@ def render_markdown(report: dict) -> str:
     for name, seconds in report["seconds"].items():
         tokens = report["tokens"].get(name, {})
         lines.append(f"| {name} | {_fmt(tokens.get('prompt'))} | {_fmt(tokens.get('completion'))} | {_fmt(seconds)} |")
+    from pipeline.estimate import cost_markdown
+
+    lines += cost_markdown(report.get("cost"))
     return "\n".join(lines) + "\n"
 
 

@@ -25,7 +25,7 @@ DEFAULT_CACHE = Path.home() / ".cache" / "distill"
 # Nor do the evaluation settings (sets, judges, prompts, contestants): they change no record
 # and no model, so a finished run can be evaluated again (pipeline.stages.evaluate keeps each
 # evaluation in a folder of its own).
-NOT_COMPARED_ON_RESUME = ("orchestration", "notify", "compress", "evaluate")
+NOT_COMPARED_ON_RESUME = ("orchestration", "notify", "compress", "evaluate", "estimate")
 
 
 def check_same_config(rundir: RunDir, config: PipelineConfig) -> None:
@@ -63,15 +63,39 @@ def default_run_dir(config: PipelineConfig) -> Path:
     return Path("runs") / config.name
 
 
+def stage_endpoints(stage: Stage, config: PipelineConfig) -> dict:
+    """The model endpoints a stage sends requests to, by their config key (none for a stage
+    without an `endpoints` method)."""
+    endpoints = getattr(stage, "endpoints", None)
+    return endpoints(config) if endpoints is not None else {}
+
+
+def check_endpoints(stage: Stage, config: PipelineConfig, network: bool = True) -> None:
+    """The stage's endpoints before it spends anything: their settings (an API key variable that is
+    not set, a paid endpoint without a price under a money budget: ConfigError), and, with
+    `network`, each one's preflight (backends.preflight: reachable, key accepted, model served, one
+    one-token request answered; EndpointError or ConfigError naming the endpoint)."""
+    from backends.preflight import check_settings, preflight
+
+    endpoints = stage_endpoints(stage, config)
+    for name, endpoint in endpoints.items():
+        check_settings(endpoint, name, config.budget.max_cost_usd)
+    if network:
+        for name, endpoint in endpoints.items():
+            preflight(endpoint, name)
+
+
 def check_before_work(config: PipelineConfig, run_dir: str | Path | None,
                       stages: tuple[Stage, ...] | None = None) -> RunDir:
-    """Everything that can be checked before any work: the run directory, and each stage still to
-    run's own checks (the student's base model for finetune, say)."""
+    """Everything that can be checked before any work: the run directory, each stage still to
+    run's own checks (the student's base model for finetune, say), and the endpoints it will send
+    to (their settings, and a preflight of each one that runs elsewhere)."""
     rundir = RunDir(run_dir or default_run_dir(config))
     check_same_config(rundir, config)
     for stage in stages if stages is not None else pipeline_stages.STAGES:
-        if rundir.stage_summary(stage.name) is None and stage.enabled(config):
+        if not summary_file(stage, config, rundir).is_file() and stage.enabled(config):
             stage.preflight(config)
+            check_endpoints(stage, config)
     return rundir
 
 
@@ -98,6 +122,9 @@ def open_session(config: PipelineConfig, config_path: Path, rundir: RunDir, cach
         write_manifest(rundir.manifest, build_manifest(
             config, Path(config_path).resolve(), endpoint_identity(config.teacher),
             endpoint_identity(config.judge_endpoint), student_identity(config)))
+        from pipeline.estimate import write_run_estimate
+
+        write_run_estimate(config, rundir)  # once per run directory: the report compares it with what was spent
         path = RequestPath(rundir, usage_so_far(rundir, config))
         try:
             with ModelSessions(config, rundir.logs) as models:
@@ -139,6 +166,10 @@ def run_stage(stage: Stage, context: StageContext, skip_finished: bool = True) -
     if not stage.enabled(context.config):
         log.info("%s: not enabled in the config, skipped", stage.name)
         return None
+    # Fail fast: the stage's own checks of its input, then its endpoints (a check passed a moment
+    # ago, by check_before_work, is not repeated). A spent budget sends nothing: no network check.
+    stage.preflight(context.config)
+    check_endpoints(stage, context.config, network=stage.sends_requests and not context.path.meter.exhausted)
     summary = stage.run(context)
     write_json(target, summary.to_json())
     rundir.merge_rejections(pipeline_stages.stage_names())

@@ -302,6 +302,13 @@ class EvaluateStage:
         """stages/evaluate.json for the run's first evaluation, eval/<name>/summary.json for another."""
         return evaluation_target(config, rundir).summary_file
 
+    def endpoints(self, config: PipelineConfig) -> dict:
+        """The teacher answers; the judge (evaluation's own, else the run's) and the second judge compare."""
+        settings = config.evaluate
+        judge = settings.judge or config.judge
+        return {"teacher": config.teacher, **({"judge": judge} if judge else {}),
+                **({"second_judge": settings.second_judge} if settings.second_judge else {})}
+
     def run(self, context: StageContext) -> EvaluateSummary:
         return evaluate(context.config, context.rundir, context.models, context.path, context.cache_dir,
                         context.send)
@@ -385,6 +392,11 @@ def evaluate(config: PipelineConfig, rundir: RunDir, models: ModelSessions, path
     to_score = {a["id"]: {"answer": a["answer"], "finished": a["finish_reason"] == "stop"}
                 for a in teacher_answers if a["ok"]}
     judged_items = [item for item in items if item["id"] in teacher_by_id]
+    if teacher_outcomes and not teacher_by_id:
+        from pipeline.requests import stop_if_nothing_answered
+
+        stop_if_nothing_answered("evaluate", config.teacher, rundir.journal(target.journal("teacher_answers")),
+                                 len(teacher_outcomes))
 
     # Contestants: each answers in a process of its own, so its peak memory is its own; the same
     # process then scores the teacher's answers (its teacher-forced NLL).
@@ -414,6 +426,10 @@ def evaluate(config: PipelineConfig, rundir: RunDir, models: ModelSessions, path
                                                                 target.journal(role), judged_items, answers[label],
                                                                 teacher_by_id, prefix)
             judge_outcomes += outcomes
+            if outcomes and not any(o.ok for o in outcomes):
+                from pipeline.requests import stop_if_nothing_answered
+
+                stop_if_nothing_answered("evaluate", endpoint, rundir.journal(target.journal(role)), len(outcomes))
             stem = "judgments" if role == "judge" else "second_judgments"
             write_jsonl(out / (f"{stem}.jsonl" if label == "student" else f"{stem}_{label}.jsonl"),
                         verdicts[role][label])

@@ -146,6 +146,13 @@ class FilterStage:
     def preflight(self, config: PipelineConfig) -> None:
         pass
 
+    def endpoints(self, config: PipelineConfig) -> dict:
+        """The judge, when its filter step is on (not with IFD instead of the judge)."""
+        from filters.judge import JudgeFilter
+
+        asks_judge = JudgeFilter().enabled(config.filter)
+        return {"judge" if config.judge else "teacher": config.judge_endpoint} if asks_judge else {}
+
     def run(self, context: StageContext) -> FilterSummary:
         from core.records import atomic_file
         from filters.base import FilterContext, write_line
@@ -184,6 +191,13 @@ class FilterStage:
                     write_line(filtered_out, {k: v for k, v in record.items() if k not in RATING_FIELDS})
                     kept += 1
         reported = filter_context.summary
+        counts = reported.get("counts") or {}
+        failed = counts.get("request_failed", 0)
+        answered = sum(n for reason, n in counts.items() if reason.startswith(("score:", "unscored:")))
+        if failed and not answered:  # no rating request was answered at all
+            from pipeline.requests import stop_if_nothing_answered
+
+            stop_if_nothing_answered(self.name, config.judge_endpoint, rundir.journal("rate"), failed)
         return FilterSummary(
             input=input_count, after_dedup=after_dedup, ifd=reported.get("ifd"), rated=reported.get("rated", 0),
             kept=kept, selection=reported.get("selection", settings.selection), threshold=settings.threshold,

@@ -97,11 +97,17 @@ class GenerateStage:
         return True
 
     def preflight(self, config: PipelineConfig) -> None:
-        pass
+        from core.records import read_seed_tasks
+
+        read_seed_tasks(config.seed_tasks)  # bad seed tasks are named before the teacher is asked anything
+
+    def endpoints(self, config: PipelineConfig) -> dict:
+        """The endpoints the stage sends to, by their config key."""
+        return {"teacher": config.teacher}
 
     def run(self, context: StageContext) -> GenerateSummary:
         from core.records import read_seed_tasks
-        from pipeline.requests import ReplayedSpend
+        from pipeline.requests import ReplayedSpend, stop_if_nothing_answered
 
         started = time.perf_counter()
         config = context.config
@@ -117,6 +123,11 @@ class GenerateStage:
             spend.settle()
         summary.seconds = round(time.perf_counter() - started, 2)
         summary.teacher = context.models.teacher().identity
+        if not summary.kept and summary.requests_failed and summary.requests_failed >= summary.requests:
+            # Nothing kept because nothing was answered (replies that gave no task are another matter).
+            stop_if_nothing_answered(self.name, config.teacher, context.rundir.journal("generate"),
+                                     summary.faults.get("requests_failed", summary.requests_failed),
+                                     summary.faults.get("failed_by_kind"))
         return summary
 
 
