@@ -93,7 +93,7 @@ def check_before_work(config: PipelineConfig, run_dir: str | Path | None,
     rundir = RunDir(run_dir or default_run_dir(config))
     check_same_config(rundir, config)
     for stage in stages if stages is not None else pipeline_stages.STAGES:
-        if not summary_file(stage, config, rundir).is_file() and stage.enabled(config):
+        if not is_finished(stage, config, rundir) and stage.enabled(config):
             stage.preflight(config)
             check_endpoints(stage, config)
     return rundir
