@@ -8,6 +8,7 @@ from filters.base import RecordFilter
 from filters.ifd import IfdFilter
 from filters.judge import JudgeFilter
 from filters.minhash_dedup import MinHashDedupFilter
+from filters.selection import ComplexityQualityFilter, LongestKFilter, RandomKFilter
 from filters.semantic_dedup import SemanticDedupFilter
 
 FILTERS: tuple[RecordFilter, ...] = (
@@ -15,6 +16,10 @@ FILTERS: tuple[RecordFilter, ...] = (
     SemanticDedupFilter(),
     IfdFilter(),
     JudgeFilter(),
+    # Budget selections after the judge (each on only for its filter.selection).
+    LongestKFilter(),
+    RandomKFilter(),
+    ComplexityQualityFilter(),
 )
 
 

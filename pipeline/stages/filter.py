@@ -47,6 +47,7 @@ class FilterSummary(StageSummary):
     judge: str | None = None
     exports: dict = dataclasses.field(default_factory=dict)
     filters: list = dataclasses.field(default_factory=list)  # the steps applied, in order
+    selected: dict | None = None  # a budget selection step's numbers (longest_k, random_k, complexity_quality)
 
 
 def iter_generated(path: Path) -> Iterator[dict]:
@@ -178,4 +179,5 @@ class FilterStage:
             histogram=reported.get("histogram"), prompt_tokens=reported.get("prompt_tokens", 0),
             completion_tokens=reported.get("completion_tokens", 0), judge=reported.get("judge"),
             exports=export_filtered(config, rundir), filters=[step.name for step in steps],
+            selected=reported.get("selected"),
             seconds=round(time.perf_counter() - started, 2))
