@@ -7,6 +7,14 @@ import json
 from core.records import write_atomic, write_json
 from core.rundir import RunDir
 from eval.efficiency import pareto_front
+from pipeline.report_select import (
+    COMPARE_PLOT,
+    SELECT_COMPARE_COLUMNS,
+    SELECT_DIR,
+    load_select_compare,
+    select_compare_cells,
+    select_compare_notes,
+)
 
 QUALITY_KEYS = ("wins", "ties", "losses", "invalid", "win_rate", "win_rate_ci95", "lc_win_rate", "judged", "per_set")
 
@@ -159,6 +167,7 @@ def build_report(rundir: RunDir) -> dict:
         "memory_ratio_student_teacher": _ratio(student.get("peak_memory_bytes"), teacher.get("peak_memory_bytes")),
     }
     report["examples"] = load_examples(rundir)
+    report["select_compare"] = load_select_compare(rundir)
     return report
 
 
@@ -240,12 +249,25 @@ def render_markdown(report: dict) -> str:
     if report.get("filter", {}).get("histogram"):
         lines += ["", "![Judge scores](score_histogram.png)", "",
                   "Example records for each score: `score_examples.json`."]
+    lines += select_compare_markdown(report.get("select_compare"))
     lines += ["", "## Tokens and time per stage", "", "| stage | prompt tokens | completion tokens | seconds |",
               "|---|---|---|---|"]
     for name, seconds in report["seconds"].items():
         tokens = report["tokens"].get(name, {})
         lines.append(f"| {name} | {_fmt(tokens.get('prompt'))} | {_fmt(tokens.get('completion'))} | {_fmt(seconds)} |")
     return "\n".join(lines) + "\n"
+
+
+def select_compare_markdown(comparison: dict | None) -> list[str]:
+    """The report's section on `distill select-compare`, as markdown lines (none without one)."""
+    if not comparison:
+        return []
+    lines = ["", "## Data selection strategies compared", ""] + [note + "\n" for note in select_compare_notes(comparison)]
+    lines += ["| " + " | ".join(SELECT_COMPARE_COLUMNS) + " |", "|" + "---|" * len(SELECT_COMPARE_COLUMNS)]
+    lines += ["| " + " | ".join(select_compare_cells(row, _fmt)) + " |" for row in comparison["rows"]]
+    lines += ["", f"Each strategy's run: `{SELECT_DIR}/<strategy>/` (its own report.md)."]
+    plot = f"{SELECT_DIR}/{COMPARE_PLOT}"
+    return lines + ["", f"![Selection strategies]({plot})"]
 
 
 def write_report(rundir: RunDir) -> dict:
