@@ -29,6 +29,9 @@ class ChatRequest:
     json_schema: dict | None = None  # constrain the reply to this JSON schema (structured output)
     seed: int | None = None
     meta: dict = field(default_factory=dict)
+    # Text sent as is to the completions route, whatever the endpoint's `api` (no chat template
+    # applied: it holds the template's own markup, as Magpie's pre-query prompt does); None: `messages`.
+    raw_prompt: str | None = None
 
 
 @dataclass(frozen=True)

@@ -166,7 +166,7 @@ class OpenAICompatibleBackend:
             # The documented low-level `post` with the body as the API defines it, and the reply
             # read as plain JSON: the SDK's per-request type transform and model construction
             # cost more CPU than the rest of a request (bench/bench_request_path.py).
-            data = await client.post(self._path, body=self._body(request), cast_to=object)
+            data = await client.post(self._path(request), body=self._body(request), cast_to=object)
         except openai.APIStatusError as exc:
             raise _status_error(url, exc) from None
         except openai.APIConnectionError as exc:
@@ -174,11 +174,14 @@ class OpenAICompatibleBackend:
         except (httpx.HTTPError, httpx2.HTTPError, ValueError) as exc:
             # A reply that is not the JSON the API promises (cut connection, proxy page).
             raise BackendError(f"{url}: unreadable reply: {type(exc).__name__}", retryable=True) from None
-        return self._reply(data, url)
+        return self._reply(data, url, self._completes(request))
 
-    @property
-    def _path(self) -> str:
-        return "/completions" if self.api == "completions" else "/chat/completions"
+    def _completes(self, request: ChatRequest) -> bool:
+        """Whether the request goes to the completions route (the endpoint's api, or a raw prompt)."""
+        return self.api == "completions" or request.raw_prompt is not None
+
+    def _path(self, request: ChatRequest) -> str:
+        return "/completions" if self._completes(request) else "/chat/completions"
 
     @property
     def api_path(self) -> str:
@@ -271,7 +274,9 @@ class OpenAICompatibleBackend:
         """The request body of the chat (or completions) API."""
         body = {"model": self.model, "max_tokens": request.max_tokens, "temperature": request.temperature,
                 "top_p": request.top_p}
-        if self.api == "completions":
+        if request.raw_prompt is not None:
+            body["prompt"] = request.raw_prompt
+        elif self.api == "completions":
             # A completion-style teacher continues the prompt text itself.
             body["prompt"] = "\n\n".join(m["content"] for m in request.messages)
         else:
@@ -287,11 +292,11 @@ class OpenAICompatibleBackend:
             body["seed"] = request.seed
         return body
 
-    def _reply(self, data, url: str) -> ChatReply:
+    def _reply(self, data, url: str, completion: bool) -> ChatReply:
         """The reply's text, finish reason and usage; a reply of another shape is retryable."""
         try:
             choice = data["choices"][0]
-            text = choice["text"] if self.api == "completions" else choice["message"]["content"]
+            text = choice["text"] if completion else choice["message"]["content"]
             usage = data.get("usage") or {}
             if text is not None and not isinstance(text, str):
                 raise TypeError(text)
@@ -305,7 +310,8 @@ class OpenAICompatibleBackend:
         except (KeyError, IndexError, TypeError, AttributeError):
             if isinstance(data, dict) and not data.get("choices"):
                 raise BackendError(f"{url}: reply without choices", retryable=True) from None
-            raise BackendError(f"{url}: unreadable reply: not a {self.api} reply", retryable=True) from None
+            kind = "completions" if completion else "chat"
+            raise BackendError(f"{url}: unreadable reply: not a {kind} reply", retryable=True) from None
 
     async def aclose(self) -> None:
         """Close the clients opened on the running loop (those of other loops stay theirs)."""

@@ -77,7 +77,7 @@ class VLLMInProcessBackend:
         return self._sampling_params(**params)
 
     async def chat(self, request: ChatRequest) -> ChatReply:
-        prompt = await self._prompt(request.messages)
+        prompt = request.raw_prompt if request.raw_prompt is not None else await self._prompt(request.messages)
         final = None
         try:
             async for output in self._engine.generate(prompt, self.sampling_params(request), str(uuid.uuid4()),

@@ -93,6 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     gguf.add_argument("--type", dest="gguf_type", choices=("f16", "q8_0", "q4_0", "q4_k_m"), default="f16",
                       help="f16 (as the model answers), or quantized by llama.cpp (default: f16)")
     gguf.add_argument("--threads", type=int, default=1, help="threads for llama.cpp's quantizer")
+    compare = commands.add_parser(
+        "select-compare", help="one generated pool selected by each strategy at budget K; a student trained and "
+        "evaluated on each; a table and a plot in the report")
+    _add_config_args(compare, False)
+    compare.add_argument("--strategies", type=_stage_list, required=True, metavar="A,B",
+                         help="selection strategies: top_k, longest_k, random_k, complexity_quality, ifd")
+    compare.add_argument("--k", type=int, required=True, help="the budget: records each strategy keeps")
     report = commands.add_parser("report", help="rebuild report.json and report.md of a run directory")
     report.add_argument("--run-dir", type=Path, required=True)
     estimate = commands.add_parser("estimate", help="requests, tokens, cost (online and Batch API) and time "
@@ -202,6 +209,19 @@ def main(argv: list[str] | None = None) -> int:
             logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
             serve_pipeline(args.config, args.overrides, args.name, args.cron, args.interval, args.runs_root,
                            args.stages, args.cache_dir, args.limit)
+        elif args.command == "select-compare":
+            from pipeline.config import load_config
+            from pipeline.select_compare import select_compare
+            from pipeline.session import default_run_dir
+
+            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+            config = load_config(args.config, args.overrides)
+            run_dir = args.run_dir or default_run_dir(config)
+            comparison = select_compare(config, args.config, run_dir, args.strategies, args.k, args.cache_dir)
+            print(f"\nReport: {Path(run_dir).resolve() / 'report.md'}")
+            for row in comparison["rows"]:
+                print(f"{row['strategy']}: kept {row['kept']}, win rate {row.get('win_rate')}, "
+                      f"fidelity {row['fidelity'] or 'not measured'}" + (f" ({row['error']})" if row.get("error") else ""))
         elif args.command == "dedup":
             _run_dedup(args)
         elif args.command == "decontaminate":

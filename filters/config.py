@@ -69,10 +69,21 @@ class FilterConfig(Settings):
     """AlpaGasus-style rating by a judge model, after optional near-duplicate removal."""
 
     threshold: float = Field(4.5, ge=0, le=5, description="Keep pairs rated at or above this (AlpaGasus: 4.5).")
-    selection: Literal["threshold", "top_k"] = Field(
-        "threshold", description="threshold: keep scores >= threshold; top_k: keep the best top_k (a budget)."
+    selection: Literal["threshold", "top_k", "longest_k", "random_k", "complexity_quality"] = Field(
+        "threshold",
+        description="threshold: keep judge scores >= threshold (AlpaGasus); the others keep top_k records (a "
+        "budget K): top_k the best judge scores (AlpaGasus' budget mode); longest_k the longest outputs (Long Is "
+        "More; no judge); random_k a seeded random draw (no judge); complexity_quality the highest instruction "
+        "complexity x judge score (DEITA-style, filters/selection.py).",
     )
-    top_k: int | None = Field(None, ge=1, description="Records kept with selection top_k.")
+    top_k: int | None = Field(None, ge=1, description="K: records kept by every selection but threshold.")
+    selection_seed: int = Field(0, description="Seed of selection random_k's draw.")
+    complexity: Literal["words", "ifd"] = Field(
+        "words",
+        description="Selection complexity_quality's complexity signal: words: words of instruction and input; "
+        "ifd: the record's IFD (needs filter.ifd.enabled with mode before_judge). Either is ranked within the "
+        "pool onto a 1-6 scale before it multiplies the judge's score.",
+    )
     max_tokens: int = Field(192, ge=8, description="Completion token limit of one rating reply.")
     temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature of the judge's rating.")
     minhash_dedup: bool = Field(False, description="Drop MinHash-LSH near-duplicates before rating (large corpora).")
@@ -94,6 +105,12 @@ class FilterConfig(Settings):
 
     @model_validator(mode="after")
     def _top_k_given(self) -> "FilterConfig":
-        if self.selection == "top_k" and self.top_k is None:
-            raise ValueError("selection top_k needs filter.top_k")
+        if self.selection != "threshold" and self.top_k is None:
+            raise ValueError(f"selection {self.selection} needs filter.top_k (the budget K)")
+        judge_off = self.ifd.enabled and self.ifd.mode == "instead_of_judge"
+        if self.selection == "complexity_quality" and judge_off:
+            raise ValueError("selection complexity_quality needs the judge's scores, but filter.ifd.mode "
+                             "instead_of_judge turns the judge off")
+        if self.selection == "complexity_quality" and self.complexity == "ifd" and not self.ifd.enabled:
+            raise ValueError("filter.complexity ifd needs filter.ifd.enabled (mode before_judge)")
         return self

@@ -9,6 +9,7 @@ from filters.decontaminate import DecontaminateFilter
 from filters.ifd import IfdFilter
 from filters.judge import JudgeFilter
 from filters.minhash_dedup import MinHashDedupFilter
+from filters.selection import ComplexityQualityFilter, LongestKFilter, RandomKFilter
 from filters.semantic_dedup import SemanticDedupFilter
 
 FILTERS: tuple[RecordFilter, ...] = (
@@ -17,6 +18,10 @@ FILTERS: tuple[RecordFilter, ...] = (
     SemanticDedupFilter(),
     IfdFilter(),
     JudgeFilter(),
+    # Budget selections after the judge (each on only for its filter.selection).
+    LongestKFilter(),
+    RandomKFilter(),
+    ComplexityQualityFilter(),
 )
 
 

@@ -9,6 +9,14 @@ from core.rundir import RunDir
 from eval.efficiency import pareto_front
 from pipeline.report_words import FIDELITY_KEYS, fidelity_sentence, headline_parts, set_labels
 from pipeline.report_words import fmt as _fmt
+from pipeline.report_select import (
+    COMPARE_PLOT,
+    SELECT_COMPARE_COLUMNS,
+    SELECT_DIR,
+    load_select_compare,
+    select_compare_cells,
+    select_compare_notes,
+)
 
 QUALITY_KEYS = ("wins", "ties", "losses", "invalid", "win_rate", "win_rate_ci95", "lc_win_rate", "judged", "per_set")
 # The teacher is the reference its contestants are measured against.
@@ -251,6 +259,19 @@ def build_report(rundir: RunDir) -> dict:
     from pipeline.estimate import cost_against_estimate
 
     report["cost"] = cost_against_estimate(rundir)
+    evaluate = evaluate.to_json() if ran.get("evaluate") else {}
+    rows = model_rows(evaluate)
+    student, teacher = (next((r["efficiency"] for r in rows if r["label"] == label), {}) for label in ("student", "teacher"))
+    report["models"] = rows
+    report["quality_vs_cost"] = quality_against_cost(rows) if rows else None
+    report["headline"] = {
+        "win_rate": evaluate.get("win_rate"), "win_rate_ci95": evaluate.get("win_rate_ci95"),
+        "cost_ratio_student_teacher": _ratio(student.get("cost_per_1k_answers_usd"),
+                                             teacher.get("cost_per_1k_answers_usd")),
+        "memory_ratio_student_teacher": _ratio(student.get("peak_memory_bytes"), teacher.get("peak_memory_bytes")),
+    }
+    report["examples"] = load_examples(rundir)
+    report["select_compare"] = load_select_compare(rundir)
     return report
 
 
@@ -395,6 +416,7 @@ def render_markdown(report: dict) -> str:
     if report.get("filter", {}).get("histogram"):
         lines += ["", "![Judge scores](score_histogram.png)", "",
                   "Example records for each score: `score_examples.json`."]
+    lines += select_compare_markdown(report.get("select_compare"))
     lines += ["", "## Tokens and time per stage", "", "| stage | prompt tokens | completion tokens | seconds |",
               "|---|---|---|---|"]
     for name, seconds in report["seconds"].items():
@@ -404,6 +426,18 @@ def render_markdown(report: dict) -> str:
 
     lines += cost_markdown(report.get("cost"))
     return "\n".join(lines) + "\n"
+
+
+def select_compare_markdown(comparison: dict | None) -> list[str]:
+    """The report's section on `distill select-compare`, as markdown lines (none without one)."""
+    if not comparison:
+        return []
+    lines = ["", "## Data selection strategies compared", ""] + [note + "\n" for note in select_compare_notes(comparison)]
+    lines += ["| " + " | ".join(SELECT_COMPARE_COLUMNS) + " |", "|" + "---|" * len(SELECT_COMPARE_COLUMNS)]
+    lines += ["| " + " | ".join(select_compare_cells(row, _fmt)) + " |" for row in comparison["rows"]]
+    lines += ["", f"Each strategy's run: `{SELECT_DIR}/<strategy>/` (its own report.md)."]
+    plot = f"{SELECT_DIR}/{COMPARE_PLOT}"
+    return lines + ["", f"![Selection strategies]({plot})"]
 
 
 def write_report(rundir: RunDir) -> dict:

@@ -15,8 +15,13 @@ from pipeline.report_plots import outcomes_per_set_png, quality_cost_png
 
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 70rem; margin: 2rem auto; padding: 0 1rem; color: #222; }
-table { border-collapse: collapse; margin: 0.5rem 0 1.5rem; }
+table { border-collapse: collapse; margin: 0.5rem 0 1.5rem; font-size: 0.9rem; }
 th, td { border: 1px solid #ddd; padding: 0.3rem 0.6rem; text-align: left; vertical-align: top; }
+/* Tables fit the page: a long unbroken value (a model's identity, a path) wraps anywhere inside
+   its cell instead of widening the table past the page; a table wider than the page all the
+   same scrolls inside its own box, and the page does not. */
+.ident, code { overflow-wrap: anywhere; }
+.table-box { max-width: 100%; overflow-x: auto; }
 th { background: #f5f5f5; }
 .headline { font-size: 1.3rem; background: #e3f2fd; padding: 0.8rem 1rem; border-radius: 6px; }
 .warning { font-size: 1.1rem; background: #fff3e0; border-left: 4px solid #ef6c00; padding: 0.8rem 1rem; }
@@ -53,7 +58,7 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     """An HTML table; `header` is escaped here, the cells must already be escaped."""
     head = "".join(f"<th>{escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    return f'<div class="table-box"><table><tr>{head}</tr>{body}</table></div>'
 
 
 def _headline(head: dict, recommendation: str | None = None) -> str:
@@ -78,7 +83,8 @@ def _models_table(rows: list[dict], front: list[str]) -> str:
         eff, quality, fidelity = row["efficiency"], row.get("quality") or {}, row.get("fidelity") or {}
         low, high = quality.get("win_rate_ci95") or [None, None]
         cells.append([
-            escape(row["label"]) + (" ★" if row["label"] in front else ""), _text(eff.get("identity")),
+            escape(row["label"]) + (" ★" if row["label"] in front else ""),
+            f'<span class="ident">{_text(eff.get("identity"))}</span>',
             _text(row.get("win_rate")), f"{_text(low)} – {_text(high)}" if quality else "(reference)",
             _text(quality.get("lc_win_rate")), *(_text(fidelity.get(key)) for key in FIDELITY_KEYS),
             _text(eff.get("parameters")), _megabytes(eff.get("size_on_disk_bytes")),
@@ -202,6 +208,7 @@ def render_html(report: dict, run_root: Path) -> str:
     diversity = _run_image(run_root, "diversity.png", "diversity of the generated set")
     if diversity:
         sections += ["<h2>Diversity of the generated set</h2>", diversity]
+    sections += _select_compare(report.get("select_compare"), run_root)
     sections += ["<h2>Where the student and the teacher differ most</h2>", _examples(report.get("examples") or {})]
     seconds = report.get("seconds") or {}
     tokens = report.get("tokens") or {}
@@ -211,3 +218,22 @@ def render_html(report: dict, run_root: Path) -> str:
           _text(value)] for name, value in seconds.items()])]
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Distillation run report</title>"
             f"<style>{STYLE}</style></head><body>" + "\n".join(sections) + "</body></html>\n")
+
+
+def _select_compare(comparison: dict | None, run_root: Path) -> list[str]:
+    """`distill select-compare`'s table and plot (nothing without one)."""
+    from pipeline.report_select import (
+        COMPARE_PLOT,
+        SELECT_COMPARE_COLUMNS,
+        SELECT_DIR,
+        select_compare_cells,
+        select_compare_notes,
+    )
+
+    if not comparison:
+        return []
+    rows = [select_compare_cells(row, _text) for row in comparison["rows"]]
+    return (["<h2>Data selection strategies compared</h2>"]
+            + [f"<p>{escape(note)}</p>" for note in select_compare_notes(comparison)]
+            + [_table(list(SELECT_COMPARE_COLUMNS), rows),
+               _run_image(run_root, f"{SELECT_DIR}/{COMPARE_PLOT}", "win rate and fidelity per selection strategy")])

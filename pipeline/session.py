@@ -109,11 +109,12 @@ def student_identity(config: PipelineConfig) -> str:
 
 @contextlib.contextmanager
 def open_session(config: PipelineConfig, config_path: Path, rundir: RunDir, cache_dir: Path | None = None,
-                 send=None, progress: bool = True) -> Iterator[StageContext]:
+                 send=None, progress: bool = True, models=None) -> Iterator[StageContext]:
     """Everything a stage needs around it: the run directory held against a second process,
     the manifest written, the request path (with the budget spent so far) and the models,
     opened on first use and closed however the block ends. `send` is the shard sender (the
-    plain in-process one by default)."""
+    plain in-process one by default); `models`, an open ModelSessions of the same teacher and
+    judge to share (another session's, left open), else the session's own."""
     from pipeline.manifest import build_manifest, write_manifest
     from pipeline.models import ModelSessions
     from pipeline.requests import RequestPath, send_shard, usage_so_far
@@ -127,7 +128,9 @@ def open_session(config: PipelineConfig, config_path: Path, rundir: RunDir, cach
         write_run_estimate(config, rundir)  # once per run directory: the report compares it with what was spent
         path = RequestPath(rundir, usage_so_far(rundir, config))
         try:
-            with ModelSessions(config, rundir.logs) as models:
+            with contextlib.ExitStack() as owned:
+                if models is None:
+                    models = owned.enter_context(ModelSessions(config, rundir.logs))
                 yield StageContext(config=config, rundir=rundir, cache_dir=Path(cache_dir or DEFAULT_CACHE),
                                    models=models, path=path, send=send or send_shard, progress=progress)
         finally:

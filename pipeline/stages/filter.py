@@ -49,6 +49,7 @@ class FilterSummary(StageSummary):
     exports: dict = dataclasses.field(default_factory=dict)
     filters: list = dataclasses.field(default_factory=list)  # the steps applied, in order
     decontamination: dict | None = None  # sets checked against, drops per set (filters.decontaminate)
+    selected: dict | None = None  # a budget selection step's numbers (longest_k, random_k, complexity_quality)
 
 
 def iter_generated(path: Path) -> Iterator[dict]:
@@ -206,4 +207,5 @@ class FilterStage:
             completion_tokens=reported.get("completion_tokens", 0), judge=reported.get("judge"),
             exports=export_filtered(config, rundir), filters=[step.name for step in steps],
             decontamination=reported.get("decontamination"),
+            selected=reported.get("selected"),
             seconds=round(time.perf_counter() - started, 2))

@@ -74,6 +74,8 @@ def test_every_file_is_written(finished_run):
     assert all(Path(v["path"]).is_file() and Path(v["path"]).suffix == ".gguf" for v in variants)
     assert variants[1]["size_on_disk_bytes"] < variants[0]["size_on_disk_bytes"]
     assert "report.md" in result.stdout and "win rate" in result.stdout
+    # One line per stage when it is done (its time and numbers), no trainer log dictionaries.
+    assert "{'loss'" not in result.stdout + result.stderr and "[3/5] finetune: done in" in result.stderr
 
 
 def test_counts_add_up(finished_run):
