@@ -33,6 +33,9 @@ if .venv/bin/python -c 'import llama_cpp, sys; sys.exit("AMX_INT8 = 1" not in ll
     echo "setup: the cached llama-cpp-python build uses AMX; rebuilding it without (about 6 minutes)"
     .venv/bin/python -m pip install --quiet --no-cache-dir --force-reinstall --no-deps "llama-cpp-python[server]==0.3.36"
 fi
+# llama.cpp's HF -> GGUF converter, from the source distribution of the llama-cpp-python installed
+# above (the llama.cpp that serves the files): 2 MB kept under ~/.cache/distill/llama.cpp-convert/.
+.venv/bin/python -m compress.llama_converter
 echo "setup done: $(.venv/bin/python -c 'import torch, transformers, trl, peft, prefect; print("torch", torch.__version__, "| transformers", transformers.__version__, "| trl", trl.__version__, "| peft", peft.__version__, "| prefect", prefect.__version__)')"
 if [ "$WITH_VLLM" = 1 ]; then
     ./setup_vllm.sh

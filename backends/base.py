@@ -29,6 +29,9 @@ class ChatRequest:
     json_schema: dict | None = None  # constrain the reply to this JSON schema (structured output)
     seed: int | None = None
     meta: dict = field(default_factory=dict)
+    # Text sent as is to the completions route, whatever the endpoint's `api` (no chat template
+    # applied: it holds the template's own markup, as Magpie's pre-query prompt does); None: `messages`.
+    raw_prompt: str | None = None
 
 
 @dataclass(frozen=True)
@@ -43,17 +46,25 @@ class ChatReply:
 
 
 class BackendError(Exception):
-    """A failed attempt. `retryable` says whether trying again may help; `fatal` that the
-    endpoint can answer nothing more (a vLLM engine that died: its server exits, an in-process
-    engine refuses every later request), so the run stops instead of failing request after request."""
+    """A failed attempt. `retryable` says whether trying again may help; `fatal` that the endpoint
+    itself cannot answer any request (nothing listening, the API key refused, the model or path
+    unknown, a dead engine): the circuit breaker (backends.breaker) counts those. `final` that the
+    endpoint itself said it can answer nothing more (vLLM's engine died: its server exits, an
+    in-process engine refuses every later request): the breaker trips at once."""
 
     def __init__(self, message: str, retryable: bool, retry_after: float | None = None, status: int | None = None,
-                 fatal: bool = False):
+                 fatal: bool = False, final: bool = False):
         super().__init__(message)
-        self.retryable = retryable and not fatal
+        self.retryable = retryable and not final
         self.retry_after = retry_after
         self.status = status
-        self.fatal = fatal
+        self.fatal = fatal or final
+        self.final = final
+
+    @property
+    def kind(self) -> str:
+        """A short name for what went wrong ("HTTP 503", "APITimeoutError"), without the URL."""
+        return f"HTTP {self.status}" if self.status else str(self).split(": ", 1)[-1]
 
 
 # Far above any reply within a request's max_tokens; journal lines stay well under the

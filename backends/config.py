@@ -38,6 +38,34 @@ class ModelEndpoint(Settings):
     max_retries: int = Field(5, ge=0, le=50, description="Retries of a failed request (429, 5xx, timeouts).")
     price_input_per_mtok: float = Field(0.0, ge=0, description="USD per million prompt tokens.")
     price_output_per_mtok: float = Field(0.0, ge=0, description="USD per million completion tokens.")
+    mode: Literal["online", "batch"] = Field(
+        "online",
+        description="online: requests are sent as they are planned, max_in_flight at a time; batch: they go "
+        "into files of the OpenAI Batch API (backend openai only), run as batches within 24 h at the batch "
+        "prices, and their results are journaled like online replies (see README, 'Batch mode').",
+    )
+    batch_price_input_per_mtok: float | None = Field(
+        None, ge=0, description="USD per million prompt tokens through the Batch API; empty: half of "
+        "price_input_per_mtok (OpenAI's batch discount).")
+    batch_price_output_per_mtok: float | None = Field(
+        None, ge=0, description="USD per million completion tokens through the Batch API; empty: half of "
+        "price_output_per_mtok.")
+    batch_max_requests: int = Field(
+        50_000, ge=1, le=50_000, description="Requests per batch file (the Batch API takes at most 50,000 "
+        "lines and 200 MB a file; a file is also cut before 200 MB).")
+    batch_wave_requests: int | None = Field(
+        None, ge=1, description="Batch mode: requests a stage submits before it waits for their results and "
+        "decides whether to plan more (generation stops at its target only between waves). Empty: everything "
+        "the stage plans at once (generate: up to generate.max_requests).")
+    batch_poll_s: float = Field(60.0, gt=0, le=3600, description="Seconds between two looks at a batch's status.")
+    breaker_window: int = Field(
+        16, ge=1, le=100_000, description="The circuit breaker's window: a stage stops at once, with the "
+        "endpoint and the cause named, after this many attempts in a row (and at least max_in_flight) failed "
+        "for a cause retrying cannot fix (401, 403, 404, insufficient quota, connection refused, a dead engine).")
+    preflight: bool = Field(
+        True, description="Before a stage sends anything, check the endpoint: it answers, accepts the key, "
+        "lists the model (where the server lists models) and answers one one-token request (not charged to "
+        "the budget). Not needed for the embedded teacher started here.")
     context_length: int = Field(4096, ge=256, description="Context window of the embedded server.")
     seed_requests: Literal["auto", "always", "never"] = Field(
         "auto",
@@ -61,8 +89,30 @@ class ModelEndpoint(Settings):
         return name
 
     def prices(self) -> Prices:
-        """The endpoint's prices per million tokens."""
+        """What a request through this endpoint costs per million tokens, in its mode."""
+        return self.batch_prices() if self.mode == "batch" else self.online_prices()
+
+    def online_prices(self) -> Prices:
+        """The online API's prices per million tokens."""
         return Prices(self.price_input_per_mtok, self.price_output_per_mtok)
+
+    def batch_prices(self) -> Prices:
+        """The Batch API's prices per million tokens (half the online ones unless set)."""
+        return Prices(self.price_input_per_mtok / 2 if self.batch_price_input_per_mtok is None
+                      else self.batch_price_input_per_mtok,
+                      self.price_output_per_mtok / 2 if self.batch_price_output_per_mtok is None
+                      else self.batch_price_output_per_mtok)
+
+    @property
+    def priced(self) -> bool:
+        """True when the config gives the endpoint a price."""
+        return bool(self.price_input_per_mtok or self.price_output_per_mtok)
+
+    @model_validator(mode="after")
+    def _batch_needs_openai(self) -> "ModelEndpoint":
+        if self.mode == "batch" and self.backend != "openai":
+            raise ValueError(f"mode batch needs backend openai (the OpenAI Batch API); backend is {self.backend}")
+        return self
 
     @model_validator(mode="after")
     def _engine_args_need_vllm(self) -> "ModelEndpoint":

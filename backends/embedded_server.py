@@ -77,6 +77,11 @@ class EmbeddedKind:
             backend.server_pid = server.pid
             yield backend
 
+    def preflight(self, endpoint: "ModelEndpoint", name: str) -> list[str]:
+        """Served elsewhere: checked like any OpenAI-compatible server. Started here: nothing to
+        check before, since the server's start (it must answer /v1/models) proves it."""
+        return OpenAICompatibleKind().preflight(endpoint, name) if endpoint.base_urls else []
+
     def identity(self, endpoint: "ModelEndpoint") -> str:
         return url_identity(endpoint) if endpoint.base_urls else embedded_model_identity()
 

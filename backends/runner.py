@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from backends.base import BackendError, ChatBackend, ChatRequest, RequestOutcome
+from backends.breaker import CircuitBreaker
 from core.records import Journal
 
 log = logging.getLogger(__name__)
@@ -43,18 +44,35 @@ class UsageMeter:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
+    # Requests sent and not yet answered, at their worst case (the Batch API's: a batch is paid
+    # for as a whole, so the budget must hold what it may cost before it is submitted).
+    reserved_tokens: int = 0
+    reserved_cost_usd: float = 0.0
 
     def add(self, prompt_tokens: int, completion_tokens: int, prices: Prices) -> None:
         self.prompt_tokens += prompt_tokens
         self.completion_tokens += completion_tokens
         self.cost_usd += prices.cost(prompt_tokens, completion_tokens)
 
+    def reserve(self, prompt_tokens: int, completion_tokens: int, prices: Prices) -> tuple[int, float]:
+        """Hold a worst case against the limits until `release`; returns the reservation."""
+        held = (prompt_tokens + completion_tokens, prices.cost(prompt_tokens, completion_tokens))
+        self.reserved_tokens += held[0]
+        self.reserved_cost_usd += held[1]
+        return held
+
+    def release(self, held: tuple[int, float]) -> None:
+        """Give a reservation back (what was really spent is `add`ed)."""
+        self.reserved_tokens -= held[0]
+        self.reserved_cost_usd = max(0.0, self.reserved_cost_usd - held[1])
+
     @property
     def exhausted(self) -> bool:
-        """True once a limit is reached: no new request may start."""
-        if self.max_tokens is not None and self.prompt_tokens + self.completion_tokens >= self.max_tokens:
+        """True once a limit is reached (what is spent, and what is reserved): no new request may start."""
+        tokens = self.prompt_tokens + self.completion_tokens + self.reserved_tokens
+        if self.max_tokens is not None and tokens >= self.max_tokens:
             return True
-        return self.max_cost_usd is not None and self.cost_usd >= self.max_cost_usd
+        return self.max_cost_usd is not None and self.cost_usd + self.reserved_cost_usd >= self.max_cost_usd
 
 
 @dataclass
@@ -91,7 +109,7 @@ class RunStats:
 
 def error_kind(exc: BackendError) -> str:
     """A short name for what went wrong ("HTTP 503", "APITimeoutError"), without the URL."""
-    return f"HTTP {exc.status}" if exc.status else str(exc).split(": ", 1)[-1]
+    return exc.kind
 
 
 async def _within(awaitable, seconds: float | None):
@@ -105,26 +123,31 @@ async def _within(awaitable, seconds: float | None):
     return await asyncio.wait_for(awaitable, seconds)
 
 
-async def _send_with_retries(backend: ChatBackend, request: ChatRequest, policy: RetryPolicy, stats: RunStats):
+async def _send_with_retries(backend: ChatBackend, request: ChatRequest, policy: RetryPolicy, stats: RunStats,
+                             breaker: CircuitBreaker | None = None):
     attempt = 0
     started = time.perf_counter()
     kinds: list[str] = []
     while True:
         attempt += 1
+        if breaker is not None:
+            breaker.check()  # tripped meanwhile: no more attempts at this endpoint
         try:
             try:
                 reply = await _within(backend.chat(request), policy.attempt_timeout_s)
             except (TimeoutError, asyncio.TimeoutError):
                 raise BackendError(f"no complete reply within {policy.attempt_timeout_s:g} s: AttemptTimeout",
                                    retryable=True) from None
+            if breaker is not None:
+                breaker.success()
             return reply, attempt, time.perf_counter() - started, None, kinds
         except BackendError as exc:
             kind = error_kind(exc)
             kinds.append(kind)
             stats.errors[kind] = stats.errors.get(kind, 0) + 1
-            if exc.fatal:  # the endpoint can answer nothing more: stop the run with this error
-                raise
-            if not exc.retryable or attempt > policy.max_retries:
+            if breaker is not None:
+                breaker.failure(exc)
+            if not exc.retryable or attempt > policy.max_retries or (breaker is not None and breaker.tripped):
                 return None, attempt, time.perf_counter() - started, str(exc), kinds
             stats.retries += 1
             await asyncio.sleep(policy.delay(attempt, exc.retry_after))
@@ -159,12 +182,16 @@ async def run_requests_async(
     prices: Prices | None = None,
     on_outcome: Callable[[RequestOutcome], None] | None = None,
     pool=None,
+    breaker: CircuitBreaker | None = None,
 ) -> tuple[list[RequestOutcome], RunStats]:
     """Send requests not yet in the journal; return every outcome (old and new) in request order.
 
     Without a `pool`, this call sends through max_in_flight workers of its own. With one (a
     backends.request_loop.RequestPool, shared by the calls on one event loop), the pool's
-    workers send its requests, after those of calls that came before it.
+    workers send its requests, after those of calls that came before it. With a `breaker`
+    (backends.breaker, shared by every call to one endpoint), the call raises EndpointError once
+    the endpoint has failed too many attempts in a row for a cause retrying cannot fix; what was
+    journaled stays.
     The backend is left open: its caller closes it on the loop that used it."""
     policy = policy or RetryPolicy()
     meter = meter or UsageMeter()
@@ -183,11 +210,13 @@ async def run_requests_async(
     pending = [r for r in requests if r.key not in outcomes]
 
     async def send(request: ChatRequest) -> None:
+        if breaker is not None:
+            breaker.check()
         if meter.exhausted:
             stats.skipped_for_budget += 1
             return
         stats.sent += 1
-        reply, attempts, latency, error, kinds = await _send_with_retries(backend, request, policy, stats)
+        reply, attempts, latency, error, kinds = await _send_with_retries(backend, request, policy, stats, breaker)
         if reply is not None:
             meter.add(reply.prompt_tokens, reply.completion_tokens, prices)
             stats.succeeded += 1
@@ -200,6 +229,8 @@ async def run_requests_async(
         outcomes[request.key] = outcome
         if on_outcome:
             on_outcome(outcome)
+        if breaker is not None:
+            breaker.check()
 
     if pool is not None:
         await pool.send_all(pending, send)

@@ -133,16 +133,17 @@ class VLLMInProcessBackend:
             # vLLM's AsyncLLM pulls its outputs with tasks on the loop of its first request.
             raise BackendError("vllm in-process engine: asked from a second event loop; the engine serves the "
                                "loop of its first request for its whole life", retryable=False, fatal=True)
-        prompt = await self._prompt(request.messages)
+        prompt = request.raw_prompt if request.raw_prompt is not None else await self._prompt(request.messages)
         final = None
         try:
             async for output in self._engine.generate(prompt, self.sampling_params(request), str(uuid.uuid4()),
                                                       lora_request=self._lora):
                 final = output
         except Exception as exc:  # the engine's own errors carry no HTTP status
+            # A dead engine fails every request after it: fatal, so the circuit breaker stops the stage.
             if type(exc).__name__ == "EngineDeadError" or getattr(self._engine, "errored", False):
                 raise BackendError(f"vllm in-process engine ({self.model}) died ({type(exc).__name__}: {exc}); "
-                                   "it can answer no more requests", retryable=False, fatal=True) from exc
+                                   "it can answer no more requests", retryable=False, final=True) from exc
             raise BackendError(f"vllm: {type(exc).__name__}: {exc}", retryable=False) from exc
         if final is None or not final.outputs:
             raise BackendError("vllm: no output", retryable=True)

@@ -40,7 +40,7 @@ from compress.variants import answer_with_variant, build_variants  # noqa: E402
 from core.measure import latency_summary, process_peak_memory, size_on_disk  # noqa: E402
 from eval.sets import load_eval_set  # noqa: E402
 from finetune.merge import merge_lora  # noqa: E402
-from student.embedded import ensure_plain_student, find_embedded_gguf  # noqa: E402
+from student.embedded import ensure_plain_student  # noqa: E402
 
 log = logging.getLogger("bench_compress")
 VARIANTS = ["gguf_f16", "gguf_q8_0", "gguf_q4_k_m", "gguf_q4_0", "torch_int8"]
@@ -166,8 +166,7 @@ def pruning_figures(merged_dir: Path, work: Path, rounds: int = 3) -> list[dict]
             tokenizer.save_pretrained(source)
         ppl = perplexity(model, tokenizer, records)
         del model
-        variant = build_variants(source, work / f"variants-{pattern.replace(':', '_')}", ["gguf_q8_0"],
-                                 tokenizer_gguf=find_embedded_gguf())[0]
+        variant = build_variants(source, work / f"variants-{pattern.replace(':', '_')}", ["gguf_q8_0"])[0]
         rows.append({"model": pattern, "zeroed_weights": zeroed, "perplexity": round(ppl, 2),
                      "q8_0_bytes": variant["size_on_disk_bytes"], "path": variant["path"], "seconds": []})
     for _ in range(rounds):
@@ -213,7 +212,7 @@ def main() -> None:
         print_pruning(pruning_figures(merged, work))
         return
     started = time.perf_counter()
-    variants = build_variants(merged, work / "compress", args.variants, tokenizer_gguf=find_embedded_gguf())
+    variants = build_variants(merged, work / "compress", args.variants)
     compress_s = time.perf_counter() - started
     items = load_eval_set("vicuna_80", Path("unused"))[: args.prompts]
 

@@ -124,6 +124,17 @@ SETTINGS: dict[str, tuple[dict, dict]] = {
     "compile-gc-b16": (dict(COMPILE, gradient_checkpointing=True, batch_size=16), LONG),
     # the recommended GPU settings (docs/benchmarks.md)
     "best-b7": (dict(BEST, batch_size=7), LONG),
+    "best-b8": (dict(BEST, batch_size=8), LONG),
+    # the recommended setting with one lever more each (issue: LoRA past 20k tokens/s, FP8 past 25k)
+    "best-fused-b7": (dict(BEST, optimizer="adamw_torch_fused", batch_size=7), LONG),
+    "best-fp8-b7": (dict(BEST, base_precision="fp8", batch_size=7), LONG),
+    "best-fp8-b8": (dict(BEST, base_precision="fp8", batch_size=8), LONG),
+    "best-fp8-fused-b8": (dict(BEST, base_precision="fp8", optimizer="adamw_torch_fused", batch_size=8), LONG),
+    # loss curves on real text (Alpaca's records, tokens by a word hash), every step logged:
+    # bf16 against fp8, same data and seed (--steps 197 --warmup 3 makes 200 steps)
+    "curve-bf16-b4": (dict(BEST, batch_size=4, logging_steps=1), {**LONG, "data": "text", "losses": True}),
+    "curve-fp8-b4": (dict(BEST, base_precision="fp8", batch_size=4, logging_steps=1),
+                     {**LONG, "data": "text", "losses": True}),
     "best-b6": (dict(BEST, batch_size=6), LONG),
     "best-nocompile-liger-b6": (dict(BEST, torch_compile=False, use_liger_kernel=True, batch_size=6), {}),
     # variable-length documents: padded batches vs packed rows
@@ -136,6 +147,11 @@ SETTINGS: dict[str, tuple[dict, dict]] = {
     "qlora-b4": (dict(BF16, method="qlora", gradient_checkpointing=False, lora_dropout=0.0, batch_size=4), LONG),
     "qlora-paged8-b4": (dict(BF16, method="qlora", gradient_checkpointing=False, lora_dropout=0.0, batch_size=4,
                              optimizer="paged_adamw_8bit"), LONG),
+    # QLoRA without checkpointing, with Liger's fused kernels (less activation memory): under 24 GiB?
+    "qlora-liger-b1": (dict(BF16, method="qlora", gradient_checkpointing=False, lora_dropout=0.0,
+                            use_liger_kernel=True, batch_size=1), LONG),
+    "qlora-liger-b2": (dict(BF16, method="qlora", gradient_checkpointing=False, lora_dropout=0.0,
+                            use_liger_kernel=True, batch_size=2), LONG),
     "qlora-gc-b16": (dict(BF16, method="qlora", lora_dropout=0.0, batch_size=16), LONG),
     # reference: no Trainer, plain transformers + peft (peft's defaults), bf16 weights, autocast
     "plain-loop-b2": (dict(BF16, gradient_checkpointing=False, batch_size=2), {"loop": True}),
@@ -182,6 +198,25 @@ def synthetic_tokenizer(vocab_size: int):
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
                                    pad_token="</s>")
+
+
+def text_rows(rows_needed: int, seq_len: int, vocab: int, text_file: Path) -> list[list[int]]:
+    """Rows of exactly seq_len tokens of real text: Alpaca's records (instruction, input, output), each
+    word mapped to an id by a stable hash, records packed end to end (356k tokens in the 5,000 records). Real text has structure a model
+    can learn (word frequencies, phrases), so a loss curve over it shows what a precision change does."""
+    import re
+    import zlib
+
+    records = json.loads(text_file.read_text(encoding="utf-8"))
+    stream: list[int] = []
+    for record in records:
+        words = re.findall(r"\w+|[^\w\s]", " ".join((record["instruction"], record.get("input", ""),
+                                                    record["output"])))
+        stream += [3 + zlib.crc32(word.lower().encode("utf-8")) % (vocab - 3) for word in words] + [2]
+    # More rows than the text holds: it is read again from the start (epochs), for every setting alike.
+    needed = rows_needed * seq_len
+    stream = (stream * (needed // len(stream) + 1))[:needed]
+    return [stream[k * seq_len:(k + 1) * seq_len] for k in range(rows_needed)]
 
 
 def synthetic_rows(mode: str, rows_needed: int, seq_len: int, vocab: int, seed: int) -> list[list[int]]:
@@ -255,7 +290,14 @@ def run_setting(name: str, args) -> dict:
     ga = settings.gradient_accumulation_steps
     mode = opts.get("data", "full")
     rows_needed = settings.batch_size * ga * steps_total + settings.batch_size
-    rows = synthetic_rows(mode, rows_needed if mode == "full" else rows_needed + 4, seq_len, cfg["vocab_size"], 0)
+    if mode == "text":
+        rows = text_rows(rows_needed, seq_len, cfg["vocab_size"], Path(args.text_file))
+    else:
+        rows = synthetic_rows(mode, rows_needed if mode == "full" else rows_needed + 4, seq_len, cfg["vocab_size"], 0)
+    if settings.base_precision == "fp8" and cuda:
+        from finetune.train import check_hardware
+
+        check_hardware(settings)
 
     if opts.get("loop"):
         return {**result, **plain_loop(model, settings, rows, args, cfg)}
@@ -312,10 +354,12 @@ def run_setting(name: str, args) -> dict:
 
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     result["loss_first_last"] = [losses[0], losses[-1]] if losses else None
+    if opts.get("losses"):
+        result["losses"] = losses
     step_ends = times[1:]
     if len(step_ends) < steps_total:
         raise RuntimeError(f"only {len(step_ends)} steps ran")
-    if len(counter.batches) < steps_total * ga and mode == "full":  # collated in worker processes: not seen here
+    if len(counter.batches) < steps_total * ga and mode in ("full", "text"):  # collated in worker processes: not seen here
         counter.batches = [(settings.batch_size * seq_len, settings.batch_size * seq_len**2)] * (steps_total * ga)
     per_step = [(sum(t for t, _ in counter.batches[k * ga:(k + 1) * ga]),
                  sum(s for _, s in counter.batches[k * ga:(k + 1) * ga])) for k in range(steps_total)]
@@ -576,7 +620,7 @@ def driver(args) -> int:
         res_file = out / f".{name}.json"
         cmd = [sys.executable, "-m", "bench.bench_finetune_gpu", "--worker", name, "--result", str(res_file),
                "--steps", str(args.steps), "--warmup", str(args.warmup), "--seq-len", str(args.seq_len),
-               "--without", args.without]
+               "--without", args.without, "--text-file", args.text_file]
         cmd += ["--tiny"] if args.tiny else []
         cmd += ["--model-cache", args.model_cache]
         t0 = time.monotonic()
@@ -635,6 +679,8 @@ def main() -> int:
                     "for a CPU smoke test")
     ap.add_argument("--check-varlen", action="store_true", help="check sdpa_varlen against unpacked runs, then exit")
     ap.add_argument("--list", action="store_true")
+    ap.add_argument("--text-file", default=str(REPO.parent / "shared" / "data" / "alpaca_5000.json"),
+                    help="Alpaca-format JSON for the text data of the curve settings")
     ap.add_argument("--model-cache", default=os.path.join(tempfile.gettempdir(), "bench_finetune_models"),
                     help="where QLoRA settings save the random base model once, to load it quantized")
     ap.add_argument("--worker", help=argparse.SUPPRESS)

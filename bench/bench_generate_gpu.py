@@ -17,6 +17,17 @@ wall time of the batches measured. Settings:
     static-bN           static KV cache: transformers compiles the decoding step (its default
                         CompileConfig: reduce-overhead, i.e. CUDA graphs)
     static-fullgraph-bN the same with CompileConfig(fullgraph=True, dynamic=False)
+    cb-bN               continuous batching (`evaluate.continuous_batching: true`: transformers'
+                        generate_batch, a paged KV cache read only as far as each request has
+                        filled it, chunked prefill, finished requests replaced at once), up to N
+                        requests decoding together
+
+Every setting records a hash of each answer's tokens, and the parent reports how many answers
+of each setting are identical to the first setting's for the same prompts (the measured batches
+hold the same prompts whenever --batches and the batch size agree). The bandwidth figure: a
+decoding step reads the weights (13.5 GB in bf16) and the filled KV cache of every row (0.5 MB a
+token for this shape); the bytes a step must read at the measured rate, against the 4.3 TB/s a
+device-to-device copy reached on this GPU kind (docs/benchmarks.md), is the fraction reported.
 
 Each setting runs in its own process (an OOM or a compiled graph stays contained). A static
 setting answers the same prompts twice: the first pass (compilation, CUDA graph capture) is
@@ -34,6 +45,7 @@ CPU smoke test of the code path (tiny model):
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -83,9 +95,9 @@ def run_setting(name: str, args) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from student.generation import answer_prompts
+    from student.generation import answer_prompts, answer_prompts_continuous
 
-    kind, variant, batch = re.fullmatch(r"(plain|static)(-fullgraph)?-b(\d+)", name).groups()
+    kind, variant, batch = re.fullmatch(r"(plain|static|cb)(-fullgraph)?-b(\d+)", name).groups()
     batch = int(batch)
     cuda = torch.cuda.is_available() and not args.tiny
     device = "cuda" if cuda else "cpu"
@@ -108,13 +120,17 @@ def run_setting(name: str, args) -> dict:
         if cuda:
             torch.cuda.synchronize()
         started = time.perf_counter()
-        answers = answer_prompts(model, tokenizer, chunk, "alpaca", args.max_new_tokens, batch_size=batch,
-                                 static_cache=kind == "static")
+        if kind == "cb":  # one engine for both passes: its CUDA graphs are captured in the warm-up pass
+            answers = answer_prompts_continuous(model, tokenizer, chunk, "alpaca", args.max_new_tokens,
+                                                max_requests=batch, persistent=True)
+        else:
+            answers = answer_prompts(model, tokenizer, chunk, "alpaca", args.max_new_tokens, batch_size=batch,
+                                     static_cache=kind == "static")
         if cuda:
             torch.cuda.synchronize()
         return time.perf_counter() - started, answers
 
-    if kind == "static":
+    if kind in ("static", "cb"):
         # The same prompts once before, so the shapes match: compilation is timed apart.
         seconds, answers = answer(items)
         result["warmup_s"] = round(seconds, 2)
@@ -131,6 +147,11 @@ def run_setting(name: str, args) -> dict:
         prompt_tokens_max=max(len(tokenizer(i["instruction"] + " " + i.get("input", ""))["input_ids"])
                               for i in items),
     )
+    result["answer_hashes"] = [hashlib.sha256(a["answer"].encode("utf-8")).hexdigest()[:16] for a in answers]
+    from student.generation import encode_prompts
+
+    prompt_lengths = [len(ids) for ids in encode_prompts(tokenizer, items, "alpaca")]
+    result.update(bandwidth_share(model, answers, batch, seconds, sum(prompt_lengths) / len(prompt_lengths)))
     if cuda:
         result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         result["gpu"] = torch.cuda.get_device_name()
@@ -138,7 +159,39 @@ def run_setting(name: str, args) -> dict:
 
     result["dynamo"] = {key: dict(value) for key, value in counters.items() if key in ("stats", "graph_break")}
     result["versions"] = {"torch": torch.__version__, "transformers": __import__("transformers").__version__}
+    if kind == "cb":
+        model.destroy_cached_continuous_batching_manager()
     return result
+
+
+COPY_BANDWIDTH = 4.3e12  # bytes/s a device-to-device copy reached on the H200 (docs/benchmarks.md)
+
+
+def bandwidth_share(model, answers: list[dict], batch: int, seconds: float, mean_prompt_tokens: float) -> dict:
+    """What the decoding steps must read (weights + each row's filled KV cache), at the measured
+    rate, as a share of the GPU's copy bandwidth. Steps are counted as new tokens / rows decoding."""
+    config = model.config
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    kv_per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * (
+        config.hidden_size // config.num_attention_heads) * next(model.parameters()).element_size()
+    new_tokens = sum(a["completion_tokens"] for a in answers)
+    steps = new_tokens / max(1, min(batch, len(answers)))
+    mean_context = mean_prompt_tokens + new_tokens / max(1, len(answers)) / 2  # the cache's mean fill while decoding
+    bytes_per_step = weight_bytes + min(batch, len(answers)) * mean_context * kv_per_token
+    return {"decode_steps_per_s": round(steps / seconds, 2), "gb_read_per_step": round(bytes_per_step / 1e9, 2),
+            "copy_bandwidth_share": round(bytes_per_step * steps / seconds / COPY_BANDWIDTH, 3)}
+
+
+def agreement(results: list[dict]) -> None:
+    """Print how many answers of each setting equal the first setting's, prompt by prompt."""
+    reference = next((r for r in results if r.get("answer_hashes")), None)
+    for result in results:
+        if reference is None or result is reference or not result.get("answer_hashes"):
+            continue
+        pairs = list(zip(reference["answer_hashes"], result["answer_hashes"]))
+        same = sum(a == b for a, b in pairs)
+        print(f"{result['setting']}: {same} of {len(pairs)} answers identical to {reference['setting']}'s", flush=True)
+        result["identical_to_first"] = [same, len(pairs)]
 
 
 def main() -> None:
@@ -173,6 +226,7 @@ def main() -> None:
         result["process_s"] = round(time.perf_counter() - started, 1)
         results.append(result)
         print(json.dumps(result), flush=True)
+    agreement(results)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "bench_generate_gpu.json").write_text(json.dumps(results, indent=1))

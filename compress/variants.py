@@ -28,7 +28,7 @@ class CompressedVariant(Protocol):
     needs_cuda: ClassVar[bool]
     description: str
 
-    def build(self, merged_dir: Path, out_root: Path, tokenizer_gguf: Path | None, threads: int) -> dict:
+    def build(self, merged_dir: Path, out_root: Path, threads: int) -> dict:
         """Make the variant from the merged model (reusing finished files); its variants.json entry."""
         ...
 
@@ -38,8 +38,8 @@ class CompressedVariant(Protocol):
 
 
 class GgufVariant:
-    """A GGUF file for llama.cpp: F16 written from the merged weights, then quantized by
-    llama.cpp's own quantizer."""
+    """A GGUF file for llama.cpp: F16 written from the merged weights by llama.cpp's converter,
+    then quantized by llama.cpp's own quantizer."""
 
     kind = "gguf"
     needs_cuda = False
@@ -49,20 +49,20 @@ class GgufVariant:
         self.name = f"gguf_{gguf_type}"
         self.description = description
 
-    def build(self, merged_dir: Path, out_root: Path, tokenizer_gguf: Path | None, threads: int) -> dict:
+    def build(self, merged_dir: Path, out_root: Path, threads: int) -> dict:
         from compress.gguf_export import export_gguf, quantize_gguf
+        from compress.llama_converter import llama_cpp_version
 
         f16 = out_root / "gguf_f16" / "model-f16.gguf"
         path = out_root / self.name / f"model-{self.gguf_type}.gguf"
         if not path.is_file():
             if not f16.is_file():
-                export_gguf(merged_dir, f16, "f16", tokenizer_gguf=tokenizer_gguf)
+                export_gguf(merged_dir, f16, "f16")
             if self.gguf_type != "f16":
                 quantize_gguf(f16, path, self.gguf_type, threads=threads)
-        method = {"tool": ("gguf (export) + llama.cpp llama_model_quantize" if self.gguf_type != "f16"
-                           else "gguf (export)"),
-                  "type": self.gguf_type.upper(),
-                  "tokenizer": f"metadata copied from {tokenizer_gguf.name}" if tokenizer_gguf else "from tokenizer.json"}
+        tool = f"llama.cpp convert_hf_to_gguf.py (llama-cpp-python {llama_cpp_version()})"
+        method = {"tool": tool + (" + llama_model_quantize" if self.gguf_type != "f16" else ""),
+                  "type": self.gguf_type.upper()}
         return {"kind": self.kind, "path": str(path), "tokenizer_dir": str(merged_dir), "method": method}
 
     def answer(self, variant: dict, items: list[dict], prompt_format: str, max_new_tokens: int) -> tuple[list[dict], dict]:
@@ -79,7 +79,7 @@ class TorchInt8Variant:
     needs_cuda = False
     description = "PyTorch dynamic int8 on CPU"
 
-    def build(self, merged_dir: Path, out_root: Path, tokenizer_gguf: Path | None, threads: int) -> dict:
+    def build(self, merged_dir: Path, out_root: Path, threads: int) -> dict:
         from compress.torch_int8 import INFO_FILE, save_torch_int8
 
         path = out_root / "torch_int8"
@@ -105,7 +105,7 @@ class BnbVariant:
         self.name = f"bnb_{bits}bit"
         self.description = description
 
-    def build(self, merged_dir: Path, out_root: Path, tokenizer_gguf: Path | None, threads: int) -> dict:
+    def build(self, merged_dir: Path, out_root: Path, threads: int) -> dict:
         from compress.bnb import bnb_settings
 
         # Quantized while loading: the variant's files are the merged model's.
@@ -153,15 +153,14 @@ def variant_of_kind(kind: str | None) -> CompressedVariant:
     raise ValueError(f"kind must be one of {tuple(kinds)}, got {kind!r}")
 
 
-def build_variants(merged_dir: Path, out_root: Path, names: list[str], tokenizer_gguf: Path | None = None,
-                   threads: int = 1) -> list[dict]:
+def build_variants(merged_dir: Path, out_root: Path, names: list[str], threads: int = 1) -> list[dict]:
     """Make each variant in ``names`` from the merged model in ``merged_dir`` under ``out_root``
     and return their descriptions, in the order asked."""
     merged_dir, out_root = Path(merged_dir), Path(out_root)
     variants = []
     for name in names:
         log.info("compress: %s", name)
-        variant = variant_named(name).build(merged_dir, out_root, tokenizer_gguf, threads)
+        variant = variant_named(name).build(merged_dir, out_root, threads)
         variants.append({"label": name, **variant, "size_on_disk_bytes": size_on_disk(Path(variant["path"]))})
     if "gguf_f16" not in names:  # only an intermediate step: not kept
         (out_root / "gguf_f16" / "model-f16.gguf").unlink(missing_ok=True)

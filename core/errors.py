@@ -9,3 +9,14 @@ class ConfigError(ValueError):
 
 class StageInputError(ValueError):
     """A stage cannot start: its input is missing or unusable."""
+
+
+class EndpointError(RuntimeError):
+    """A model endpoint cannot answer: nothing listens there, it refuses the API key, it does not
+    serve the model, its engine died, or a batch of it failed. The message names the endpoint and
+    the cause; what was answered before is kept in the journals, so a rerun resumes."""
+
+
+class StageFailed(RuntimeError):
+    """A stage ran but kept nothing because its requests failed; it is not marked finished, so a
+    rerun (once the endpoint is fixed) runs it again and reuses every reply already journaled."""

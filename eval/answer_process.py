@@ -5,6 +5,9 @@ peak memory: its weights, its KV cache and the runtime it needs, nothing left ov
 another model. The parent writes a job file, runs ``python -m eval.answer_process JOB``,
 and reads the answers and the measurements back. The job is an ``eval.contestants.AnswerJob``.
 
+After answering, and after its peak memory is read, the child scores the teacher's answers
+under the same model (teacher-forced NLL, ``eval.fidelity``) when the job carries them.
+
 A job answers with a student (``kind: student``: base model + optional LoRA adapter,
 through ``student.generation``'s batched transformers generation, or through vLLM with the adapter
 as a LoRA request) or with a compressed variant (``kind: variant``: through the
@@ -20,9 +23,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 from core.records import write_json
 from eval.contestants import AnswerJob
+from eval.fidelity import not_measured
 
 log = logging.getLogger(__name__)
 
@@ -51,24 +56,29 @@ def answer_in_child(job: AnswerJob, work_dir: Path) -> tuple[list[dict], dict]:
     return result["answers"], result["efficiency"]
 
 
-def _answer_with_student(job: AnswerJob) -> tuple[list[dict], dict]:
+Fidelity = Callable[[], dict]  # the teacher's answers scored under the contestant (eval.fidelity)
+
+
+def _answer_with_student(job: AnswerJob) -> tuple[list[dict], dict, Fidelity]:
     import torch
 
+    from eval.fidelity import teacher_answer_nll
     from student.generation import answer_prompts, load_student
 
     adapter = Path(job.adapter) if job.adapter else None
     model, tokenizer = load_student(Path(job.base_model), adapter, job.trust_remote_code)
     started = time.perf_counter()
     answers = answer_prompts(model, tokenizer, job.items, job.prompt_format, job.max_new_tokens,
-                             batch_size=job.batch_size, static_cache=job.static_cache)
+                             batch_size=job.batch_size, static_cache=job.static_cache, continuous=job.continuous)
     efficiency = {"answer_wall_s": round(time.perf_counter() - started, 4),
                   "parameters": sum(p.numel() for p in model.parameters()), "batch_size": job.batch_size}
     if torch.cuda.is_available():
         efficiency["peak_gpu_memory_bytes"] = torch.cuda.max_memory_allocated()
-    return answers, efficiency
+    return answers, efficiency, lambda: teacher_answer_nll(model, tokenizer, job.items, job.teacher_answers,
+                                                           job.prompt_format, batch_size=job.batch_size)
 
 
-def _answer_with_vllm(job: AnswerJob) -> tuple[list[dict], dict]:
+def _answer_with_vllm(job: AnswerJob) -> tuple[list[dict], dict, Fidelity]:
     """The student served by vLLM in this process (`evaluate.student_backend: vllm`): the base
     model with the LoRA adapter as a LoRA request (nothing merged), the student's own prompt sent
     through the completions path, every prompt at once so that the engine batches them."""
@@ -111,12 +121,44 @@ def _answer_with_vllm(job: AnswerJob) -> tuple[list[dict], dict]:
     # its peak counts, read before the engine stops.
     peak = process_tree_peak_memory()
     backend.shutdown()
-    return answers, {"answer_wall_s": round(wall_s, 4), "batch_size": len(requests), "served_by": backend.identity,
-                     "peak_memory_bytes": peak, "peak_memory_method": "VmHWM of a process that only loads this "
-                     "model and answers, plus that of its vLLM engine-core process"}
+    efficiency = {"answer_wall_s": round(wall_s, 4), "batch_size": len(requests), "served_by": backend.identity,
+                  "peak_memory_bytes": peak, "peak_memory_method": "VmHWM of a process that only loads this "
+                  "model and answers, plus that of its vLLM engine-core process"}
+    return answers, efficiency, lambda: not_measured(
+        "answered through vLLM: the teacher-forced NLL is computed for transformers students and GGUF files")
 
 
-def _answer_with_variant(job: AnswerJob) -> tuple[list[dict], dict]:
+def _variant_nll(job: AnswerJob) -> dict:
+    """The teacher's answers scored under a compressed variant: a GGUF file through llama.cpp's
+    logits, an in-process variant (dynamic int8, bitsandbytes) through transformers; loaded
+    again here, after the answers and the peak memory were measured."""
+    from transformers import AutoTokenizer
+
+    from eval.fidelity import gguf_teacher_answer_nll, teacher_answer_nll
+
+    variant = job.variant or {}
+    kind = variant.get("kind")
+    if kind == "gguf":
+        tokenizer_dir = variant.get("tokenizer_dir")
+        if not tokenizer_dir or not Path(tokenizer_dir).is_dir():
+            return not_measured(f"the GGUF variant's tokenizer folder is missing ({tokenizer_dir})")
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        return gguf_teacher_answer_nll(Path(variant["path"]), tokenizer, job.items, job.teacher_answers,
+                                       job.prompt_format, threads=job.threads)
+    if kind == "torch_int8":
+        from compress.torch_int8 import load_torch_int8
+
+        model, tokenizer = load_torch_int8(Path(variant["path"]))
+    elif kind == "bnb":
+        from compress.bnb import load_bnb
+
+        model, tokenizer = load_bnb(Path(variant["path"]), variant["bits"])
+    else:
+        return not_measured(f"no teacher-forced scoring for variants of kind {kind!r}")
+    return teacher_answer_nll(model, tokenizer, job.items, job.teacher_answers, job.prompt_format)
+
+
+def _answer_with_variant(job: AnswerJob) -> tuple[list[dict], dict, Fidelity]:
     from compress.variants import answer_with_variant
 
     started = time.perf_counter()
@@ -124,7 +166,7 @@ def _answer_with_variant(job: AnswerJob) -> tuple[list[dict], dict]:
                                               Path(job.cache_dir))
     # Loading (a llama.cpp server's start, say) is not answering time.
     wall_s = time.perf_counter() - started - (efficiency.get("load_s") or 0)
-    return answers, {**efficiency, "answer_wall_s": round(wall_s, 4)}
+    return answers, {**efficiency, "answer_wall_s": round(wall_s, 4)}, lambda: _variant_nll(job)
 
 
 def main(job_path: str) -> None:
@@ -142,11 +184,15 @@ def main(job_path: str) -> None:
         answer = _answer_with_vllm if job.student_backend == "vllm" else _answer_with_student
     else:
         answer = _answer_with_variant
-    answers, efficiency = answer(job)
+    answers, efficiency, fidelity = answer(job)
     # A variant served by another process (a llama.cpp server) reports that process's peak.
     if efficiency.get("peak_memory_bytes") is None or (job.kind == "student" and job.student_backend != "vllm"):
         efficiency.update(peak_memory_bytes=process_peak_memory(),
                           peak_memory_method="VmHWM of a process that only loads this model and answers")
+    # Fidelity comes after the peak memory is read, so scoring does not count as answering.
+    if job.teacher_answers:
+        started = time.perf_counter()
+        efficiency["fidelity"] = {**fidelity(), "fidelity_wall_s": round(time.perf_counter() - started, 3)}
     write_json(Path(data["result_path"]), {"answers": answers, "efficiency": efficiency})
 
 

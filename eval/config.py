@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from backends.config import ModelEndpoint
 from core.settings import Settings
 from eval.sets import EVAL_SETS
+
+# Folders of eval/ that are not evaluations of their own.
+RESERVED_EVALUATION_NAMES = ("work",)
 
 
 class EvaluateConfig(Settings):
@@ -30,6 +34,12 @@ class EvaluateConfig(Settings):
         False, description="Static KV cache for local students; on a GPU transformers then compiles the "
         "decoding step into CUDA graphs (see docs/benchmarks.md).",
     )
+    continuous_batching: bool = Field(
+        False, description="Local students answer through transformers' continuous batching (a paged KV cache "
+        "read only as far as each request has filled it, chunked prefill, a finished request replaced at once; "
+        "batch_size requests decode together) instead of length-sorted padded batches. Faster on a GPU at large "
+        "batches (docs/benchmarks.md); the same greedy answers in float32.",
+    )
     local_hourly_usd: float = Field(
         0.10, ge=0, description="USD per hour of the machine that runs local models (students, the embedded "
         "teacher): cost per 1,000 answers = measured seconds per answer x this. 0.10 is about a 2-vCPU cloud VM.",
@@ -43,6 +53,27 @@ class EvaluateConfig(Settings):
     vllm_engine_args: dict[str, Any] = Field(
         default_factory=dict, description="With student_backend vllm: keyword arguments for vLLM's AsyncEngineArgs.",
     )
+    name: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="This evaluation's name: its files go to eval/<name>/ and it gets its own section of the "
+        "report, beside the earlier ones. Empty: the run's first evaluation is written to eval/ itself, and a "
+        "later one with other evaluation settings is named from its sets and a hash of its settings.",
+    )
+    judge: ModelEndpoint | None = Field(
+        None, description="The pairwise judge of this evaluation (an endpoint like judge:). Empty: the run's judge "
+        "(judge:, else the teacher).",
+    )
+    second_judge: ModelEndpoint | None = Field(
+        None, description="A second pairwise judge of the same pairs (an endpoint like judge:): its agreement "
+        "with the first (Cohen's kappa) is reported with the judge diagnostics. Empty: none.",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, name: str | None) -> str | None:
+        if name in RESERVED_EVALUATION_NAMES:
+            raise ValueError(f"{name!r} is a folder of eval/ itself; choose another name")
+        return name
 
     @model_validator(mode="after")
     def _engine_args_need_vllm(self) -> "EvaluateConfig":

@@ -46,10 +46,14 @@ class AnswerJob:
     trust_remote_code: bool = False
     batch_size: int = 1
     static_cache: bool = False
+    continuous: bool = False
     student_backend: str = "transformers"
     vllm_engine_args: dict = dataclasses.field(default_factory=dict)
     variant: dict | None = None
     threads: int | None = None
+    # The teacher's answers (id -> {"answer", "finished"}): the child also scores them under
+    # the contestant (eval.fidelity), after its answers and peak memory are measured.
+    teacher_answers: dict | None = None
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)

@@ -1,4 +1,5 @@
-"""Win rate of the student against the teacher, with a bootstrap interval.
+"""Win rate of the student against the teacher, with a bootstrap interval. (The
+length-controlled win rate, AlpacaEval 2's, is eval.length_control.)
 
 Formula (the AlpacaEval / AlpaGasus convention, a tie counts half)::
 
@@ -85,35 +86,3 @@ def win_rate_ci(
         ci_high=float(ci_high),
         n=n,
     )
-
-
-def length_controlled_win_rate(outcomes: Sequence[str], length_differences: Sequence[float],
-                               steps: int = 200) -> float | None:
-    """The win rate with the effect of answer length regressed out, in the spirit of
-    AlpacaEval's length-controlled win rate.
-
-    A logistic model P(student preferred) = sigmoid(b0 + b1 * tanh(d / s)) is fitted to the
-    valid outcomes (win = 1, tie = 0.5, loss = 0) by Newton's method, where d is the
-    student's answer length minus the teacher's and s its standard deviation; the
-    length-controlled rate is the model's prediction at d = 0, sigmoid(b0). None with no
-    valid outcome.
-    """
-    target = {"win": 1.0, "tie": 0.5, "loss": 0.0}
-    pairs = [(target[o], float(d)) for o, d in zip(outcomes, length_differences) if o in target]
-    if not pairs:
-        return None
-    y = np.array([p[0] for p in pairs])
-    d = np.array([p[1] for p in pairs])
-    scale = d.std() or 1.0
-    x = np.column_stack([np.ones_like(d), np.tanh(d / scale)])
-    beta = np.zeros(2)
-    for _ in range(steps):
-        p = 1.0 / (1.0 + np.exp(-(x @ beta)))
-        gradient = x.T @ (y - p)
-        # A small ridge term keeps the fit finite when the outcomes are separable (all wins).
-        hessian = x.T @ (x * (p * (1 - p))[:, None]) + 1e-3 * np.eye(2)
-        step = np.linalg.solve(hessian, gradient - 1e-3 * beta)
-        beta += step
-        if np.abs(step).max() < 1e-9:
-            break
-    return float(1.0 / (1.0 + np.exp(-beta[0])))

@@ -54,6 +54,9 @@ class FilterContext:
     reject: Reject
     send_ratings: SendShards | None = None
     judge_identity: Callable[[], str] | None = None
+    # The evaluation prompts the records are checked against (filters.decontaminate), by set
+    # name: the pipeline loads them (the sets live in eval, above the filters).
+    eval_prompts: dict[str, list[dict]] | None = None
     # What each filter reports for the stage summary (its counts, tokens, files), by key.
     summary: dict = dataclasses.field(default_factory=dict)
 

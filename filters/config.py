@@ -1,4 +1,5 @@
-"""Settings of the filter stage: near-duplicate removal, IFD (Superfiltering) and the judge's rating and selection."""
+"""Settings of the filter stage: decontamination against the evaluation prompts, near-duplicate removal, IFD
+(Superfiltering) and the judge's rating and selection."""
 
 from __future__ import annotations
 
@@ -47,14 +48,42 @@ class IfdConfig(Settings):
         return self
 
 
+class DecontaminateConfig(Settings):
+    """Records that copy an evaluation prompt dropped before training (similarity.decontaminate)."""
+
+    enabled: bool = Field(True, description="Check every generated record against the evaluation prompts, first.")
+    against: list[str] | None = Field(
+        None, description="Evaluation sets to check against: shipped set names (vicuna_80, self_instruct_252) or "
+        "JSONL files with instruction (and optional input). Empty: every set in evaluate.sets (heldout is left "
+        "out: it is drawn from the filtered records themselves).",
+    )
+    ngram: int = Field(13, ge=4, le=64, description="A record sharing a run of this many consecutive words "
+                       "(case, punctuation and whitespace ignored) with an evaluation prompt is a copy (GPT-3, Tulu 3).")
+    min_words: int = Field(6, ge=1, le=64, description="An evaluation prompt shorter than ngram words is a copy "
+                           "when all its words appear in a record in a row, if it has at least this many words.")
+    rouge_threshold: float = Field(0.7, gt=0, le=1, description="A record whose ROUGE-L F against an evaluation "
+                                   "prompt is above this is a copy (the exact ROUGE-L of distill dedup).")
+
+
 class FilterConfig(Settings):
     """AlpaGasus-style rating by a judge model, after optional near-duplicate removal."""
 
     threshold: float = Field(4.5, ge=0, le=5, description="Keep pairs rated at or above this (AlpaGasus: 4.5).")
-    selection: Literal["threshold", "top_k"] = Field(
-        "threshold", description="threshold: keep scores >= threshold; top_k: keep the best top_k (a budget)."
+    selection: Literal["threshold", "top_k", "longest_k", "random_k", "complexity_quality"] = Field(
+        "threshold",
+        description="threshold: keep judge scores >= threshold (AlpaGasus); the others keep top_k records (a "
+        "budget K): top_k the best judge scores (AlpaGasus' budget mode); longest_k the longest outputs (Long Is "
+        "More; no judge); random_k a seeded random draw (no judge); complexity_quality the highest instruction "
+        "complexity x judge score (DEITA-style, filters/selection.py).",
     )
-    top_k: int | None = Field(None, ge=1, description="Records kept with selection top_k.")
+    top_k: int | None = Field(None, ge=1, description="K: records kept by every selection but threshold.")
+    selection_seed: int = Field(0, description="Seed of selection random_k's draw.")
+    complexity: Literal["words", "ifd"] = Field(
+        "words",
+        description="Selection complexity_quality's complexity signal: words: words of instruction and input; "
+        "ifd: the record's IFD (needs filter.ifd.enabled with mode before_judge). Either is ranked within the "
+        "pool onto a 1-6 scale before it multiplies the judge's score.",
+    )
     max_tokens: int = Field(192, ge=8, description="Completion token limit of one rating reply.")
     temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature of the judge's rating.")
     minhash_dedup: bool = Field(False, description="Drop MinHash-LSH near-duplicates before rating (large corpora).")
@@ -71,9 +100,17 @@ class FilterConfig(Settings):
         "memory stays flat; within a shard the judge endpoint's max_in_flight is the window.",
     )
     ifd: IfdConfig = Field(default_factory=IfdConfig, description="Superfiltering's IFD ranking, before or instead of the judge.")
+    decontaminate: DecontaminateConfig = Field(
+        default_factory=DecontaminateConfig, description="Drop records that copy an evaluation prompt (first step).")
 
     @model_validator(mode="after")
     def _top_k_given(self) -> "FilterConfig":
-        if self.selection == "top_k" and self.top_k is None:
-            raise ValueError("selection top_k needs filter.top_k")
+        if self.selection != "threshold" and self.top_k is None:
+            raise ValueError(f"selection {self.selection} needs filter.top_k (the budget K)")
+        judge_off = self.ifd.enabled and self.ifd.mode == "instead_of_judge"
+        if self.selection == "complexity_quality" and judge_off:
+            raise ValueError("selection complexity_quality needs the judge's scores, but filter.ifd.mode "
+                             "instead_of_judge turns the judge off")
+        if self.selection == "complexity_quality" and self.complexity == "ifd" and not self.ifd.enabled:
+            raise ValueError("filter.complexity ifd needs filter.ifd.enabled (mode before_judge)")
         return self

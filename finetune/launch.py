@@ -32,6 +32,20 @@ logger = logging.getLogger(__name__)
 
 JOB_DIR = "launch"
 JOB_FILE = "job.json"
+# NVLink multicast stays off in every process the launcher starts: a program that uses it can
+# put a host's GPUs, which others may share, out of service (NCCL's NVLS, PyTorch's symmetric
+# memory, NVSHMEM). A value already set in the environment is kept.
+NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+
+
+def launch_environment(base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of the training processes: the caller's, NVLink multicast off, and one
+    OpenMP thread each unless set (N processes share the cores)."""
+    env = dict(os.environ if base is None else base)
+    for name, value in NO_MULTICAST.items():
+        env.setdefault(name, value)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
 
 
 def launch_command(job_file: Path, settings: FinetuneConfig, port: int) -> list[str]:
@@ -76,8 +90,7 @@ def launch_training(
         "resume_from": str(resume_from) if resume_from else None,
     })
     command = launch_command(job_file, settings, free_port())
-    env = {**os.environ}
-    env.setdefault("OMP_NUM_THREADS", "1")  # N processes share the cores
+    env = launch_environment()
     logger.info("launching %d training processes (%s): %s", settings.num_processes, settings.distributed, " ".join(command))
     completed = subprocess.run(command, env=env, check=False)
     if completed.returncode != 0:

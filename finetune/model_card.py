@@ -36,6 +36,20 @@ def _table(rows: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _base_terms(base_dir: Path) -> list[str]:
+    """A line naming the terms an embedded base model's weights are under (they bind what is trained from it)."""
+    from student.embedded import MARKER_FILE
+
+    try:
+        marker = json.loads((base_dir / MARKER_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    if not marker.get("terms"):
+        return []
+    return ["", f"The base model ({marker.get('title', base_dir.name)}) is under {marker['terms']}; "
+                "its terms apply to these weights too."]
+
+
 def render_model_card(provenance: dict[str, Any], training: dict[str, Any], weights: str) -> str:
     """The card's Markdown. ``training`` is ``training_summary.json``'s data; ``weights`` says what the
     directory holds: "adapter" (LoRA/QLoRA adapter), "merged" (base + adapter) or "model" (full)."""
@@ -89,6 +103,7 @@ def render_model_card(provenance: dict[str, Any], training: dict[str, Any], weig
         "## Training",
         "",
         f"Base model: `{base}`; prompt format: {settings.get('prompt_format')}.",
+        *_base_terms(Path(str(training.get("base_model_dir", "")))),
         "",
         *_table(results),
         "",

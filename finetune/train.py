@@ -190,6 +190,13 @@ def check_hardware(settings: FinetuneConfig) -> None:
             import bitsandbytes  # noqa: F401
         except ImportError as exc:
             raise TrainingSetupError(f"finetune: {what} needs the bitsandbytes package (pip install bitsandbytes)") from exc
+    if settings.base_precision == "fp8":
+        from finetune.fp8 import check_fp8_hardware
+
+        try:
+            check_fp8_hardware()
+        except RuntimeError as exc:
+            raise TrainingSetupError(str(exc)) from None
     if _fsdp(settings) and not _use_cuda():
         raise TrainingSetupError(
             "finetune.distributed fsdp needs GPUs (accelerate shards over accelerators only; on CPU it would "
@@ -392,6 +399,17 @@ def build_lora_config(settings: FinetuneConfig):
     )
 
 
+def _quiet_progress_callback():
+    """transformers' progress bar without its print of each log dictionary to standard output."""
+    from transformers import ProgressCallback
+
+    class QuietProgress(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            pass
+
+    return QuietProgress()
+
+
 def _log_progress_callback():
     """A trainer callback that reports each logged step through ``logging`` instead of print."""
     from transformers import TrainerCallback
@@ -588,7 +606,7 @@ def build_trainer_for_dataset(
     (an ``input_ids`` column, as the GPU benchmark feeds it). Applies the speed settings that act
     on the wrapped model: no input casting in the LoRA layers under bf16 autocast, and regional
     ``torch.compile``. A 4-bit model (``method: qlora``) is prepared for k-bit training first."""
-    from transformers import PrinterCallback
+    from transformers import PrinterCallback, ProgressCallback
     from trl import SFTTrainer
 
     args = build_sft_config(checkpoints_dir, settings, save_steps=save_steps, progress=progress)
@@ -609,10 +627,18 @@ def build_trainer_for_dataset(
         peft_config=None if settings.method == "full" else build_lora_config(settings),
         callbacks=[_log_progress_callback(), *(callbacks or [])],
     )
-    if not progress:
+    if progress:  # the bar stays; its print of every log dictionary goes (LogProgress logs the loss)
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(_quiet_progress_callback())
+    else:
         trainer.remove_callback(PrinterCallback)  # it prints every log line to stdout
     if args.bf16 and _base_dtype_is_low_precision(trainer.model):
         _disable_lora_input_casting(trainer.model)
+    if settings.base_precision == "fp8":
+        from finetune.fp8 import convert_lora_bases_to_fp8
+
+        swapped = convert_lora_bases_to_fp8(trainer.model)
+        logger.info("base_precision fp8: %d frozen base layers run their matmuls in FP8", swapped)
     if settings.torch_compile:
         _compile_decoder_layers(trainer.model)
     return trainer
@@ -652,24 +678,30 @@ def _compile_decoder_layers(model: Any) -> None:
 
 
 @contextlib.contextmanager
-def _datasets_progress(enabled: bool):
-    """Show or hide the datasets library's progress bars for the duration of the block."""
+def _library_progress_bars(enabled: bool):
+    """Show or hide the datasets library's progress bars (dataset preparation) and transformers'
+    (loading weights) for the duration of the block."""
     from datasets.utils import (
         are_progress_bars_disabled,
         disable_progress_bars,
         enable_progress_bars,
     )
+    from transformers.utils import logging as transformers_logging
 
     was_disabled = are_progress_bars_disabled()
+    transformers_bars = transformers_logging.is_progress_bar_enabled()
     if enabled:
         yield
         return
     disable_progress_bars()
+    transformers_logging.disable_progress_bar()
     try:
         yield
     finally:
         if not was_disabled:
             enable_progress_bars()
+        if transformers_bars:
+            transformers_logging.enable_progress_bar()
 
 
 def _losses(log_history: list[dict]) -> list[float]:
@@ -784,8 +816,8 @@ def run_training(
     checkpoints_dir = output_dir / CHECKPOINTS_DIR
     trained_dir = trained_dir_for(output_dir, settings)
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(base_model_dir, settings)
-    model = load_model(base_model_dir, settings)
-    with _datasets_progress(progress):
+    with _library_progress_bars(progress):
+        model = load_model(base_model_dir, settings)
         trainer = build_trainer(
             pairs, model, tokenizer, checkpoints_dir, settings, save_steps=save_steps, progress=progress
         )

@@ -24,12 +24,14 @@ from core.rundir import RunDir
 from flows.artifacts import publish_report_artifacts
 from flows.scale_out import shard_runner
 from pipeline.config import PipelineConfig, load_config
+from pipeline.progress import stage_done_line, stage_started_line
 from pipeline.report import headline, write_report
 from pipeline.requests import PipelinedSender
 from pipeline.session import (
     DEFAULT_CACHE,
     check_before_work,
     default_run_dir,
+    is_finished,
     open_session,
     run_stage,
     stages_to_run,
@@ -132,7 +134,9 @@ def notify_failed(flow, flow_run, state) -> None:
 def stages_session(config: PipelineConfig, config_path: Path, rundir: RunDir, cache_dir: Path):
     """The run session (lock, manifest, models) and where shards go: (task runner for the stages that
     scale out, or None for Prefect's default; handle of the live session for the subflows)."""
-    with open_session(config, config_path, rundir, cache_dir, send=_send_as_task) as in_process:
+    # No progress bars: under Prefect's logger they would interleave with its lines; each stage
+    # logs its progress as plain lines (shards, training steps) and one line when it is done.
+    with open_session(config, config_path, rundir, cache_dir, send=_send_as_task, progress=False) as in_process:
         with shard_runner(config.orchestration, _send_as_task) as (runner, send):
             scaled_out = dataclasses.replace(in_process, send=send)
             with live_session({False: in_process, True: scaled_out}) as handle:
@@ -157,14 +161,14 @@ def distill_pipeline(config_path: str, run_dir: str | None = None, overrides: li
     logger.info("run directory: %s; stages: %s; task runner: %s", rundir.root,
                 ",".join(stage.name for stage in selected), config.orchestration.task_runner)
     with stages_session(config, Path(config_path), rundir, cache) as (runner, session):
-        for stage in selected:
-            if rundir.stage_summary(stage.name) is not None:
+        for position, stage in enumerate(selected, start=1):
+            if is_finished(stage, config, rundir):
                 logger.info("%s: already finished in %s, skipped", stage.name, rundir.root)
                 continue
             if not stage.enabled(config):
                 logger.info("%s: not enabled in the config, skipped", stage.name)
                 continue
-            logger.info("%s: starting", stage.name)
+            logger.info(stage_started_line(position, len(selected), stage.name, stage.description))
             if stage.sends_requests:
                 options = {"name": stage.name}
                 if stage.scales_out and runner is not None:
@@ -172,7 +176,7 @@ def distill_pipeline(config_path: str, run_dir: str | None = None, overrides: li
                 summary = stage_flow.with_options(**options)(stage.name, session)
             else:
                 summary = stage_task.with_options(name=stage.name)(stage.name, session)
-            logger.info("%s: done %s", stage.name, json.dumps(summary, default=str)[:400])
+            logger.info(stage_done_line(position, len(selected), stage.name, summary))
     report = write_report(rundir)
     publish_report_artifacts(report, rundir)
     logger.info("report: %s", rundir.report_md)

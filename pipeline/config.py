@@ -25,6 +25,7 @@ from eval.sets import is_named_set
 from filters.config import FilterConfig
 from finetune.config import ExportConfig, FinetuneConfig
 from selfinstruct.config import GenerateConfig
+from student.embedded import EMBEDDED_STUDENTS, embedded_student, is_embedded_student
 
 
 class OrchestrationConfig(Settings):
@@ -70,6 +71,21 @@ class NotifyConfig(Settings):
     timeout_s: float = Field(10.0, gt=0, le=300, description="Timeout of the POST.")
 
 
+class EstimateConfig(Settings):
+    """What `distill estimate` (and the estimate.json of every run) assumes where no pilot measured it."""
+
+    reply_fraction: float = Field(
+        0.6, gt=0, le=1, description="Expected reply length as a share of each request's max_tokens (generation, "
+        "ratings, answers, verdicts), where no pilot measured it.")
+    records_per_request: float = Field(
+        4.0, gt=0, le=100, description="Records kept per generation request (the yield, after parsing, Alpaca's "
+        "filters and ROUGE-L dedup), where no pilot measured it. A strong teacher asked for 20 tasks keeps a few; "
+        "the embedded 135M teacher keeps 0.15-0.5 (docs/scale.md).")
+    tokens_per_s: float = Field(
+        50.0, gt=0, description="Reply tokens per second of one request (its latency is 0.5 s plus its reply at "
+        "this rate), where no pilot measured latency.")
+
+
 class PipelineConfig(Settings):
     """One use case of the pipeline: teacher, seeds and every stage's settings."""
 
@@ -86,6 +102,7 @@ class PipelineConfig(Settings):
     budget: BudgetConfig = Field(default_factory=BudgetConfig, description="Token and money limits across all stages (backends.config).")
     orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig, description="Where request shards run (the flow's process or Dask).")
     notify: NotifyConfig = Field(default_factory=NotifyConfig, description="A webhook told when a run finishes or fails.")
+    estimate: EstimateConfig = Field(default_factory=EstimateConfig, description="Assumptions of the cost estimate (distill estimate, estimate.json).")
 
     @property
     def judge_endpoint(self) -> ModelEndpoint:
@@ -177,28 +194,48 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
     if not seeds.is_file():
         raise ConfigError(f"{path}: key 'seed_tasks': file not found: {seeds}")
     base = config.finetune.base_model
-    if base != "embedded" and not Path(base).is_absolute():
+    if not is_embedded_student(base) and not Path(base).is_absolute():
         # Resolved here, checked by check_base_model before fine-tuning, so that a preset
         # whose student is not downloaded yet can still run its generation stages.
         base_path = (path.parent / base).resolve()
         config = config.model_copy(update={"finetune": config.finetune.model_copy(update={"base_model": str(base_path)})})
-    sets = []
-    for name in config.evaluate.sets:
-        if not is_named_set(name):
-            set_path = Path(name) if Path(name).is_absolute() else (path.parent / name).resolve()
-            if not set_path.is_file():
-                raise ConfigError(f"{path}: key 'evaluate.sets': not a known set and no such file: {set_path}")
-            name = str(set_path)
-        sets.append(name)
+    sets = _resolve_sets(config.evaluate.sets, path, "evaluate.sets")
     config = config.model_copy(update={"evaluate": config.evaluate.model_copy(update={"sets": sets})})
+    against = config.filter.decontaminate.against
+    if against is not None:
+        decontaminate = config.filter.decontaminate.model_copy(
+            update={"against": _resolve_sets(against, path, "filter.decontaminate.against")})
+        config = config.model_copy(update={"filter": config.filter.model_copy(update={"decontaminate": decontaminate})})
     return config.model_copy(update={"seed_tasks": seeds})
+
+
+def _resolve_sets(names: list[str], config_path: Path, key: str) -> list[str]:
+    """Evaluation set names as given, and files as absolute paths: relative to the config file,
+    else to the working directory (a file named on the command line); a name that is neither
+    a known set nor a file is refused."""
+    resolved = []
+    for name in names:
+        if not is_named_set(name):
+            candidates = [Path(name)] if Path(name).is_absolute() else [config_path.parent / name, Path(name)]
+            found = next((candidate.resolve() for candidate in candidates if candidate.is_file()), None)
+            if found is None:
+                raise ConfigError(f"{config_path}: key '{key}': not a known set and no such file: "
+                                  f"{candidates[0].resolve()}")
+            name = str(found)
+        resolved.append(name)
+    return resolved
 
 
 def check_base_model(config: PipelineConfig) -> None:
     """Fail before any work when the student's base model directory does not exist."""
     base = config.finetune.base_model
-    if base != "embedded" and not Path(base).is_dir():
-        raise ConfigError(f"key 'finetune.base_model': directory not found: {base}")
+    if is_embedded_student(base):
+        if config.finetune.prompt_format == "chat" and not embedded_student(base).chat_template:
+            raise ConfigError(f"key 'finetune.prompt_format': {base} ({embedded_student(base).title}) has no chat "
+                              "template; use prompt_format: alpaca")
+    elif not Path(base).is_dir():
+        raise ConfigError(f"key 'finetune.base_model': directory not found: {base} (or one of the embedded "
+                          f"students: {', '.join(EMBEDDED_STUDENTS)})")
 
 
 def config_as_dict(config: PipelineConfig, non_default_only: bool = False) -> dict:

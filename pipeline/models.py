@@ -6,6 +6,7 @@ import contextlib
 from pathlib import Path
 
 from backends.base import ChatBackend
+from backends.config import ModelEndpoint
 from backends.registry import open_chat_backend
 from pipeline.config import PipelineConfig
 
@@ -13,7 +14,8 @@ from pipeline.config import PipelineConfig
 class ModelSessions:
     """Teacher and judge backends, opened when a stage first needs them and closed together.
 
-    The judge defaults to the teacher and then shares its backend (and its embedded server).
+    The judge defaults to the teacher and then shares its backend (and its embedded server);
+    so does any other endpoint (an evaluation's judges) configured like the teacher or the judge.
     """
 
     def __init__(self, config: PipelineConfig, log_dir: Path):
@@ -22,6 +24,7 @@ class ModelSessions:
         self._stack = contextlib.ExitStack()
         self._teacher: ChatBackend | None = None
         self._judge: ChatBackend | None = None
+        self._others: dict[str, ChatBackend] = {}
 
     def teacher(self) -> ChatBackend:
         if self._teacher is None:
@@ -34,6 +37,18 @@ class ModelSessions:
         if self._judge is None:
             self._judge = self._stack.enter_context(open_chat_backend(self.config.judge, self.log_dir / "judge"))
         return self._judge
+
+    def endpoint(self, endpoint: ModelEndpoint, name: str) -> ChatBackend:
+        """The backend of another endpoint (an evaluation's judge, say), opened on first use; the
+        teacher's or the judge's when it is configured like one of them. `name` names its log folder."""
+        if endpoint == self.config.teacher:
+            return self.teacher()
+        if endpoint == self.config.judge_endpoint:
+            return self.judge()
+        key = endpoint.model_dump_json()
+        if key not in self._others:
+            self._others[key] = self._stack.enter_context(open_chat_backend(endpoint, self.log_dir / name))
+        return self._others[key]
 
     def close(self) -> None:
         self._stack.close()

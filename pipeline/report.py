@@ -7,8 +7,22 @@ import json
 from core.records import write_atomic, write_json
 from core.rundir import RunDir
 from eval.efficiency import pareto_front
+from pipeline.report_words import FIDELITY_KEYS, fidelity_sentence, headline_parts, set_labels
+from pipeline.report_words import fmt as _fmt
+from pipeline.report_select import (
+    COMPARE_PLOT,
+    SELECT_COMPARE_COLUMNS,
+    SELECT_DIR,
+    load_select_compare,
+    select_compare_cells,
+    select_compare_notes,
+)
 
 QUALITY_KEYS = ("wins", "ties", "losses", "invalid", "win_rate", "win_rate_ci95", "lc_win_rate", "judged", "per_set")
+# The teacher is the reference its contestants are measured against.
+TEACHER_FIDELITY = {"teacher_answer_nll": None, "answer_similarity": 1.0, "answer_rouge_l": 1.0,
+                    "note": "the reference: its own answers"}
+NOT_MEASURED = {key: None for key in FIDELITY_KEYS}
 
 
 def model_rows(evaluate: dict) -> list[dict]:
@@ -17,7 +31,7 @@ def model_rows(evaluate: dict) -> list[dict]:
     if not evaluate.get("teacher"):
         return []
     rows = [{"label": "teacher", "kind": "teacher", "win_rate": 0.5, "quality": None,
-             "efficiency": evaluate["teacher"]}]
+             "fidelity": TEACHER_FIDELITY, "efficiency": evaluate["teacher"]}]
     contestants = evaluate.get("contestants") or {
         label: {"kind": "student", "efficiency": evaluate.get(label),
                 "quality": ({key: evaluate.get(key) for key in QUALITY_KEYS} if label == "student"
@@ -25,20 +39,22 @@ def model_rows(evaluate: dict) -> list[dict]:
         for label in ("student", "base_student") if evaluate.get(label)}
     for label, entry in contestants.items():
         rows.append({"label": label, "kind": entry["kind"], "win_rate": (entry["quality"] or {}).get("win_rate"),
-                     "quality": entry["quality"], "efficiency": entry["efficiency"] or {}})
+                     "quality": entry["quality"], "fidelity": entry.get("fidelity") or NOT_MEASURED,
+                     "efficiency": entry["efficiency"] or {}})
     return rows
 
 
-def quality_against_cost(rows: list[dict]) -> dict:
+def quality_against_cost(rows: list[dict], judge_informative: bool = True) -> dict:
     """The Pareto front of win rate against cost (cost per 1,000 answers where every model has
-    one, else peak memory), and a plain sentence of what it means."""
+    one, else peak memory), and a plain sentence of what it means (in fidelity when the judge
+    is not informative)."""
     axis = "cost_per_1k_answers_usd"
     if any(row["efficiency"].get(axis) is None for row in rows):
         axis = "peak_memory_bytes"
     points = {row["label"]: (row["efficiency"].get(axis), row["win_rate"]) for row in rows
               if row["efficiency"].get(axis) is not None and row["win_rate"] is not None}
     return {"axis": axis, "points": points, "pareto_front": pareto_front(points) if points else [],
-            "recommendation": recommendation(rows)}
+            "recommendation": recommendation(rows) if judge_informative else fidelity_recommendation(rows)}
 
 
 def _ratio(numerator, denominator) -> float | None:
@@ -74,16 +90,47 @@ def recommendation(rows: list[dict]) -> str | None:
     return " ".join(parts) + "."
 
 
+def fidelity_recommendation(rows: list[dict]) -> str | None:
+    """The recommendation in terms of fidelity to the teacher, for when the judge's win rates mean nothing."""
+    by_label = {row["label"]: row for row in rows}
+    student, teacher = by_label.get("student"), by_label.get("teacher")
+
+    def nll(row: dict | None) -> float | None:
+        return ((row or {}).get("fidelity") or {}).get("teacher_answer_nll")
+
+    if not student or nll(student) is None or not teacher:
+        return None
+    variants = [row for row in rows if row["kind"] == "variant" and nll(row) is not None
+                and row["efficiency"].get("peak_memory_bytes")]
+    memory_of = student["efficiency"].get("peak_memory_bytes")
+    if variants and memory_of:
+        best = min(variants, key=lambda row: (nll(row), row["efficiency"]["peak_memory_bytes"]))
+        return (f"Judged by fidelity (the judge is not informative), the {best['label']} variant scores the "
+                f"teacher's answers at an NLL of {_fmt(nll(best))} nats/token against the student's "
+                f"{_fmt(nll(student))} (lower is closer to the teacher), at "
+                f"{best['efficiency']['peak_memory_bytes'] / memory_of:.0%} of its peak memory.")
+    parts = [f"The student scores the teacher's answers at an NLL of {_fmt(nll(student))} nats/token"]
+    if nll(by_label.get("base_student")) is not None:
+        parts.append(f"(the base student without the adapter: {_fmt(nll(by_label['base_student']))}; lower is "
+                     "closer to the teacher)")
+    cost = _ratio(student["efficiency"].get("cost_per_1k_answers_usd"),
+                  teacher["efficiency"].get("cost_per_1k_answers_usd"))
+    if cost is not None:
+        parts.append(f"at {cost:.0%} of the teacher's cost per 1,000 answers")
+    return " ".join(parts) + "."
+
+
 def model_table_rows(report: dict) -> list[dict]:
     """Every model's quality and cost as flat rows (for a table artifact or a spreadsheet)."""
     front = set((report.get("quality_vs_cost") or {}).get("pareto_front") or [])
     rows = []
     for row in report.get("models") or []:
-        eff, quality = row["efficiency"], row.get("quality") or {}
+        eff, quality, fidelity = row["efficiency"], row.get("quality") or {}, row.get("fidelity") or {}
         ci = quality.get("win_rate_ci95") or [None, None]
         rows.append({
             "model": row["label"], "identity": eff.get("identity"), "win_rate": row.get("win_rate"),
             "ci95_low": ci[0], "ci95_high": ci[1], "lc_win_rate": quality.get("lc_win_rate"),
+            **{key: fidelity.get(key) for key in FIDELITY_KEYS},
             "wins": quality.get("wins"), "ties": quality.get("ties"), "losses": quality.get("losses"),
             "parameters": eff.get("parameters"), "size_on_disk_bytes": eff.get("size_on_disk_bytes"),
             "peak_memory_bytes": eff.get("peak_memory_bytes"), "p50_latency_s": eff.get("p50_latency_s"),
@@ -94,10 +141,56 @@ def model_table_rows(report: dict) -> list[dict]:
     return rows
 
 
-def load_examples(rundir: RunDir) -> dict:
-    """Example answers where each contestant and the teacher differ most (eval/examples.json)."""
-    path = rundir.eval_dir / "examples.json"
+def load_examples(folder) -> dict:
+    """Example answers where each contestant and the teacher differ most (examples.json of an
+    evaluation's folder; a RunDir means the run's first evaluation, eval/)."""
+    folder = folder.eval_dir if isinstance(folder, RunDir) else folder
+    path = folder / "examples.json"
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def headline_of(evaluate: dict, rows: list[dict]) -> dict:
+    """What a report leads with: the student's win rate and interval, its fidelity to the teacher
+    (and the base student's), whether the judge is informative (when it is not, fidelity leads),
+    and the student / teacher ratios of cost and peak memory."""
+    student, teacher = (next((r for r in rows if r["label"] == label), None) for label in ("student", "teacher"))
+    student_eff, teacher_eff = (row["efficiency"] if row else {} for row in (student, teacher))
+    diagnostics = evaluate.get("judge_diagnostics") or {}
+    informative = diagnostics.get("informative", True)
+    return {
+        "win_rate": evaluate.get("win_rate"), "win_rate_ci95": evaluate.get("win_rate_ci95"),
+        "lc_win_rate": evaluate.get("lc_win_rate"),
+        "fidelity": {row["label"]: {key: row["fidelity"].get(key) for key in FIDELITY_KEYS}
+                     for row in rows if row["label"] in ("student", "base_student")},
+        "judge_informative": informative, "judge_warnings": diagnostics.get("warnings") or [],
+        "leads_with": "win_rate" if informative else "fidelity",
+        "cost_ratio_student_teacher": _ratio(student_eff.get("cost_per_1k_answers_usd"),
+                                             teacher_eff.get("cost_per_1k_answers_usd")),
+        "memory_ratio_student_teacher": _ratio(student_eff.get("peak_memory_bytes"), teacher_eff.get("peak_memory_bytes")),
+    }
+
+
+def evaluation_section(evaluate: dict, folder) -> dict:
+    """One evaluation of the run as the report shows it: its models (quality, fidelity, cost), the
+    Pareto front, the judge diagnostics, the headline, examples and training overlap."""
+    rows = model_rows(evaluate)
+    about = evaluate.get("evaluation") or {}
+    return {"name": about.get("name"), "folder": about.get("folder", "eval"), "sets": evaluate.get("sets"),
+            "prompts": evaluate.get("prompts"), "models": rows,
+            "quality_vs_cost": (quality_against_cost(rows, (evaluate.get("judge_diagnostics") or {}).get(
+                "informative", True)) if rows else None),
+            "judge_diagnostics": evaluate.get("judge_diagnostics"), "headline": headline_of(evaluate, rows),
+            "training_overlap": evaluate.get("training_overlap"), "examples": load_examples(folder)}
+
+
+def evaluation_sections(rundir: RunDir, first: dict | None) -> list[dict]:
+    """Every evaluation of the run: the first (eval/), then each other one (eval/<name>/), by name."""
+    from pipeline.stages.evaluate import other_evaluations
+
+    sections = [evaluation_section(first, rundir.eval_dir)] if first else []
+    for path in other_evaluations(rundir):
+        sections.append(evaluation_section(json.loads(path.read_text(encoding="utf-8")), path.parent))
+    return sections
 
 
 def build_report(rundir: RunDir) -> dict:
@@ -145,8 +238,27 @@ def build_report(rundir: RunDir) -> dict:
         "filter": {key: getattr(filtered, key) if ran.get("filter") else None
                    for key in ("selection", "threshold", "top_k", "histogram", "filters")},
         "diversity": generate.diversity,
+        "decontamination": filtered.decontamination if ran.get("filter") else None,
         "stages_finished": [name for name, summary in stages.items() if summary is not None],
     }
+    sections = evaluation_sections(rundir, evaluate.to_json() if ran.get("evaluate") else None)
+    primary = sections[0] if sections else evaluation_section({}, rundir.eval_dir)
+    if not ran.get("evaluate") and sections:  # only named evaluations: the first of them leads
+        lead = EvaluateSummary.from_json(json.loads((rundir.root / primary["folder"] / "summary.json").read_text(
+            encoding="utf-8")))
+        report["quality"] = {key: getattr(lead, key) for key in report["quality"]}
+        report["base_student_quality"] = lead.base_student_quality
+        report["efficiency"] = {"student": lead.student, "base_student": lead.base_student, "teacher": lead.teacher}
+    report["models"] = primary["models"]
+    report["quality_vs_cost"] = primary["quality_vs_cost"]
+    report["judge_diagnostics"] = primary["judge_diagnostics"]
+    report["headline"] = primary["headline"]
+    report["examples"] = primary["examples"]
+    report["evaluations"] = [{key: value for key, value in section.items() if key != "examples"}
+                             for section in sections]
+    from pipeline.estimate import cost_against_estimate
+
+    report["cost"] = cost_against_estimate(rundir)
     evaluate = evaluate.to_json() if ran.get("evaluate") else {}
     rows = model_rows(evaluate)
     student, teacher = (next((r["efficiency"] for r in rows if r["label"] == label), {}) for label in ("student", "teacher"))
@@ -159,48 +271,107 @@ def build_report(rundir: RunDir) -> dict:
         "memory_ratio_student_teacher": _ratio(student.get("peak_memory_bytes"), teacher.get("peak_memory_bytes")),
     }
     report["examples"] = load_examples(rundir)
+    report["select_compare"] = load_select_compare(rundir)
     return report
 
 
-def _fmt(value, digits: int = 3) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.{digits}g}" if abs(value) < 1000 else f"{value:,.0f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
+def _headline_lines(head: dict) -> list[str]:
+    parts = headline_parts(head)
+    if parts is None:
+        return []
+    win, fidelity = parts["win"], parts["fidelity"]
+    if parts["warning"] is None:
+        return [f"**{win[0].upper() + win[1:]}**" + (f"; {fidelity}" if fidelity else "") + f"; {parts['cost']}", ""]
+    fidelity = fidelity or "fidelity to the teacher: not measured"
+    return [f"**{parts['warning']}**", "", f"**{fidelity[0].upper() + fidelity[1:]}.** The judge's {win}; "
+            f"{parts['cost']}", ""]
 
 
-def render_markdown(report: dict) -> str:
-    """The report as a page a person reads."""
-    counts, quality = report["counts"], report["quality"]
-    lines = ["# Distillation run report", "", f"Run directory: `{report['run_dir']}`", ""]
-    head = report.get("headline") or {}
-    if head.get("win_rate") is not None:
-        ci = head.get("win_rate_ci95") or [None, None]
-        lines += [f"**Win rate {_fmt(head['win_rate'])}** (95% CI {_fmt(ci[0])} – {_fmt(ci[1])}); "
-                  f"cost per 1,000 answers, student / teacher: {_fmt(head.get('cost_ratio_student_teacher'))}; "
-                  f"peak memory, student / teacher: {_fmt(head.get('memory_ratio_student_teacher'))}.", ""]
-    if (report.get("quality_vs_cost") or {}).get("recommendation"):
-        lines += [report["quality_vs_cost"]["recommendation"], ""]
-    lines += ["## Quality against the teacher", ""]
-    lines += ["| model | set | wins | ties | losses | invalid | win rate | 95% CI | length-controlled |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    rows = [(row["label"], row["quality"]) for row in report.get("models") or [] if row["quality"]]
-    if not rows:
-        rows = [("student", quality), ("base_student", report.get("base_student_quality"))]
-    for label, q in rows:
+def _quality_lines(rows: list[dict]) -> list[str]:
+    lines = ["| model | set | wins | ties | losses | invalid | win rate | 95% CI | length-controlled "
+             "| NLL of the teacher's answers | answer similarity | ROUGE-L |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        fidelity = row.get("fidelity") or {}
+        cells = " | ".join(_fmt(fidelity.get(key)) for key in FIDELITY_KEYS)
+        q = row.get("quality")
         if not q:
+            lines.append(f"| {row['label']} | all | | | | | (reference) | | | {cells} |")
             continue
         for set_name, numbers in [("all", q), *sorted((q.get("per_set") or {}).items())]:
             ci = numbers.get("win_rate_ci95") or [None, None]
             lines.append(
-                f"| {label} | {set_name} | {_fmt(numbers.get('wins'))} | {_fmt(numbers.get('ties'))} | "
+                f"| {row['label']} | {set_name} | {_fmt(numbers.get('wins'))} | {_fmt(numbers.get('ties'))} | "
                 f"{_fmt(numbers.get('losses'))} | {_fmt(numbers.get('invalid'))} | {_fmt(numbers.get('win_rate'))} | "
-                f"{_fmt(ci[0])} – {_fmt(ci[1])} | {_fmt(numbers.get('lc_win_rate'))} |")
+                f"{_fmt(ci[0])} – {_fmt(ci[1])} | {_fmt(numbers.get('lc_win_rate'))} | "
+                + (cells if set_name == "all" else " | ".join(["", "", ""])) + " |")
+    return lines + [
+        "", "Each prompt is judged twice, with the answers in both orders; a verdict that flips with the order is a "
+        "tie. Length-controlled: AlpacaEval 2's GLM, read at equal answer length (no instruction difficulty: "
+        "every prompt counts as equally hard; n/a under 5 judged prompts). Fidelity (no judge): the mean NLL per "
+        "token of the teacher's own answers under the model, in the student's training template (local models "
+        "only); the mean all-MiniLM-L6-v2 cosine similarity and ROUGE-L F of its answers to the teacher's."]
+
+
+def _diagnostics_lines(diagnostics: dict | None) -> list[str]:
+    if not diagnostics:
+        return []
+    second = diagnostics.get("second_judge") or {}
+    lines = ["| judge | position flip rate | first-position win rate | length-win correlation | invalid rate "
+             "| Cohen's kappa with the second judge |", "|---|---|---|---|---|---|",
+             f"| {diagnostics.get('judge', 'n/a')} | {_fmt(diagnostics.get('position_flip_rate'))} | "
+             f"{_fmt(diagnostics.get('first_position_win_rate'))} | {_fmt(diagnostics.get('length_win_correlation'))} | "
+             f"{_fmt(diagnostics.get('invalid_rate'))} | "
+             + (f"{_fmt(second.get('cohen_kappa'))} ({second.get('identity')}, {_fmt(second.get('pairs'))} pairs)"
+                if second else "no second judge (evaluate.second_judge)") + " |", ""]
+    verdict = "informative" if diagnostics.get("informative") else "**not informative**"
+    lines.append(f"The judge is {verdict}" + (": " + "; ".join(diagnostics["warnings"]) if diagnostics.get("warnings")
+                                                else ".") + ("." if diagnostics.get("warnings") else ""))
+    return lines
+
+
+def _overlap_line(overlap: dict | None) -> list[str]:
+    if overlap is None:
+        return []
+    return ["", "Training records that copy a prompt of this evaluation (13-word overlap or ROUGE-L): "
+            + ", ".join(f"{name} {_fmt(count)}" for name, count in overlap.items()) + "."]
+
+
+def _section_lines(section: dict, title_level: str = "##") -> list[str]:
+    """An evaluation's quality, fidelity and judge diagnostics."""
+    lines = [f"{title_level} Quality and fidelity against the teacher", ""] + _quality_lines(section["models"])
+    lines += _overlap_line(section.get("training_overlap"))
+    if section.get("judge_diagnostics"):
+        lines += ["", f"{title_level} Judge diagnostics", ""] + _diagnostics_lines(section["judge_diagnostics"])
+    return lines
+
+
+def _decontamination_lines(decontamination: dict | None) -> list[str]:
+    if not decontamination:
+        return []
+    if not decontamination.get("against"):
+        return ["", "Decontamination: no evaluation set to check against (evaluate.sets holds only heldout)."]
+    per_set = decontamination.get("dropped_per_set") or {}
+    return ["", f"Decontamination: {_fmt(decontamination.get('checked'))} records checked against "
+            f"{_fmt(decontamination.get('prompts'))} evaluation prompts ({decontamination.get('rule')}); dropped: "
+            + ", ".join(f"{name} {_fmt(count)}" for name, count in per_set.items()) + "."]
+
+
+def render_markdown(report: dict) -> str:
+    """The report as a page a person reads."""
+    counts = report["counts"]
+    lines = ["# Distillation run report", "", f"Run directory: `{report['run_dir']}`", ""]
+    lines += _headline_lines(report.get("headline") or {})
+    if (report.get("quality_vs_cost") or {}).get("recommendation"):
+        lines += [report["quality_vs_cost"]["recommendation"], ""]
+    evaluations = report.get("evaluations") or []
+    if len(evaluations) > 1:
+        lines += [f"This run was evaluated {len(evaluations)} times; the first evaluation leads, each other one has "
+                  "its section below: " + "; ".join(f"`{e['folder']}/` ({set_labels(e.get('sets'))})"
+                                                    for e in evaluations) + ".", ""]
+    primary = evaluations[0] if evaluations else {"models": report.get("models") or []}
+    lines += _section_lines({**primary, "models": report.get("models") or []})
     lines += [
-        "", "Each prompt is judged twice, with the answers in both orders; a verdict that flips with the order is a tie.",
         "", "## Cost, measured on this machine in this run", "",
         "| model | parameters | size on disk (MB) | peak memory (MB) | p50 / p95 latency (s) | p50 time to first token (s) "
         "| tokens/s | cost per 1,000 answers (USD) |", "|---|---|---|---|---|---|---|---|",
@@ -217,6 +388,10 @@ def render_markdown(report: dict) -> str:
     bases = {row["efficiency"].get("cost_basis") for row in report.get("models") or []} - {None}
     memory = {row["efficiency"].get("peak_memory_method") for row in report.get("models") or []} - {None}
     lines += [""] + [f"- Cost: {basis}." for basis in sorted(bases)] + [f"- Peak memory: {m}." for m in sorted(memory)]
+    for section in evaluations[1:]:
+        lines += ["", f"## Evaluation `{section['name']}` (`{section['folder']}/`: "
+                  f"{set_labels(section.get('sets'))}; {_fmt(section.get('prompts'))} prompts)", ""]
+        lines += _headline_lines(section.get("headline") or {}) + _section_lines(section, "###")
     lines += ["", "## Counts at every stage", "", "| step | records |", "|---|---|"]
     for key in ("generation_requests", "tasks_parsed", "generated", "rated", "filtered", "train", "heldout",
                 "evaluated_prompts"):
@@ -230,6 +405,7 @@ def render_markdown(report: dict) -> str:
     steps = (report.get("filter") or {}).get("filters")
     if steps:
         lines += ["", f"Filter steps, in order: {' → '.join(steps)}."]
+    lines += _decontamination_lines(report.get("decontamination"))
     if report.get("diversity"):
         d = report["diversity"]
         lines += ["", "## Diversity of the generated set", "",
@@ -240,12 +416,28 @@ def render_markdown(report: dict) -> str:
     if report.get("filter", {}).get("histogram"):
         lines += ["", "![Judge scores](score_histogram.png)", "",
                   "Example records for each score: `score_examples.json`."]
+    lines += select_compare_markdown(report.get("select_compare"))
     lines += ["", "## Tokens and time per stage", "", "| stage | prompt tokens | completion tokens | seconds |",
               "|---|---|---|---|"]
     for name, seconds in report["seconds"].items():
         tokens = report["tokens"].get(name, {})
         lines.append(f"| {name} | {_fmt(tokens.get('prompt'))} | {_fmt(tokens.get('completion'))} | {_fmt(seconds)} |")
+    from pipeline.estimate import cost_markdown
+
+    lines += cost_markdown(report.get("cost"))
     return "\n".join(lines) + "\n"
+
+
+def select_compare_markdown(comparison: dict | None) -> list[str]:
+    """The report's section on `distill select-compare`, as markdown lines (none without one)."""
+    if not comparison:
+        return []
+    lines = ["", "## Data selection strategies compared", ""] + [note + "\n" for note in select_compare_notes(comparison)]
+    lines += ["| " + " | ".join(SELECT_COMPARE_COLUMNS) + " |", "|" + "---|" * len(SELECT_COMPARE_COLUMNS)]
+    lines += ["| " + " | ".join(select_compare_cells(row, _fmt)) + " |" for row in comparison["rows"]]
+    lines += ["", f"Each strategy's run: `{SELECT_DIR}/<strategy>/` (its own report.md)."]
+    plot = f"{SELECT_DIR}/{COMPARE_PLOT}"
+    return lines + ["", f"![Selection strategies]({plot})"]
 
 
 def write_report(rundir: RunDir) -> dict:
@@ -260,13 +452,20 @@ def write_report(rundir: RunDir) -> dict:
 
 
 def headline(report: dict) -> str:
-    """One line for the terminal."""
+    """One line for the terminal: the win rate, or, when the judge is not informative, fidelity first."""
     q = report["quality"]
+    head = report.get("headline") or {}
     student = report["efficiency"].get("student") or {}
     teacher = report["efficiency"].get("teacher") or {}
     ci = q.get("win_rate_ci95") or [None, None]
-    return (f"win rate {_fmt(q.get('win_rate'))} (95% CI {_fmt(ci[0])}–{_fmt(ci[1])}; "
-            f"W/T/L {q.get('wins')}/{q.get('ties')}/{q.get('losses')}); "
-            f"kept {report['counts'].get('filtered')} of {report['counts'].get('generated')} generated; "
+    win = (f"win rate {_fmt(q.get('win_rate'))} (95% CI {_fmt(ci[0])}–{_fmt(ci[1])}; "
+           f"W/T/L {q.get('wins')}/{q.get('ties')}/{q.get('losses')})")
+    fidelity = fidelity_sentence(head)
+    if not head.get("judge_informative", True):
+        reasons = head.get("judge_warnings") or ["see its diagnostics"]
+        lead = f"judge not informative ({reasons[0]}); {fidelity or 'fidelity not measured'}; {win}, not meaningful"
+    else:
+        lead = win + (f"; {fidelity}" if fidelity else "")
+    return (f"{lead}; kept {report['counts'].get('filtered')} of {report['counts'].get('generated')} generated; "
             f"mean latency student {_fmt(student.get('mean_latency_s'))} s vs teacher {_fmt(teacher.get('mean_latency_s'))} s; "
-            f"cost per answer student/teacher {_fmt((report.get('headline') or {}).get('cost_ratio_student_teacher'))}")
+            f"cost per answer student/teacher {_fmt(head.get('cost_ratio_student_teacher'))}")

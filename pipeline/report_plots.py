@@ -67,3 +67,44 @@ def quality_cost_png(points: dict[str, tuple[float, float]], front: list[str], a
     axes.set_ylim(-0.05, 1.05)
     axes.set_title("Quality against cost (up and to the left is better)")
     return _png(figure)
+
+
+def selection_compare_png(rows: list[dict], k: int | None = None) -> bytes:
+    """Data selection strategies side by side: each one's student's win rate against the teacher
+    (with its 95% interval) and, where measured, its fidelity to the teacher (NLL of the teacher's
+    answers, lower is closer)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [row["strategy"] for row in rows]
+    nll = [(row.get("fidelity") or {}).get("teacher_answer_nll") for row in rows]
+    panels = 2 if any(value is not None for value in nll) else 1
+    figure, axes = plt.subplots(1, panels, figsize=(4.2 * panels + 1, 0.5 * len(rows) + 1.6), squeeze=False)
+    win = axes[0][0]
+    for position, row in enumerate(rows):
+        rate = row.get("win_rate")
+        if rate is None:
+            win.text(0.02, position, "not evaluated", va="center", fontsize="small", color="#757575")
+            continue
+        low, high = row.get("win_rate_ci95") or [rate, rate]
+        win.barh(position, rate, color="#1565c0")
+        win.errorbar(rate, position, xerr=[[rate - low], [high - rate]], fmt="none", ecolor="#263238", capsize=3)
+    win.axvline(0.5, color="#bdbdbd", linewidth=0.8)
+    win.set_xlim(0, 1)
+    win.set_yticks(range(len(rows)), labels)
+    win.invert_yaxis()
+    win.set_xlabel("win rate against the teacher (95% CI)")
+    if panels == 2:
+        closeness = axes[0][1]
+        for position, value in enumerate(nll):
+            if value is None:
+                closeness.text(0.02, position, "not measured", va="center", fontsize="small", color="#757575")
+            else:
+                closeness.barh(position, value, color="#2e7d32")
+        closeness.set_yticks(range(len(rows)), labels)
+        closeness.invert_yaxis()
+        closeness.set_xlabel("NLL of the teacher's answers (lower: closer)")
+    figure.suptitle("The same pool, selected by each strategy" + (f" (K = {k})" if k else ""))
+    return _png(figure)

@@ -9,15 +9,20 @@ import collections
 import dataclasses
 import logging
 import sys
-from typing import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from backends.base import ChatBackend, ChatRequest, RequestOutcome
+from backends.breaker import CircuitBreaker, window_for
 from backends.config import ModelEndpoint
+from backends.registry import endpoint_identity
 from backends.request_loop import RequestLoop
 from backends.runner import RetryPolicy, UsageMeter, run_requests
 from core.records import Journal
 from core.rundir import RunDir
 from pipeline.config import PipelineConfig
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +32,11 @@ def retry_policy(endpoint: ModelEndpoint) -> RetryPolicy:
     may take twice that, so a reply that trickles in forever (each read in time) is cut off too,
     while a plain timeout is still reported as the client's."""
     return RetryPolicy(max_retries=endpoint.max_retries, attempt_timeout_s=2 * endpoint.timeout_s)
+
+
+def circuit_breaker(endpoint: ModelEndpoint) -> CircuitBreaker:
+    """A new circuit breaker for the endpoint, named as reports name it (no key)."""
+    return CircuitBreaker(window_for(endpoint.breaker_window, endpoint.max_in_flight), endpoint_identity(endpoint))
 
 
 class RequestPath:
@@ -40,6 +50,32 @@ class RequestPath:
         self.meter = meter
         self._journals: dict[str, Journal] = {}
         self._loop: RequestLoop | None = None
+        # One circuit breaker per backend, shared by every shard sent to it in this run.
+        self._breakers: dict[int, tuple[ChatBackend, CircuitBreaker]] = {}
+        self._batch_runners: dict[str, object] = {}
+        self._closing: list[Callable[[], None]] = []
+
+    def breaker(self, backend: ChatBackend, endpoint: ModelEndpoint) -> CircuitBreaker:
+        """The circuit breaker of the endpoint behind `backend` for this run."""
+        if id(backend) not in self._breakers:
+            self._breakers[id(backend)] = (backend, circuit_breaker(endpoint))
+        return self._breakers[id(backend)][1]
+
+    def batch_runner(self, backend: ChatBackend, endpoint: ModelEndpoint, journal_name: str):
+        """The Batch API runner of one journal (backends.batch), with its ledger beside the journal."""
+        if journal_name not in self._batch_runners:
+            from backends.batch import BatchAPI, BatchRunner
+
+            client = backend.sync_client(backend.base_url)
+            self._closing.append(client.close)
+            ledger = Journal(self.rundir.work / f"{journal_name}_batches.jsonl")
+            self._closing.append(ledger.close)
+            self._batch_runners[journal_name] = BatchRunner(
+                backend, BatchAPI(client, backend.base_url, retry_policy(endpoint)), self.journal(journal_name),
+                ledger, self.rundir.work / "batches", journal_name, self.meter, endpoint.prices(),
+                self.breaker(backend, endpoint), max_lines=endpoint.batch_max_requests, poll_s=endpoint.batch_poll_s,
+                max_rounds=1 + endpoint.max_retries)
+        return self._batch_runners[journal_name]
 
     def journal(self, name: str) -> Journal:
         if name not in self._journals:
@@ -53,7 +89,8 @@ class RequestPath:
         if self._loop is None:
             self._loop = RequestLoop()
         task = self._loop.submit(backend, requests, journal, max_in_flight=endpoint.max_in_flight,
-                           policy=retry_policy(endpoint), meter=self.meter, prices=endpoint.prices())
+                                 policy=retry_policy(endpoint), meter=self.meter, prices=endpoint.prices(),
+                                 breaker=self.breaker(backend, endpoint))
         return ShardInFlight(self._loop, task, journal_name)
 
     @staticmethod
@@ -74,6 +111,10 @@ class RequestPath:
         loop, self._loop = self._loop, None
         if loop is not None:
             loop.close()
+        for close in self._closing:
+            close()
+        self._closing.clear()
+        self._batch_runners.clear()
         for journal in self._journals.values():
             journal.close()
         self._journals.clear()
@@ -190,6 +231,94 @@ def send_shards(send: SendShard, path: RequestPath, backend: ChatBackend, endpoi
         yield send(path, backend, endpoint, journal_name, shard)
 
 
+def worst_case_tokens(requests: Iterable[ChatRequest]) -> tuple[int, int]:
+    """(prompt, completion) tokens the requests may cost at most: the prompt at one token a byte (no
+    tokenizer makes more) and 64 for the chat template (a default system prompt included), every
+    reply at its max_tokens."""
+    prompt = completion = 0
+    for request in requests:
+        prompt += sum(len(str(m.get("content", "")).encode("utf-8")) for m in request.messages) + 64
+        completion += request.max_tokens
+    return prompt, completion
+
+
+class BatchSender:
+    """Sends a batch-mode endpoint's shards through the Batch API (backends.batch), in waves.
+
+    A wave is every shard the stage plans (or `batch_wave_requests` worth), pulled before any is
+    answered: it goes out as batch files, and its outcomes come back, shard by shard in order, once
+    all its batches are done. Generation plans until `generate.max_requests` while nothing is
+    absorbed, so a wave asks for all of them; its target is checked as the outcomes are absorbed,
+    and a further wave is planned only when the target was not reached (replies past the target
+    are paid for and left unused, as with shards sent ahead online). Each request's worst case
+    (`worst_case_tokens`) is reserved against the budget while its wave is out, so no wave is
+    submitted that the budget could not pay; what was really spent is charged as results arrive.
+    Everything goes through the run's journals, so a rerun reuses every result (see
+    backends.batch for reattaching to the batches of a killed run)."""
+
+    def __call__(self, path: RequestPath, backend: ChatBackend, endpoint: ModelEndpoint, journal_name: str,
+                 requests: list[ChatRequest]) -> list[RequestOutcome]:
+        return next(iter(self.send_many(path, backend, endpoint, journal_name, [requests])), [])
+
+    def send_many(self, path: RequestPath, backend: ChatBackend, endpoint: ModelEndpoint, journal_name: str,
+                  shards: Iterable[list[ChatRequest]]) -> Iterator[list[RequestOutcome]]:
+        runner = path.batch_runner(backend, endpoint, journal_name)
+        journal = path.journal(journal_name)
+        prices = endpoint.prices()
+        planned = iter(shards)
+        ended = False
+        while not ended:
+            wave: list[list[ChatRequest]] = []
+            held: list[tuple[int, float]] = []
+            size = 0
+            try:
+                while not path.meter.exhausted and (endpoint.batch_wave_requests is None
+                                                    or size < endpoint.batch_wave_requests):
+                    shard = next(planned, None)
+                    if shard is None:
+                        ended = True
+                        break
+                    wave.append(shard)
+                    size += len(shard)
+                    pending = [r for r in shard if not (r.key in journal and journal.get(r.key).get("ok"))]
+                    held.append(path.meter.reserve(*worst_case_tokens(pending), prices))
+                if not wave:
+                    return
+                runner.run([request for shard in wave for request in shard])
+            finally:
+                for reservation in held:
+                    path.meter.release(reservation)
+            for shard in wave:
+                yield [RequestOutcome.from_journal(journal.get(r.key)) for r in shard if r.key in journal]
+
+
+send_batches = BatchSender()
+
+
+class ByEndpointMode:
+    """A stage's shard sender: shards to a batch-mode endpoint go through the Batch API
+    (`BatchSender`), all others through `send` (in process, Prefect task runs, or Dask)."""
+
+    def __init__(self, send: SendShard):
+        self.send = send
+
+    def __call__(self, path: RequestPath, backend: ChatBackend, endpoint: ModelEndpoint, journal_name: str,
+                 requests: list[ChatRequest]) -> list[RequestOutcome]:
+        send = send_batches if endpoint.mode == "batch" else self.send
+        return send(path, backend, endpoint, journal_name, requests)
+
+    def send_many(self, path: RequestPath, backend: ChatBackend, endpoint: ModelEndpoint, journal_name: str,
+                  shards: Iterable[list[ChatRequest]]) -> Iterator[list[RequestOutcome]]:
+        if endpoint.mode == "batch":
+            return send_batches.send_many(path, backend, endpoint, journal_name, shards)
+        return send_shards(self.send, path, backend, endpoint, journal_name, shards)
+
+
+def by_endpoint_mode(send: SendShard) -> ByEndpointMode:
+    """`send`, routing batch-mode endpoints to the Batch API (once, however often it is applied)."""
+    return send if isinstance(send, ByEndpointMode) else ByEndpointMode(send)
+
+
 class _ShardMemory:
     """The journal interface of run_requests over a dict: a detached shard journals nothing itself."""
 
@@ -212,7 +341,7 @@ def send_detached(backend: ChatBackend, endpoint: ModelEndpoint, requests: list[
     Only picklable things go in and come out, and nothing is written where it runs."""
     outcomes, stats = run_requests(
         backend, requests, _ShardMemory(), max_in_flight=max_in_flight,
-        policy=retry_policy(endpoint), prices=endpoint.prices(),
+        policy=retry_policy(endpoint), prices=endpoint.prices(), breaker=circuit_breaker(endpoint),
     )
     log.info("detached shard: %d sent, %d failed, %d retries", stats.sent, stats.failed, stats.retries)
     return outcomes
@@ -348,6 +477,19 @@ def usage_so_far(rundir: RunDir, config: PipelineConfig) -> UsageMeter:
                     if entry.get("ok"):
                         meter.add(entry.get("prompt_tokens", 0), entry.get("completion_tokens", 0), endpoint.prices())
     return meter
+
+
+def stop_if_nothing_answered(stage: str, endpoint: ModelEndpoint, journal: "Path", failed: int,
+                             failed_by_kind: dict | None = None) -> None:
+    """A stage that kept nothing because its requests failed stops (StageFailed, a non-zero exit)
+    naming the endpoint and why, instead of finishing with nothing for the next stage to read."""
+    from core.errors import StageFailed
+
+    kinds = ", ".join(f"{kind} x{count}" for kind, count in (failed_by_kind or {}).items())
+    raise StageFailed(
+        f"{stage}: nothing kept: {failed} request(s) to {endpoint_identity(endpoint)} failed after their retries"
+        + (f" ({kinds})" if kinds else "") + f"; each is listed in {journal}. The stage is not marked finished: "
+        "fix the endpoint and rerun the same command, which reuses every reply already received")
 
 
 def tokens_of(outcomes: list[RequestOutcome]) -> dict:

@@ -22,7 +22,10 @@ log = logging.getLogger(__name__)
 DEFAULT_CACHE = Path.home() / ".cache" / "distill"
 # Settings of where and how a run is carried out, not of what it produces: a run may resume
 # on another runner, or with another webhook, without counting as a different config.
-NOT_COMPARED_ON_RESUME = ("orchestration", "notify", "compress")
+# Nor do the evaluation settings (sets, judges, prompts, contestants): they change no record
+# and no model, so a finished run can be evaluated again (pipeline.stages.evaluate keeps each
+# evaluation in a folder of its own).
+NOT_COMPARED_ON_RESUME = ("orchestration", "notify", "compress", "evaluate", "estimate")
 
 
 def check_same_config(rundir: RunDir, config: PipelineConfig) -> None:
@@ -60,32 +63,58 @@ def default_run_dir(config: PipelineConfig) -> Path:
     return Path("runs") / config.name
 
 
+def stage_endpoints(stage: Stage, config: PipelineConfig) -> dict:
+    """The model endpoints a stage sends requests to, by their config key (none for a stage
+    without an `endpoints` method)."""
+    endpoints = getattr(stage, "endpoints", None)
+    return endpoints(config) if endpoints is not None else {}
+
+
+def check_endpoints(stage: Stage, config: PipelineConfig, network: bool = True) -> None:
+    """The stage's endpoints before it spends anything: their settings (an API key variable that is
+    not set, a paid endpoint without a price under a money budget: ConfigError), and, with
+    `network`, each one's preflight (backends.preflight: reachable, key accepted, model served, one
+    one-token request answered; EndpointError or ConfigError naming the endpoint)."""
+    from backends.preflight import check_settings, preflight
+
+    endpoints = stage_endpoints(stage, config)
+    for name, endpoint in endpoints.items():
+        check_settings(endpoint, name, config.budget.max_cost_usd)
+    if network:
+        for name, endpoint in endpoints.items():
+            preflight(endpoint, name)
+
+
 def check_before_work(config: PipelineConfig, run_dir: str | Path | None,
                       stages: tuple[Stage, ...] | None = None) -> RunDir:
-    """Everything that can be checked before any work: the run directory, and each stage still to
-    run's own checks (the student's base model for finetune, say)."""
+    """Everything that can be checked before any work: the run directory, each stage still to
+    run's own checks (the student's base model for finetune, say), and the endpoints it will send
+    to (their settings, and a preflight of each one that runs elsewhere)."""
     rundir = RunDir(run_dir or default_run_dir(config))
     check_same_config(rundir, config)
     for stage in stages if stages is not None else pipeline_stages.STAGES:
-        if rundir.stage_summary(stage.name) is None and stage.enabled(config):
+        if not is_finished(stage, config, rundir) and stage.enabled(config):
             stage.preflight(config)
+            check_endpoints(stage, config)
     return rundir
 
 
 def student_identity(config: PipelineConfig) -> str:
     """The student as the manifest names it."""
-    if config.finetune.base_model == "embedded":
-        return "SmolLM2-135M-Instruct (dequantized from the embedded GGUF) + LoRA"
-    return f"{config.finetune.base_model} + LoRA"
+    from student.embedded import EMBEDDED_STUDENTS
+
+    student = EMBEDDED_STUDENTS.get(config.finetune.base_model)
+    return f"{student.title if student else config.finetune.base_model} + LoRA"
 
 
 @contextlib.contextmanager
 def open_session(config: PipelineConfig, config_path: Path, rundir: RunDir, cache_dir: Path | None = None,
-                 send=None, progress: bool = True) -> Iterator[StageContext]:
+                 send=None, progress: bool = True, models=None) -> Iterator[StageContext]:
     """Everything a stage needs around it: the run directory held against a second process,
     the manifest written, the request path (with the budget spent so far) and the models,
     opened on first use and closed however the block ends. `send` is the shard sender (the
-    plain in-process one by default)."""
+    plain in-process one by default); `models`, an open ModelSessions of the same teacher and
+    judge to share (another session's, left open), else the session's own."""
     from pipeline.manifest import build_manifest, write_manifest
     from pipeline.models import ModelSessions
     from pipeline.requests import RequestPath, send_shard, usage_so_far
@@ -94,9 +123,14 @@ def open_session(config: PipelineConfig, config_path: Path, rundir: RunDir, cach
         write_manifest(rundir.manifest, build_manifest(
             config, Path(config_path).resolve(), endpoint_identity(config.teacher),
             endpoint_identity(config.judge_endpoint), student_identity(config)))
+        from pipeline.estimate import write_run_estimate
+
+        write_run_estimate(config, rundir)  # once per run directory: the report compares it with what was spent
         path = RequestPath(rundir, usage_so_far(rundir, config))
         try:
-            with ModelSessions(config, rundir.logs) as models:
+            with contextlib.ExitStack() as owned:
+                if models is None:
+                    models = owned.enter_context(ModelSessions(config, rundir.logs))
                 yield StageContext(config=config, rundir=rundir, cache_dir=Path(cache_dir or DEFAULT_CACHE),
                                    models=models, path=path, send=send or send_shard, progress=progress)
         finally:
@@ -109,19 +143,38 @@ def finished_summary(rundir: RunDir, stage: Stage) -> StageSummary | None:
     return None if data is None else stage.summary_type.from_json(data)
 
 
+def summary_file(stage: Stage, config: PipelineConfig, rundir: RunDir) -> Path:
+    """Where a stage's summary for this config goes: stages/<name>.json, unless the stage keeps
+    one per setting (`summary_file(config, rundir)`: an evaluation on other sets goes to its own folder)."""
+    where = getattr(stage, "summary_file", None)
+    return where(config, rundir) if where is not None else rundir.stages / f"{stage.name}.json"
+
+
+def is_finished(stage: Stage, config: PipelineConfig, rundir: RunDir) -> bool:
+    """Whether the stage has finished in the run directory for this config."""
+    return summary_file(stage, config, rundir).is_file()
+
+
 def run_stage(stage: Stage, context: StageContext, skip_finished: bool = True) -> StageSummary | None:
     """Run one stage: skipped when finished (with `skip_finished`) or not enabled by the config;
-    otherwise run, its summary recorded in stages/<name>.json and rejected.jsonl rebuilt.
-    Returns the summary (the earlier one for a finished stage), or None when not enabled."""
+    otherwise run, its summary recorded (stages/<name>.json, see `summary_file`) and rejected.jsonl
+    rebuilt. Returns the summary (the earlier one for a finished stage), or None when not enabled."""
+    from core.records import write_json
+
     rundir = context.rundir
-    if skip_finished and (done := finished_summary(rundir, stage)) is not None:
+    target = summary_file(stage, context.config, rundir)
+    if skip_finished and target.is_file():
         log.info("%s: already finished in %s, skipped", stage.name, rundir.root)
-        return done
+        return stage.summary_type.from_json(json.loads(target.read_text(encoding="utf-8")))
     if not stage.enabled(context.config):
         log.info("%s: not enabled in the config, skipped", stage.name)
         return None
+    # Fail fast: the stage's own checks of its input, then its endpoints (a check passed a moment
+    # ago, by check_before_work, is not repeated). A spent budget sends nothing: no network check.
+    stage.preflight(context.config)
+    check_endpoints(stage, context.config, network=stage.sends_requests and not context.path.meter.exhausted)
     summary = stage.run(context)
-    rundir.mark_done(stage.name, summary.to_json())
+    write_json(target, summary.to_json())
     rundir.merge_rejections(pipeline_stages.stage_names())
     return summary
 

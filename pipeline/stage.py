@@ -54,9 +54,16 @@ class StageContext:
     send: "SendShard"
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        # Whatever sends the shards, a batch-mode endpoint's go through the Batch API.
+        from pipeline.requests import by_endpoint_mode
+
+        self.send = by_endpoint_mode(self.send)
+
 
 class Stage(Protocol):
-    """One step of the pipeline."""
+    """One step of the pipeline. A stage that sends requests also has `endpoints(config)`: the model
+    endpoints it sends to, by config key, checked before it starts (pipeline.session.check_endpoints)."""
 
     name: ClassVar[str]
     description: ClassVar[str]

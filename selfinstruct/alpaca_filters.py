@@ -21,8 +21,10 @@ _BLOCKED = [(word, re.compile(r"\b" + re.escape(word) + r"\b", re.IGNORECASE)) f
 _ANY_BLOCKED = re.compile(r"\b(?:" + "|".join(re.escape(word) for word in BLOCKED_WORDS) + r")\b", re.IGNORECASE)
 
 
-def heuristic_rejection(instruction: str, output: str) -> str | None:
-    """Why Alpaca's filters drop this task, or None if it passes."""
+def heuristic_rejection(instruction: str, output: str, empty_output: bool = True) -> str | None:
+    """Why Alpaca's filters drop this task, or None if it passes. `empty_output` adds this
+    project's own check that the output is not empty (Alpaca has none; the replication preset,
+    `generate.parse: alpaca`, turns it off)."""
     words = instruction.split()
     if len(words) <= 3:
         return "too_short"
@@ -38,6 +40,6 @@ def heuristic_rejection(instruction: str, output: str) -> str | None:
         return "starts_with_punctuation"
     if not instruction[0].isascii():
         return "starts_with_non_ascii"
-    if not output.strip():
+    if empty_output and not output.strip():
         return "empty_output"
     return None

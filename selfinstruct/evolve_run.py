@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from backends.base import ChatRequest, RequestOutcome
 from selfinstruct.config import GenerateConfig
@@ -24,6 +24,9 @@ from selfinstruct.evol import (
     next_pool,
 )
 from similarity.rouge import RougeLDeduplicator
+
+if TYPE_CHECKING:
+    from selfinstruct.strategy import GenerationJob, GenerationResult
 
 log = logging.getLogger(__name__)
 
@@ -96,3 +99,21 @@ def run_evol_instruct(settings: GenerateConfig, seeds: list[dict], send: Callabl
         "kept": len(kept), **tokens, "stop_reason": stop_reason,
     }
     return {"kept": kept, "rejected": rejected, "summary": summary}
+
+
+class EvolInstructStrategy:
+    """`generate.strategy: evol_instruct`: Evol-Instruct (WizardLM), this module."""
+
+    name = "evol_instruct"
+    description = "Evol-Instruct: rounds of in-depth and in-breadth evolution of the seed tasks, then answers"
+
+    def preflight(self, settings: GenerateConfig, teacher) -> None:
+        pass
+
+    def run(self, job: "GenerationJob") -> "GenerationResult":
+        from selfinstruct.strategy import GenerationResult
+
+        result = run_evol_instruct(job.settings, job.seeds, job.send_shard, job.budget_exhausted)
+        for rejection in result["rejected"]:
+            job.rejected.append(rejection)
+        return GenerationResult(result["kept"], result["summary"])

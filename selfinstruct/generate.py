@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from backends.base import ChatRequest, RequestOutcome
 from selfinstruct.alpaca_filters import heuristic_rejection
 from selfinstruct.config import GenerateConfig
-from selfinstruct.parse import parse_generated_tasks, parse_json_tasks
+from selfinstruct.parse import parse_alpaca_tasks, parse_generated_tasks, parse_json_tasks
 from selfinstruct.prompt import (
     TASKS_SCHEMA,
     render_generation_prompt,
@@ -24,6 +24,9 @@ from selfinstruct.prompt import (
     sample_examples,
 )
 from similarity.rouge import RougeLDeduplicator
+
+if TYPE_CHECKING:
+    from selfinstruct.strategy import GenerationJob, GenerationResult
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +118,8 @@ class SelfInstructRun:
             if self.settings.reply_format == "json":
                 tasks, problems = parse_json_tasks(outcome.text, outcome.finish_reason)
             else:
-                tasks, problems = parse_generated_tasks(
-                    outcome.text, outcome.meta["next_index"], outcome.finish_reason
-                )
+                parse = parse_alpaca_tasks if self.settings.parse == "alpaca" else parse_generated_tasks
+                tasks, problems = parse(outcome.text, outcome.meta["next_index"], outcome.finish_reason)
             for number, problem in enumerate(problems):
                 self._reject(f"{outcome.key}-p{number:02d}", f"parse:{problem.reason}", text=problem.text[:2000])
             for number, task in enumerate(tasks):
@@ -127,7 +129,8 @@ class SelfInstructRun:
                     self.counts["beyond_target"] += 1
                     continue
                 record = {"id": record_id, "instruction": task.instruction, "input": task.input, "output": task.output}
-                reason = heuristic_rejection(task.instruction, task.output)
+                reason = heuristic_rejection(task.instruction, task.output,
+                                             empty_output=self.settings.parse != "alpaca")
                 if reason:
                     self._reject(record_id, f"filter:{reason}", record=record)
                     continue
@@ -194,3 +197,25 @@ def run_self_instruct(run: SelfInstructRun, send_shards: SendShards, on_shard=No
             close()
     run.done  # settles stop_reason
     return run
+
+
+class SelfInstructStrategy:
+    """`generate.strategy: self_instruct`: Stanford Alpaca's procedure (this module)."""
+
+    name = "self_instruct"
+    description = "Alpaca's self-instruct: seed tasks in context, the teacher continues the numbered list"
+
+    def preflight(self, settings: GenerateConfig, teacher) -> None:
+        pass
+
+    def run(self, job: "GenerationJob") -> "GenerationResult":
+        from selfinstruct.prompt import load_template
+        from selfinstruct.strategy import GenerationResult
+
+        settings, seeds = job.settings, job.seeds
+        domain = settings.domain
+        run = SelfInstructRun(settings, seeds, load_template(settings.reply_format), job.budget_exhausted,
+                              domain_similarity_scorer(domain, [s["instruction"] for s in seeds]) if domain else None,
+                              rejected=job.rejected)
+        run_self_instruct(run, job.send_shards)
+        return GenerationResult(run.kept, run.summary())

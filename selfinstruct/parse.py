@@ -94,6 +94,52 @@ def parse_generated_tasks(
     return tasks, problems
 
 
+def parse_alpaca_tasks(
+    reply: str, next_index: int, finish_reason: str | None
+) -> tuple[list[ParsedTask], list[ParseProblem]]:
+    """Tasks read from a reply exactly as Stanford Alpaca's post-processing reads it
+    (`generate.parse: alpaca`, the replication preset).
+
+    Alpaca puts the prompt's last words back in front of the reply ("N. Instruction:", N the
+    prompt's next index), splits the text on every "###", drops the last block when the reply
+    hit the length limit, and reads block i (numbered N + i) by splitting it on its own number
+    only: "N+i. Instruction:", "N+i. Input:", "N+i. Output:" with whitespace after the dot. A
+    block that does not split into exactly those three fields is dropped, whatever else it
+    holds, so a line of a task's own text that starts with an unnumbered "Input:" or with
+    another number is text, not a field. The three fields are taken by position and stripped;
+    an input that reads "<noinput>" (any case) is empty; nothing else is mapped.
+
+    One difference, for chat teachers: a reply that itself opens with "N. Instruction:" (a chat
+    model repeats the prompt's last words; a completion model never does) has that one opening
+    marker removed first, so its first task is not lost to a doubled marker. On replies in
+    Alpaca's own format this never applies.
+
+    Blocks dropped are reported as problems ("truncated", "missing_field"); empty blocks (a
+    trailing "###") are not tasks and are not reported.
+    """
+    opening = f"{next_index}. Instruction:"
+    text = reply
+    if text.lstrip().startswith(opening):
+        text = text.lstrip()[len(opening):]
+    blocks = re.split("###", opening + text)
+    tasks: list[ParsedTask] = []
+    problems: list[ParseProblem] = []
+    for position, block in enumerate(blocks):
+        if position == len(blocks) - 1 and finish_reason == "length":
+            if block.strip():
+                problems.append(ParseProblem("truncated", block.strip()))
+            continue
+        parts = re.split(rf"{next_index + position}\.\s+(Instruction|Input|Output):", block)
+        if len(parts) != 7:
+            if block.strip():
+                problems.append(ParseProblem("missing_field", block.strip()))
+            continue
+        task_input = parts[4].strip()
+        tasks.append(ParsedTask(parts[2].strip(), "" if task_input.lower() == NO_INPUT else task_input,
+                                parts[6].strip()))
+    return tasks, problems
+
+
 def parse_json_tasks(reply: str, finish_reason: str | None) -> tuple[list[ParsedTask], list[ParseProblem]]:
     """Tasks read from a `{"tasks": [...]}` reply; when the reply was cut off, every complete
     task object before the cut is kept and the cut one is reported as truncated."""

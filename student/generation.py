@@ -93,18 +93,35 @@ def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]
     return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
 
 
+def encode_prompts(tokenizer, items: list[dict], prompt_format: str) -> list[list[int]]:
+    """The token ids of each item's student prompt (the chat template brings its own special tokens)."""
+    prompts = [render_student_prompt(item["instruction"], item.get("input", ""), prompt_format, tokenizer)
+               for item in items]
+    return [tokenizer(prompt, add_special_tokens=prompt_format != "chat")["input_ids"] for prompt in prompts]
+
+
+def answer_record(item: dict, tokenizer, tokens: list[int], latency_s: float, ttft_s: float | None) -> dict:
+    """One answer in the shape every answering path returns."""
+    return {"id": item["id"], "answer": tokenizer.decode(tokens, skip_special_tokens=True).strip(),
+            "completion_tokens": len(tokens), "latency_s": round(latency_s, 4),
+            "ttft_s": None if ttft_s is None else round(ttft_s, 4)}
+
+
 @torch.inference_mode()
 def answer_prompts(model, tokenizer, items: list[dict], prompt_format: str, max_new_tokens: int,
-                   batch_size: int = 1, static_cache: bool = False, pad_to_multiple_of: int | None = None) -> list[dict]:
+                   batch_size: int = 1, static_cache: bool = False, pad_to_multiple_of: int | None = None,
+                   continuous: bool = False) -> list[dict]:
     """Greedy answers, one dict per item in the items' order: id, answer, completion_tokens,
     latency_s (batch start to the answer's last token) and ttft_s (to its first token).
 
     `static_cache` preallocates the KV cache; on CUDA, transformers then compiles the
     decoding step (CUDA graphs). `pad_to_multiple_of` bounds how many prompt shapes occur.
+    `continuous` answers through transformers' continuous batching instead (see
+    `answer_prompts_continuous`); `batch_size` then bounds the requests decoded together.
     """
-    prompts = [render_student_prompt(item["instruction"], item.get("input", ""), prompt_format, tokenizer)
-               for item in items]
-    encoded = [tokenizer(prompt, add_special_tokens=prompt_format != "chat")["input_ids"] for prompt in prompts]
+    if continuous:
+        return answer_prompts_continuous(model, tokenizer, items, prompt_format, max_new_tokens, batch_size)
+    encoded = encode_prompts(tokenizer, items, prompt_format)
     stop_ids = stop_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stop_ids)
     device = next(model.parameters()).device
@@ -138,13 +155,47 @@ def answer_prompts(model, tokenizer, items: list[dict], prompt_format: str, max_
         for row, index in enumerate(rows):
             tokens = until_stop(new_tokens[row], stop_ids)
             last_step = steps[min(len(tokens), len(steps)) - 1] if tokens else finished
-            answers[index] = {
-                "id": items[index]["id"],
-                "answer": tokenizer.decode(tokens, skip_special_tokens=True).strip(),
-                "completion_tokens": len(tokens),
-                "latency_s": round(last_step - started, 4),
-                "ttft_s": round(steps[0] - started, 4),
-            }
+            answers[index] = answer_record(items[index], tokenizer, tokens, last_step - started, steps[0] - started)
         log.info("answered %d of %d prompts (batch of %d in %.1f s)",
                  sum(a is not None for a in answers), len(items), len(rows), finished - started)
+    return answers
+
+
+@torch.inference_mode()
+def answer_prompts_continuous(model, tokenizer, items: list[dict], prompt_format: str, max_new_tokens: int,
+                              max_requests: int = 256, persistent: bool = False) -> list[dict]:
+    """Greedy answers through transformers' continuous batching (`generate_batch`): a paged KV
+    cache whose attention reads only the tokens each request has, prompts prefilled in chunks
+    beside the decoding ones, and a finished request's place taken by the next at once, up to
+    `max_requests` decoding together. Same answer shape as `answer_prompts`; latency and time
+    to the first token from the per-token timestamps, counted from the call's start. On a GPU the
+    decoding and prefill graphs are captured first (CUDA graphs); `persistent` keeps them, with the
+    engine, for the next call (`model.destroy_cached_continuous_batching_manager()` ends it)."""
+    from transformers import GenerationConfig
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+    encoded = encode_prompts(tokenizer, items, prompt_format)
+    stop_ids = stop_token_ids(model, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stop_ids)
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=sorted(stop_ids),
+                              pad_token_id=pad_id)
+    started = time.perf_counter()
+    outputs = model.generate_batch(encoded, generation_config=config, record_timestamps=True, progress_bar=False,
+                                   warmup=model.device.type == "cuda", persistent_manager=persistent,
+                                   continuous_batching_config=ContinuousBatchingConfig(
+                                       max_requests_per_batch=max_requests))
+    finished = time.perf_counter()
+    # generate_batch logs failed or lost requests instead of raising: count what came back.
+    ordered = list(outputs.values())
+    failed = [output for output in ordered if output.error]
+    if len(ordered) != len(items) or failed:
+        reason = failed[0].error if failed else f"{len(ordered)} of {len(items)} requests came back"
+        raise RuntimeError(f"continuous batching failed: {reason}")
+    answers = []
+    for item, output in zip(items, ordered):
+        tokens = until_stop(list(output.generated_tokens), stop_ids)
+        stamps = output.timestamps or []
+        last = stamps[min(len(tokens), len(stamps)) - 1] if tokens and stamps else finished
+        answers.append(answer_record(item, tokenizer, tokens, last - started, stamps[0] - started if stamps else None))
+    log.info("answered %d prompts by continuous batching in %.1f s", len(items), finished - started)
     return answers

@@ -192,7 +192,7 @@ def test_the_filter_example_drops_short_outputs_and_the_report_counts_them(canne
         {"id": "short", "instruction": "Give a synonym for happy.", "input": "", "output": "Joyful."},
     ])
     summary = run_stage_in(rundir, config, "filter")
-    assert summary.filters == ["min_output_words", "judge"]
+    assert summary.filters == ["min_output_words", "decontaminate", "judge"]  # decontaminate: on by default
     assert summary.dropped == {"output_too_short": 1} and summary.kept == 1
     assert [r["id"] for _, r in iter_jsonl(rundir.filtered)] == ["long"]
     (rejection,) = [r for _, r in iter_jsonl(rundir.rejected)]

@@ -87,17 +87,11 @@ class CompressStage:
                 check_bnb_available()
             except BnbUnavailableError as exc:
                 raise StageInputError(f"compress.variants: {exc}") from None
-        tokenizer_gguf = None
-        if config.finetune.base_model == "embedded" and any(variant_named(name).kind == "gguf" for name in names):
-            from student.embedded import find_embedded_gguf
-
-            tokenizer_gguf = find_embedded_gguf()  # the student's own tokenizer metadata, exactly
 
         started = time.perf_counter()
         out_dir = rundir.root / COMPRESS_DIR
         merged = _merged_student(config, finetuned, out_dir)
-        variants = build_variants(merged, out_dir, names, tokenizer_gguf=tokenizer_gguf,
-                                  threads=config.compress.threads)
+        variants = build_variants(merged, out_dir, names, threads=config.compress.threads)
         write_json(variants_path(rundir), variants)
         return CompressSummary(merged=str(merged), variants={v["label"]: v["size_on_disk_bytes"] for v in variants},
                                variants_file=str(variants_path(rundir)),

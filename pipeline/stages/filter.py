@@ -1,5 +1,6 @@
 """The filter stage: generated.jsonl through every filter step the config enables
-(`filters.registry.FILTERS`: near-duplicate removal, IFD, the judge's rating and selection),
+(`filters.registry.FILTERS`: decontamination against the evaluation prompts, near-duplicate
+removal, IFD, the judge's rating and selection),
 in order, into filtered.jsonl, with every drop and its reason in the rejections, and the kept
 records exported for fine-tuning tools.
 
@@ -47,6 +48,8 @@ class FilterSummary(StageSummary):
     judge: str | None = None
     exports: dict = dataclasses.field(default_factory=dict)
     filters: list = dataclasses.field(default_factory=list)  # the steps applied, in order
+    decontamination: dict | None = None  # sets checked against, drops per set (filters.decontaminate)
+    selected: dict | None = None  # a budget selection step's numbers (longest_k, random_k, complexity_quality)
 
 
 def iter_generated(path: Path) -> Iterator[dict]:
@@ -88,6 +91,16 @@ def export_filtered(config: PipelineConfig, rundir) -> dict[str, str]:
                        system_prompt=config.export.chat_system_prompt)
         written[fmt] = str(target)
     return written
+
+
+def decontamination_prompts(config: PipelineConfig) -> dict[str, list[dict]]:
+    """The evaluation prompts the records are checked against, by set: `filter.decontaminate.against`,
+    by default every set of `evaluate.sets`; heldout is left out (it is drawn from the filtered
+    records themselves, after this stage)."""
+    from eval.contamination import prompts_by_set
+
+    settings = config.filter.decontaminate
+    return prompts_by_set(settings.against or config.evaluate.sets) if settings.enabled else {}
 
 
 class RatingSender:
@@ -134,6 +147,13 @@ class FilterStage:
     def preflight(self, config: PipelineConfig) -> None:
         pass
 
+    def endpoints(self, config: PipelineConfig) -> dict:
+        """The judge, when its filter step is on (not with IFD instead of the judge)."""
+        from filters.judge import JudgeFilter
+
+        asks_judge = JudgeFilter().enabled(config.filter)
+        return {"judge" if config.judge else "teacher": config.judge_endpoint} if asks_judge else {}
+
     def run(self, context: StageContext) -> FilterSummary:
         from core.records import atomic_file
         from filters.base import FilterContext, write_line
@@ -156,7 +176,8 @@ class FilterStage:
             filter_context = FilterContext(
                 settings=settings, work_dir=rundir.work, out_dir=rundir.root, rated_path=rundir.rated,
                 cache_dir=context.cache_dir, reject=reject, send_ratings=sender,
-                judge_identity=lambda: context.models.judge().identity)
+                judge_identity=lambda: context.models.judge().identity,
+                eval_prompts=decontamination_prompts(config))
             try:
                 for step in steps:
                     log.info("filter: %s", step.name)
@@ -171,6 +192,13 @@ class FilterStage:
                     write_line(filtered_out, {k: v for k, v in record.items() if k not in RATING_FIELDS})
                     kept += 1
         reported = filter_context.summary
+        counts = reported.get("counts") or {}
+        failed = counts.get("request_failed", 0)
+        answered = sum(n for reason, n in counts.items() if reason.startswith(("score:", "unscored:")))
+        if failed and not answered:  # no rating request was answered at all
+            from pipeline.requests import stop_if_nothing_answered
+
+            stop_if_nothing_answered(self.name, config.judge_endpoint, rundir.journal("rate"), failed)
         return FilterSummary(
             input=input_count, after_dedup=after_dedup, ifd=reported.get("ifd"), rated=reported.get("rated", 0),
             kept=kept, selection=reported.get("selection", settings.selection), threshold=settings.threshold,
@@ -178,4 +206,6 @@ class FilterStage:
             histogram=reported.get("histogram"), prompt_tokens=reported.get("prompt_tokens", 0),
             completion_tokens=reported.get("completion_tokens", 0), judge=reported.get("judge"),
             exports=export_filtered(config, rundir), filters=[step.name for step in steps],
+            decontamination=reported.get("decontamination"),
+            selected=reported.get("selected"),
             seconds=round(time.perf_counter() - started, 2))

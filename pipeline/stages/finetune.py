@@ -37,12 +37,10 @@ def split_heldout(records: list[dict], count: int, seed: int) -> tuple[list[dict
 
 
 def student_base_dir(config: PipelineConfig, cache_dir: Path) -> Path:
-    """The student's base model directory (the embedded one is built once into the cache)."""
-    if config.finetune.base_model == "embedded":
-        from student.embedded import ensure_plain_student
+    """The student's base model directory (an embedded one is built once into the cache)."""
+    from student.embedded import resolve_base_model_dir
 
-        return ensure_plain_student(cache_dir)
-    return Path(config.finetune.base_model)
+    return resolve_base_model_dir(config.finetune.base_model, cache_dir)
 
 
 @dataclasses.dataclass

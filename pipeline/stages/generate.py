@@ -1,4 +1,4 @@
-"""The generate stage: seed tasks to generated.jsonl, by self-instruct (Alpaca) or Evol-Instruct."""
+"""The generate stage: generated.jsonl by the configured strategy (self-instruct, Evol-Instruct, Magpie)."""
 
 from __future__ import annotations
 
@@ -82,11 +82,11 @@ def write_diversity_report(rundir, records: list[dict], seeds: list[dict]) -> di
 
 
 class GenerateStage:
-    """Self-instruct (or Evol-Instruct) from the seed tasks into generated.jsonl; every drop,
-    with its reason, into the rejections."""
+    """Generation by the configured strategy (`selfinstruct.strategies`: self-instruct, Evol-Instruct,
+    Magpie) into generated.jsonl; every drop, with its reason, into the rejections."""
 
     name = "generate"
-    description = "self-instruct generation from the seed tasks"
+    description = "generate records from the teacher (self-instruct, Evol-Instruct or Magpie)"
     reads = ("seed tasks (config: seed_tasks)",)
     writes = ("generated.jsonl", "rejected.jsonl", "diversity.json", "diversity.png", "work/generate_requests.jsonl")
     sends_requests = True
@@ -97,72 +97,52 @@ class GenerateStage:
         return True
 
     def preflight(self, config: PipelineConfig) -> None:
-        pass
+        from core.records import read_seed_tasks
+        from selfinstruct.strategies import strategy_named
+
+        read_seed_tasks(config.seed_tasks)  # bad seed tasks are named before the teacher is asked anything
+        strategy_named(config.generate.strategy).preflight(config.generate, config.teacher)
+
+    def endpoints(self, config: PipelineConfig) -> dict:
+        """The endpoints the stage sends to, by their config key."""
+        return {"teacher": config.teacher}
 
     def run(self, context: StageContext) -> GenerateSummary:
-        from core.records import read_seed_tasks
-        from pipeline.requests import ReplayedSpend
+        from core.records import read_seed_tasks, write_jsonl
+        from pipeline.requests import ReplayedSpend, send_shards, stop_if_nothing_answered
+        from selfinstruct.strategies import strategy_named
+        from selfinstruct.strategy import GenerationJob
 
         started = time.perf_counter()
-        config = context.config
+        config, rundir, path = context.config, context.rundir, context.path
         seeds = read_seed_tasks(config.seed_tasks)
-        spend = ReplayedSpend(context.path, config.teacher, "generate")
+        teacher = context.models.teacher()
+        consumed = OutcomeLog()
+        spend = ReplayedSpend(path, config.teacher, "generate")
+        # Rejections go to disk as they happen: a run of tens of thousands of requests drops far
+        # more tasks than it keeps, and none of them need to stay in memory.
+        spool = rundir.rejection_spool("generate")
         try:
             send = spend.charging(context.send)
-            if config.generate.strategy == "evol_instruct":
-                summary = _evol_instruct(context, send, seeds)
-            else:
-                summary = _self_instruct(context, send, seeds)
+            job = GenerationJob(
+                settings=config.generate, seeds=seeds, teacher=config.teacher,
+                send_shard=lambda shard: consumed.keep(send(path, teacher, config.teacher, "generate", shard)),
+                send_shards=lambda shards: consumed.keep_each(
+                    send_shards(send, path, teacher, config.teacher, "generate", shards)),
+                budget_exhausted=lambda: path.meter.exhausted, rejected=spool)
+            result = strategy_named(config.generate.strategy).run(job)
+            write_jsonl(rundir.generated, result.kept)
+            rundir.write_rejections("generate", spool)
         finally:
+            spool.close()
             spend.settle()
+        summary = GenerateSummary(**result.summary, faults=consumed.faults(),
+                                  diversity=write_diversity_report(rundir, result.kept, seeds))
         summary.seconds = round(time.perf_counter() - started, 2)
-        summary.teacher = context.models.teacher().identity
+        summary.teacher = teacher.identity
+        if not summary.kept and summary.requests_failed and summary.requests_failed >= summary.requests:
+            # Nothing kept because nothing was answered (replies that gave no task are another matter).
+            stop_if_nothing_answered(self.name, config.teacher, rundir.journal("generate"),
+                                     summary.faults.get("requests_failed", summary.requests_failed),
+                                     summary.faults.get("failed_by_kind"))
         return summary
-
-
-def _self_instruct(context: StageContext, send, seeds: list[dict]) -> GenerateSummary:
-    from core.records import write_jsonl
-    from pipeline.requests import send_shards
-    from selfinstruct.generate import (
-        SelfInstructRun,
-        domain_similarity_scorer,
-        run_self_instruct,
-    )
-    from selfinstruct.prompt import load_template
-
-    config, rundir, path = context.config, context.rundir, context.path
-    teacher = context.models.teacher()
-    consumed = OutcomeLog()
-    domain = config.generate.domain
-    # Rejections go to disk as they happen: a run of tens of thousands of requests drops far
-    # more tasks than it keeps, and none of them need to stay in memory.
-    spool = rundir.rejection_spool("generate")
-    try:
-        run = SelfInstructRun(config.generate, seeds, load_template(config.generate.reply_format),
-                              lambda: path.meter.exhausted,
-                              domain_similarity_scorer(domain, [s["instruction"] for s in seeds]) if domain else None,
-                              rejected=spool)
-        run_self_instruct(run, lambda shards: consumed.keep_each(
-            send_shards(send, path, teacher, config.teacher, "generate", shards)))
-        write_jsonl(rundir.generated, run.kept)
-        rundir.write_rejections("generate", spool)
-    finally:
-        spool.close()
-    return GenerateSummary(**run.summary(), faults=consumed.faults(),
-                           diversity=write_diversity_report(rundir, run.kept, seeds))
-
-
-def _evol_instruct(context: StageContext, send, seeds: list[dict]) -> GenerateSummary:
-    from core.records import write_jsonl
-    from selfinstruct.evolve_run import run_evol_instruct
-
-    config, rundir, path = context.config, context.rundir, context.path
-    teacher = context.models.teacher()
-    consumed = OutcomeLog()
-    result = run_evol_instruct(config.generate, seeds,
-                               lambda shard: consumed.keep(send(path, teacher, config.teacher, "generate", shard)),
-                               lambda: path.meter.exhausted)
-    write_jsonl(rundir.generated, result["kept"])
-    rundir.write_rejections("generate", result["rejected"])
-    return GenerateSummary(**result["summary"], faults=consumed.faults(),
-                           diversity=write_diversity_report(rundir, result["kept"], seeds))

@@ -62,7 +62,7 @@ def test_variants_json_describes_every_variant(compressed):
         assert path.exists() and path.is_relative_to(rundir.root / "compress" / variant["label"])
         assert variant["size_on_disk_bytes"] == summary["variants"][variant["label"]] > 0
     assert by_label["gguf_q8_0"]["kind"] == "gguf" and by_label["gguf_q8_0"]["method"]["type"] == "Q8_0"
-    assert "SmolLM2" in by_label["gguf_q4_0"]["method"]["tokenizer"]  # the embedded GGUF's own metadata
+    assert "convert_hf_to_gguf.py" in by_label["gguf_q4_0"]["method"]["tool"]  # llama.cpp's own converter
     assert by_label["torch_int8"]["method"]["dtype"] == "qint8"
     sizes = {label: v["size_on_disk_bytes"] for label, v in by_label.items()}
     merged_bytes = sum(p.stat().st_size for p in Path(summary["merged"]).glob("*.safetensors"))

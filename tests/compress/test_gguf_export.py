@@ -1,6 +1,7 @@
-"""GGUF export of the merged embedded student and llama.cpp's quantizer, checked against the
-Hugging Face model: the F16 file, run by llama.cpp, must give the same tokens and (nearly)
-the same logits as transformers on the same merged weights."""
+"""GGUF export of the merged embedded student with llama.cpp's own converter, and llama.cpp's
+quantizer, checked against the Hugging Face model: the F16 file, run by llama.cpp, must give the
+same tokens and (nearly) the same logits as transformers on the same merged weights, and carry
+the tokenizer the student was released with (the original GGUF's metadata), with nothing copied in."""
 
 from __future__ import annotations
 
@@ -12,12 +13,9 @@ import pytest
 torch = pytest.importorskip("torch")
 llama_cpp = pytest.importorskip("llama_cpp")
 
-from compress.gguf_export import (  # noqa: E402
-    GGUFExportError,
-    export_gguf,
-    interleave_rotary_rows,
-    quantize_gguf,
-)
+from compress import llama_converter  # noqa: E402
+from compress.gguf_export import GGUFExportError, export_gguf, quantize_gguf, write_gguf  # noqa: E402
+from greedy import llama_greedy  # noqa: E402
 from student_prompts import PROMPTS  # noqa: E402
 from student.embedded import find_embedded_gguf  # noqa: E402
 from student.prompt_format import render_student_prompt  # noqa: E402
@@ -36,7 +34,7 @@ def hf_model(merged_dir):
 @pytest.fixture(scope="module")
 def gguf_files(merged_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("gguf")
-    f16 = export_gguf(merged_dir, out / "model-f16.gguf", "f16", tokenizer_gguf=find_embedded_gguf())
+    f16 = export_gguf(merged_dir, out / "model-f16.gguf", "f16")
     return {"f16": f16, "q8_0": quantize_gguf(f16, out / "model-q8_0.gguf", "q8_0"),
             "q4_0": quantize_gguf(f16, out / "model-q4_0.gguf", "q4_0")}
 
@@ -57,24 +55,13 @@ def _hf_greedy(model, tokenizer, text):
     return ids[0].tolist(), out[0, ids.shape[1]:].tolist()
 
 
-def _llama_greedy(llm, prompt_ids):
-    llm.reset()
-    llm.eval(prompt_ids)
-    generated = []
-    for _ in range(GREEDY_TOKENS):
-        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-        generated.append(token)
-        llm.eval([token])
-    return generated
-
-
 def test_f16_gguf_in_llama_cpp_matches_transformers(hf_model, gguf_files):
     model, tokenizer = hf_model
     llm = _llama(gguf_files["f16"])
     for text in _prompt_texts():
         hf_ids, hf_tokens = _hf_greedy(model, tokenizer, text)
         assert llm.tokenize(text.encode(), add_bos=False, special=True) == hf_ids
-        assert _llama_greedy(llm, hf_ids) == hf_tokens, text
+        assert llama_greedy(llm, hf_ids, GREEDY_TOKENS) == hf_tokens, text
         # Logits over prompt + answer, teacher-forced: F16 rounding only.
         sequence = hf_ids + hf_tokens
         llm.reset()
@@ -105,36 +92,73 @@ def test_quantized_files_hold_quantized_tensors_and_stay_close(hf_model, gguf_fi
         assert agreement >= least, f"{name}: next-token agreement {agreement:.2f}"
 
 
-def test_tokenizer_from_tokenizer_json_tokenizes_like_transformers(merged_dir, hf_model, tmp_path):
+def _tokenizer_fields(path) -> dict:
+    from gguf import GGUFReader
+
+    fields = GGUFReader(str(path)).fields
+    return {key: field.contents() for key, field in fields.items() if key.startswith("tokenizer.")}
+
+
+def test_converted_tokenizer_is_the_released_one(hf_model, gguf_files):
+    """The converter writes the student's tokenizer as its original GGUF has it (vocabulary, merges,
+    token types, special tokens, chat template); only add_space_prefix, which a byte-level BPE
+    tokenizer never reads, is left out. So no metadata needs copying from the original file."""
+    converted, original = _tokenizer_fields(gguf_files["f16"]), _tokenizer_fields(find_embedded_gguf())
+    assert set(original) - set(converted) <= {"tokenizer.ggml.add_space_prefix"}
+    for key in sorted(set(original) & set(converted)):
+        assert converted[key] == original[key], key
     _, tokenizer = hf_model
-    path = export_gguf(merged_dir, tmp_path / "bpe.gguf", "f16")
-    llm = llama_cpp.Llama(str(path), n_ctx=256, n_threads=1, vocab_only=True, verbose=False)
-    for text in _prompt_texts() + ["Numbers 12345 and  spaces, punctuation!? <|im_end|>"]:
+    llm = llama_cpp.Llama(str(gguf_files["f16"]), n_ctx=256, n_threads=1, vocab_only=True, verbose=False)
+    for text in _prompt_texts() + ["Numbers 12345 and  spaces, punctuation!? <|im_end|>", "naïve café 東京 🦙\n\n\tx"]:
         assert llm.tokenize(text.encode(), add_bos=False, special=True) == tokenizer(text)["input_ids"], text
 
 
-def test_rotary_rows_are_interleaved_per_head():
-    # Two heads of four rows: rotate-half order (0, 1 | 2, 3) becomes pairs (0, 2), (1, 3).
-    weight = np.arange(8, dtype=np.float32).reshape(8, 1)
-    assert interleave_rotary_rows(weight, heads=2).ravel().tolist() == [0, 2, 1, 3, 4, 6, 5, 7]
+def test_write_gguf_quantizes_in_one_step_and_keeps_no_intermediate(merged_dir, tmp_path):
+    from gguf import GGUFReader
+
+    path = write_gguf(merged_dir, tmp_path / "student.gguf", "q4_k_m")
+    types = {t.tensor_type.name for t in GGUFReader(str(path)).tensors}
+    assert "Q4_K" in types and "F16" not in types, types
+    assert [p.name for p in tmp_path.iterdir()] == ["student.gguf"]
 
 
-def test_unsupported_models_and_tokenizers_are_refused(merged_dir, tmp_path):
+def _copy_model(source, target, config=None, tokenizer_json=None):
+    """A model directory sharing ``source``'s weights (symlinked), with an edited config or tokenizer."""
+    target.mkdir()
+    for item in source.iterdir():
+        if item.name not in ("config.json", "tokenizer.json"):
+            (target / item.name).symlink_to(item)
+    (target / "config.json").write_text(json.dumps(config or json.loads((source / "config.json").read_text())))
+    (target / "tokenizer.json").write_text(json.dumps(tokenizer_json or json.loads((source / "tokenizer.json").read_text())))
+    return target
+
+
+def test_what_llama_cpp_cannot_convert_is_refused_by_name(merged_dir, tmp_path):
     config = json.loads((merged_dir / "config.json").read_text())
-    other = tmp_path / "gpt2"
-    other.mkdir()
-    (other / "config.json").write_text(json.dumps({**config, "model_type": "gpt2"}))
-    with pytest.raises(GGUFExportError, match="model_type 'gpt2' is not supported"):
-        export_gguf(other, tmp_path / "x.gguf")
+    out = tmp_path / "out"
+    unknown = _copy_model(merged_dir, tmp_path / "unknown",
+                          config={**config, "model_type": "tinyllama9", "architectures": ["TinyLlama9ForCausalLM"]})
+    with pytest.raises(GGUFExportError, match=r"cannot convert model_type 'tinyllama9' \(architectures: "
+                                              r"TinyLlama9ForCausalLM\)"):
+        export_gguf(unknown, out / "x.gguf")
 
-    sentencepiece = tmp_path / "spm"
-    sentencepiece.mkdir()
-    (sentencepiece / "config.json").write_text(json.dumps(config))
-    for weights in merged_dir.glob("*.safetensors"):
-        (sentencepiece / weights.name).symlink_to(weights)
+    # The same vocabulary split by another pre-tokenizer: llama.cpp knows no such tokenizer.
     spec = json.loads((merged_dir / "tokenizer.json").read_text())
-    spec["model"]["byte_fallback"] = True
-    (sentencepiece / "tokenizer.json").write_text(json.dumps(spec))
-    with pytest.raises(GGUFExportError, match="byte_fallback"):
-        export_gguf(sentencepiece, tmp_path / "y.gguf")
-    assert not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob(".*partial"))
+    spec["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        {"type": "WhitespaceSplit"}, {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True,
+                                      "use_regex": False}]}
+    splits = _copy_model(merged_dir, tmp_path / "splits", tokenizer_json=spec)
+    with pytest.raises(GGUFExportError, match=r"cannot convert the tokenizer \(TokenizersBackend, model_type 'llama'\): "
+                                              r"its BPE pre-tokenizer \(chkhsh [0-9a-f]{64}\) is not one llama.cpp knows"):
+        export_gguf(splits, out / "y.gguf")
+    assert not out.exists() or not any(out.iterdir())  # nothing half-written
+
+
+def test_a_missing_converter_says_to_run_setup(merged_dir, tmp_path, monkeypatch):
+    monkeypatch.delenv(llama_converter.CONVERTER_ENV, raising=False)
+    monkeypatch.setattr(llama_converter, "default_root", lambda: tmp_path / "nothing")
+    existing = tmp_path / "old.gguf"
+    existing.write_bytes(b"an older export")
+    with pytest.raises(GGUFExportError, match=r"converter is missing .* run ./setup.sh"):
+        write_gguf(merged_dir, existing, "q8_0")
+    assert existing.read_bytes() == b"an older export" and [p.name for p in tmp_path.iterdir()] == ["old.gguf"]

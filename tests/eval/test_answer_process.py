@@ -13,13 +13,18 @@ def test_student_answers_in_its_own_process(tmp_path, student_cache_dir):
     items = load_eval_set("vicuna_80", tmp_path / "none")[:3]
     job = AnswerJob(kind="student", label="base_student", base_model=str(ensure_plain_student(student_cache_dir)),
                     adapter=None, batch_size=2, items=items, prompt_format="alpaca", max_new_tokens=8, threads=1,
-                    cache_dir=str(student_cache_dir))
+                    cache_dir=str(student_cache_dir),
+                    teacher_answers={items[0]["id"]: {"answer": "Quantum computers use qubits.", "finished": True},
+                                     items[1]["id"]: {"answer": "Plan your day.", "finished": False}})
     answers, measured = answer_in_child(job, tmp_path / "work")
     assert [a["id"] for a in answers] == [item["id"] for item in items]
     assert all(a["answer"] and 1 <= a["completion_tokens"] <= 8 for a in answers)
     # SmolLM2-135M in float32 is ~540 MB of weights: the child's high-water mark holds them.
     assert 540_000_000 < measured["peak_memory_bytes"] < 6_000_000_000
     assert measured["parameters"] > 100_000_000 and measured["answer_wall_s"] > 0
+    # Then the same process scored the teacher's answers (after its peak memory was read).
+    fidelity = measured["fidelity"]
+    assert fidelity["teacher_answer_nll"] > 0 and fidelity["nll_answers"] == 2 and fidelity["nll_runtime"] == "transformers"
 
 
 def test_a_failing_child_says_why(tmp_path):

@@ -21,7 +21,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("accelerate")
 
 from finetune.config import FinetuneConfig  # noqa: E402
-from finetune.launch import launch_command  # noqa: E402
+from finetune.launch import launch_command, launch_environment  # noqa: E402
 from finetune.train import TrainingSetupError, train_student  # noqa: E402
 
 def test_launch_command_uses_torchrun_launcher(tmp_path):
@@ -33,6 +33,14 @@ def test_launch_command_uses_torchrun_launcher(tmp_path):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CPU processes; on a GPU host each process takes a GPU")
+def test_launched_processes_keep_nvlink_multicast_off():
+    env = launch_environment({"PATH": "/bin", "NCCL_NVLS_ENABLE": "0", "OMP_NUM_THREADS": "4"})
+    assert env["NCCL_NVLS_ENABLE"] == "0" and env["TORCH_SYMM_MEM_DISABLE_MULTICAST"] == "1"
+    assert env["NVSHMEM_DISABLE_NVLS"] == "1" and env["PATH"] == "/bin"
+    assert env["OMP_NUM_THREADS"] == "4"  # a value the caller set is kept
+    assert launch_environment({})["OMP_NUM_THREADS"] == "1"
+
+
 def test_two_processes_train_one_adapter(student_dir, short_records, tmp_path, capfd):
     distributed = "ddp"
     settings = FinetuneConfig(

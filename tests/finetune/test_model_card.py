@@ -115,3 +115,13 @@ def test_a_url_with_credentials_is_refused_without_echoing_them(tmp_path):
     with pytest.raises(ConfigError) as error:
         load_config(config)
     assert "credentials in a URL" in str(error.value) and URL_PASSWORD not in str(error.value)
+
+
+def test_card_names_the_terms_of_an_embedded_base_model(tmp_path):
+    """A student tuned from an embedded base (Gemma 3, say) carries its base's terms in the card."""
+    (tmp_path / "embedded_student.json").write_text(json.dumps(
+        {"student": "gemma3-270m", "title": "Gemma 3 270M base", "terms": "Gemma Terms of Use"}))
+    card = render_model_card({}, {"base_model_dir": str(tmp_path), "settings": {"prompt_format": "alpaca"}}, "adapter")
+    assert "The base model (Gemma 3 270M base) is under Gemma Terms of Use; its terms apply to these weights too." in card
+    plain = render_model_card({}, {"base_model_dir": str(tmp_path / "elsewhere"), "settings": {}}, "adapter")
+    assert "terms apply" not in plain

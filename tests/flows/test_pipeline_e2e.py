@@ -74,6 +74,8 @@ def test_every_file_is_written(finished_run):
     assert all(Path(v["path"]).is_file() and Path(v["path"]).suffix == ".gguf" for v in variants)
     assert variants[1]["size_on_disk_bytes"] < variants[0]["size_on_disk_bytes"]
     assert "report.md" in result.stdout and "win rate" in result.stdout
+    # One line per stage when it is done (its time and numbers), no trainer log dictionaries.
+    assert "{'loss'" not in result.stdout + result.stderr and "[3/5] finetune: done in" in result.stderr
 
 
 def test_counts_add_up(finished_run):
@@ -156,6 +158,31 @@ def test_counts_add_up(finished_run):
     assert comparison["axis"] == "cost_per_1k_answers_usd" and comparison["pareto_front"]
     assert set(comparison["pareto_front"]) <= set(models) and comparison["recommendation"]
 
+    # fidelity to the teacher for every local model (no judge needed): the NLL of the teacher's
+    # answers under it (transformers for the students, llama.cpp's logits for the GGUF files),
+    # similarity and ROUGE-L of its answers to the teacher's; the teacher is the reference.
+    for label in ("student", "base_student", *VARIANTS):
+        fidelity = models[label]["fidelity"]
+        assert fidelity["teacher_answer_nll"] > 0 and -1 <= fidelity["answer_similarity"] <= 1, label
+        assert 0 <= fidelity["answer_rouge_l"] <= 1, label
+        assert fidelity["nll_runtime"] == ("llama.cpp" if label in VARIANTS else "transformers"), label
+    assert models["teacher"]["fidelity"]["answer_similarity"] == 1.0
+    # how far the judge can be trusted, from its own verdicts; with the 135M judge the report
+    # says in words when it is not informative, and then leads with fidelity.
+    diagnostics = report["judge_diagnostics"]
+    assert diagnostics["pairs"] == len(judgments) * (len(models) - 1)  # every contestant's pairs
+    for key in ("position_flip_rate", "first_position_win_rate", "invalid_rate"):
+        assert diagnostics[key] is None or 0 <= diagnostics[key] <= 1, key
+    markdown = (run_dir / "report.md").read_text()
+    assert "## Judge diagnostics" in markdown and "NLL of the teacher's answers" in markdown
+    if not diagnostics["informative"]:
+        assert report["headline"]["leads_with"] == "fidelity"
+        assert markdown.index("The judge is not informative") < markdown.index("## Quality and fidelity")
+    # decontamination ran first, against vicuna_80 (heldout is drawn from the kept records later).
+    assert filter_summary["filters"][0] == "decontaminate"
+    assert filter_summary["decontamination"]["against"] == ["vicuna_80"]
+    assert report["decontamination"]["dropped_per_set"] == {"vicuna_80": filter_summary["dropped"].get("contaminated", 0)}
+
     # tokens and time are reported for every stage.
     assert report["tokens"]["generate"]["prompt"] > 0 and report["tokens"]["filter"]["prompt"] > 0
     assert all(seconds is not None for seconds in report["seconds"].values())
@@ -186,6 +213,8 @@ def test_report_html_and_prefect_artifacts(finished_run):
     table = json.loads(table) if isinstance(table, str) else table
     assert [row["model"] for row in table] == ["teacher", "student", "base_student", *VARIANTS]
     assert "win rate" in artifacts["distill-headline"][1] and "95% CI" in artifacts["distill-headline"][1]
+    assert "fidelity to the teacher" in artifacts["distill-headline"][1]
+    assert table[1]["teacher_answer_nll"] > 0 and "answer_similarity" in table[1]
 
 
 def test_manifest_records_config_prompts_versions_and_models(finished_run, repo_root):
@@ -219,3 +248,34 @@ def test_a_different_config_is_refused_and_the_run_is_untouched(finished_run):
     assert result.returncode == 2
     assert "different config" in result.stderr
     assert digest(run_dir) == before
+
+
+def test_a_finished_run_is_evaluated_again_on_another_prompt_file(finished_run, student_cache_dir, tmp_path):
+    """As a new user would: after the run, the same student on a prompt file of one's own, by
+    `distill evaluate` with only evaluate.sets changed. Nothing else is redone; the new evaluation
+    gets eval/<name>/ and its own section of the report; the first evaluation is kept."""
+    run_dir, _ = finished_run
+    (tmp_path / "my_prompts.jsonl").write_text(
+        json.dumps({"instruction": "Name two things that float on water."}) + "\n"
+        + json.dumps({"instruction": "Give a synonym for the word quick."}) + "\n")
+    first_eval = {name: digest for name, digest in digest(run_dir).items() if name.startswith("eval/")}
+    stages_before = {name: digest for name, digest in digest(run_dir).items() if name.startswith("stages/")}
+    overrides = [part for flag, value in zip(SMALL[::2], SMALL[1::2]) if not value.startswith("evaluate.")
+                 for part in (flag, value)]
+    result = distill("evaluate", str(REPO / "configs" / "demo.yaml"), "--run-dir", str(run_dir), "--cache-dir",
+                     str(student_cache_dir), *overrides, "--set", 'evaluate.sets=["my_prompts.jsonl"]',
+                     "--set", "evaluate.max_new_tokens=24", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    after = digest(run_dir)
+    assert all(after[name] == value for name, value in first_eval.items())  # the first evaluation is kept
+    assert all(after[name] == value for name, value in stages_before.items())  # nothing else was redone
+    (folder,) = [path.parent for path in (run_dir / "eval").glob("*/summary.json")]
+    assert folder.name.startswith("my_prompts-")
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["prompts"] == 2 and set(summary["per_set"]) == {"my_prompts"}
+    assert summary["evaluation"]["name"] == folder.name and summary["training_overlap"] == {"my_prompts": 0}
+    assert summary["contestants"]["student"]["fidelity"]["teacher_answer_nll"] > 0
+    report = json.loads((run_dir / "report.json").read_text())
+    assert [e["folder"] for e in report["evaluations"]] == ["eval", f"eval/{folder.name}"]
+    assert report["quality"]["per_set"].keys() == {"heldout", "vicuna_80"}  # the first still leads
+    assert f"## Evaluation `{folder.name}`" in (run_dir / "report.md").read_text()

@@ -64,9 +64,10 @@ def test_a_compressed_variant_is_judged_and_reported_like_the_student(tmp_path, 
     from student.embedded import ensure_plain_student
 
     torch.set_num_threads(1)
+    # The second judge is configured like the teacher, so it shares the teacher's llama.cpp server.
     config = load_config(repo_root / "configs" / "demo.yaml", [
         "evaluate.sets=[vicuna_80]", "evaluate.max_prompts=2", "evaluate.max_new_tokens=12",
-        "evaluate.judge_max_tokens=48"])
+        "evaluate.judge_max_tokens=48", "evaluate.second_judge={backend: embedded, max_in_flight: 2}"])
     base = ensure_plain_student(student_cache_dir)
     adapter = tmp_path / "adapter"
     lora = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=4, target_modules=["q_proj"]))
@@ -91,8 +92,31 @@ def test_a_compressed_variant_is_judged_and_reported_like_the_student(tmp_path, 
     assert variant["efficiency"]["cost_per_1k_answers_usd"] > 0 and variant["efficiency"]["p50_ttft_s"] > 0
     assert summary["teacher"]["peak_memory_bytes"] > 50_000_000
 
+    # Fidelity to the teacher, for every local contestant: its NLL of the teacher's answers
+    # (scored in its own answering process, after its peak memory was read), similarity, ROUGE-L.
+    for label in ("student", "base_student", "torch_int8"):
+        fidelity = summary["contestants"][label]["fidelity"]
+        assert fidelity["teacher_answer_nll"] > 0 and fidelity["nll_answers"] >= 1, label
+        assert -1 <= fidelity["answer_similarity"] <= 1 and 0 <= fidelity["answer_rouge_l"] <= 1, label
+    assert summary["contestants"]["torch_int8"]["fidelity"]["nll_runtime"] == "transformers"
+    teacher_answers = [json.loads(line) for line in (rundir.eval_dir / "teacher_answers.jsonl").read_text().splitlines()]
+    assert all(a["finish_reason"] in ("stop", "length") for a in teacher_answers)
+    diagnostics = summary["judge_diagnostics"]
+    assert diagnostics["pairs"] == 6 and diagnostics["verdicts"] == 12
+    assert set(diagnostics["per_contestant"]) == {"student", "base_student", "torch_int8"}
+    assert 0 <= diagnostics["invalid_rate"] <= 1 and isinstance(diagnostics["informative"], bool)
+    assert summary["evaluation"]["name"] is None and summary["evaluation"]["folder"] == "eval"
+    second = diagnostics["second_judge"]
+    assert second["identity"] and 0 <= second["pairs"] <= 6
+    assert second["agreement"] is None or 0 <= second["agreement"] <= 1
+    assert len((rundir.eval_dir / "second_judgments_torch_int8.jsonl").read_text().splitlines()) == 2
+
     report = write_report(rundir)
     assert [row["label"] for row in report["models"]] == ["teacher", "student", "base_student", "torch_int8"]
+    assert all(set(row["fidelity"]) >= {"teacher_answer_nll", "answer_similarity", "answer_rouge_l"}
+               for row in report["models"])
+    assert report["judge_diagnostics"]["pairs"] == 6
+    assert "NLL of the teacher's answers" in (rundir.root / "report.md").read_text()
     assert "torch_int8" in report["quality_vs_cost"]["points"]
     assert "torch_int8" in (rundir.root / "report.html").read_text()
 

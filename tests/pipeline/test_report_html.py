@@ -64,3 +64,63 @@ def test_report_files_agree_and_escape_everything(tmp_path):
     assert comparison["recommendation"] in markdown and html.escape(comparison["recommendation"]) in page
     assert "| int4 | all | 1 | 1 | 2 | 0 | 0.375 |" in markdown
     assert "int4 ★" in page and "student ★" not in page
+
+
+def fidelity(nll, similarity, rouge):
+    return {"teacher_answer_nll": nll, "answer_similarity": similarity, "answer_rouge_l": rouge}
+
+
+def test_an_uninformative_judge_is_said_in_words_and_fidelity_leads(tmp_path):
+    """A judge that always picks the first answer: every pair is a tie, the win rate 0.5. The
+    report says the judge is not informative and leads with fidelity; a second evaluation of the
+    run gets its own section, and the first is kept."""
+    from pipeline.report import headline
+
+    rundir = RunDir(tmp_path / "run")
+    rundir.stages.mkdir(parents=True)
+    ties = quality(0.5, 0, 4, 0)
+    diagnostics = {"position_flip_rate": 1.0, "first_position_win_rate": 1.0, "length_win_correlation": None,
+                   "invalid_rate": 0.0, "cohen_kappa": None, "second_judge": None, "informative": False,
+                   "warnings": ["its verdict changed with the order of the answers on 100% of the pairs: it follows "
+                                "the position, not the answers"], "judge": "llama.cpp:<judge>", "pairs": 8}
+
+    def summary(folder, name, sets, student_nll):
+        contestants = {"student": {"kind": "student", "quality": ties, "efficiency": cost("smol+lora", 900, 0.05),
+                                   "fidelity": fidelity(student_nll, 0.81, 0.42)},
+                       "base_student": {"kind": "student", "quality": ties, "efficiency": cost("smol", 880, 0.05),
+                                        "fidelity": fidelity(2.5, 0.7, 0.3)}}
+        return {"prompts": 4, "judged": 4, **ties, "sets": sets, "base_student_quality": ties,
+                "student": cost("smol+lora", 900, 0.05), "base_student": cost("smol", 880, 0.05),
+                "teacher": cost("teacher", 300, 0.2), "contestants": contestants, "judge_diagnostics": diagnostics,
+                "training_overlap": {sets[0]: 0}, "evaluation": {"name": name, "folder": folder}}
+
+    rundir.mark_done("evaluate", summary("eval", None, ["vicuna_80"], 1.9))
+    other = rundir.eval_dir / "mine-1234abcd"
+    other.mkdir(parents=True)
+    (other / "summary.json").write_text(json.dumps(summary("eval/mine-1234abcd", "mine-1234abcd", ["mine"], 1.7)))
+
+    report = write_report(rundir)
+    assert report["headline"]["leads_with"] == "fidelity" and report["headline"]["judge_informative"] is False
+    assert report["headline"]["fidelity"]["student"]["teacher_answer_nll"] == 1.9
+    assert [e["folder"] for e in report["evaluations"]] == ["eval", "eval/mine-1234abcd"]
+    assert report["models"][1]["fidelity"]["answer_similarity"] == 0.81
+    assert report["models"][0]["fidelity"]["answer_similarity"] == 1.0  # the teacher: the reference
+    assert report["judge_diagnostics"]["position_flip_rate"] == 1.0
+
+    markdown = (rundir.root / "report.md").read_text()
+    first_lines = markdown.split("## Quality and fidelity")[0]
+    assert "The judge is not informative: its verdict changed with the order" in first_lines
+    assert "**Fidelity to the teacher: NLL of the teacher's answers 1.9 (base student 2.5)" in first_lines
+    assert first_lines.index("not informative") < first_lines.index("win rate 0.5")
+    assert "| student | all | 0 | 4 | 0 | 0 | 0.5 | 0.3 – 0.7 | 0.5 | 1.9 | 0.81 | 0.42 |" in markdown
+    assert "## Evaluation `mine-1234abcd` (`eval/mine-1234abcd/`: mine; 4 prompts)" in markdown
+    assert "NLL of the teacher's answers 1.7" in markdown.split("## Evaluation `mine-1234abcd`")[1]
+    assert "## Judge diagnostics" in markdown and "| llama.cpp:<judge> | 1 | 1 | n/a | 0 |" in markdown
+
+    page = (rundir.root / "report.html").read_text()
+    assert 'class="warning">The judge is not informative' in page and "llama.cpp:&lt;judge&gt;" in page
+    assert "Evaluation <code>mine-1234abcd</code>" in page and "NLL of the teacher&#x27;s answers" in page
+
+    line = headline(report)
+    assert line.startswith("judge not informative (its verdict changed") and "fidelity to the teacher" in line
+    assert "win rate 0.5 (95% CI" in line

@@ -3,11 +3,15 @@
 The real embedded teacher cannot be made, on demand, to return an empty reply, prose where JSON
 was asked for, a reply that never ends, or a rating with no score in it; this server can. It
 answers POST /v1/chat/completions with `reply(request_body)`: a string (the assistant's text),
-or ENDLESS (a body that trickles out forever and never completes).
+ENDLESS (a body that trickles out forever and never completes), or a Status (an HTTP error, after
+which the server may close its port, as vLLM's does once its engine has died). With `models` it
+answers GET /v1/models with that list (without, GET is not implemented: HTTP 501); with
+`authorize`, a request whose Authorization header it refuses is answered 401.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -15,6 +19,21 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
 ENDLESS = object()
+
+
+@dataclasses.dataclass
+class Status:
+    """An HTTP error reply; with `then_close`, the server stops listening right after it."""
+
+    code: int
+    body: dict = dataclasses.field(default_factory=lambda: {"error": {"message": "scripted error"}})
+    then_close: bool = False
+
+
+# vLLM's reply to the requests in flight when its engine died (see docs/guarantees.md).
+ENGINE_DEAD = Status(500, {"error": {"message": "EngineCore encountered an issue. See stack trace (above) for the "
+                                     "root cause.", "type": "InternalServerError", "param": None, "code": 500}},
+                     then_close=True)
 
 
 def completion(text: str) -> bytes:
@@ -48,9 +67,13 @@ def distinct_task(body: dict) -> str:
 class ScriptedServer:
     """`with ScriptedServer(reply) as server:` serves server.base_url; server.requests counts calls."""
 
-    def __init__(self, reply: Callable[[dict], object]):
+    def __init__(self, reply: Callable[[dict], object], models: list[str] | None = None,
+                 authorize: Callable[[str | None], bool] | None = None, port: int = 0):
         self.reply = reply
+        self.models = models
+        self.authorize = authorize
         self.requests = 0
+        self.gets = 0
         self.authorizations: set[str | None] = set()  # the Authorization headers seen
         self._stop = threading.Event()
         owner = self
@@ -58,11 +81,41 @@ class ScriptedServer:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
+            def _json(self, code: int, payload: dict) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _refused(self) -> bool:
+                if owner.authorize is None or owner.authorize(self.headers.get("Authorization")):
+                    return False
+                self._json(401, {"error": {"message": "Incorrect API key provided", "code": "invalid_api_key"}})
+                return True
+
+            def do_GET(self):  # noqa: N802 (http.server's naming)
+                owner.gets += 1
+                if owner.models is None:
+                    return self._json(501, {"error": {"message": "not implemented"}})
+                if self._refused():
+                    return None
+                return self._json(200, {"object": "list", "data": [{"id": m, "object": "model"} for m in owner.models]})
+
             def do_POST(self):  # noqa: N802 (http.server's naming)
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
                 owner.requests += 1
                 owner.authorizations.add(self.headers.get("Authorization"))
+                if self._refused():
+                    return
                 answer = owner.reply(body)
+                if isinstance(answer, Status):
+                    self._json(answer.code, answer.body)
+                    if answer.then_close:
+                        self.close_connection = True
+                        owner.close_port()
+                    return
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 if answer is ENDLESS:
@@ -88,7 +141,7 @@ class ScriptedServer:
             def log_message(self, *args):
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         daemon=True)
@@ -96,6 +149,14 @@ class ScriptedServer:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    def close_port(self) -> None:
+        """Stop listening at once (later connections are refused), as a server that exited."""
+        def stop():
+            self._server.shutdown()
+            self._server.server_close()
+
+        threading.Thread(target=stop, daemon=True).start()
 
     def __enter__(self) -> "ScriptedServer":
         self._thread.start()

@@ -52,7 +52,8 @@ def test_a_reply_far_past_max_tokens_is_cut_and_the_journal_stays_readable(tmp_p
 def test_empty_and_non_json_teacher_replies_are_listed_then_filter_stops_on_the_empty_file(tmp_path):
     replies = ["", "Sure! Here are twenty tasks for you.", '{"tasks": [{"instruction": "Name a',
                "{\"tasks\": 5}"]
-    with ScriptedServer(lambda body: replies[int(body["seed"]) % len(replies)]) as server:
+    # The preflight's one-token request carries no seed.
+    with ScriptedServer(lambda body: replies[int(body.get("seed", 0)) % len(replies)]) as server:
         config = write_config(tmp_path / "bad-teacher.yaml", teacher=openai_teacher(server.base_url),
                               generate={"max_requests": 8, "requests_per_shard": 4, "reply_format": "json",
                                         "max_tokens": 64})
@@ -83,7 +84,7 @@ def test_a_judge_that_never_gives_a_score_keeps_nothing_and_finetune_stops_clear
                               filter={"selection": "top_k", "top_k": 3})
         result = run_distill("filter", str(config), "--run-dir", str(run_dir))
         assert result.returncode == 0, result.stderr[-3000:]
-        assert judge.requests == 5
+        assert judge.requests == 5 + 1  # and the preflight's one-token request
     summary = json.loads((run_dir / "stages" / "filter.json").read_text())
     assert summary["rated"] == 0 and summary["kept"] == 0
     assert sum(n for reason, n in summary["counts"].items() if reason.startswith("unscored:")) == 5

@@ -4,14 +4,18 @@ llm-katan (a third-party OpenAI-compatible server, echo mode) injects each of it
 fault proxy of our own (fault_proxy.py) sits in front of the real embedded teacher
 (llama.cpp serving SmolLM2) and drops connections or cuts replies short. Every run must
 complete, account for each request once (succeeded, or failed after its retries and listed in
-rejected.jsonl), write no record twice, and count the faults in its summary.
+rejected.jsonl), write no record twice, and count the faults in its summary. A run whose every
+request failed keeps nothing: it exits non-zero naming the endpoint and why, and is not marked finished.
+
+These runs switch the endpoint's preflight off: they count every request the server answers, and
+the preflight's own one-token request is tested in test_fail_fast.py.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from cli_runs import check_generate_accounting, katan_answered, openai_teacher, run_distill, write_config
+from cli_runs import check_generate_accounting, katan_answered, openai_teacher, read_jsonl, run_distill, write_config
 from fault_proxy import FaultProxy
 
 # (llm-katan flags, teacher settings, requests, what must be seen)
@@ -28,9 +32,10 @@ KATAN_FAULTS = {
     # until they get in (--max-concurrent lets llm-katan hold them side by side).
     "max_inflight": (["--max-inflight", "1", "--latency-ms", "100", "--max-concurrent", "8"],
                      {"max_retries": 30, "max_in_flight": 4}, 12, {"failed": {}, "kinds": {"HTTP 503"}}),
-    # Slower than the client waits: every attempt times out, every request fails and is listed.
+    # Slower than the client waits: every attempt times out, every request fails and is listed, and
+    # with nothing kept the stage stops non-zero (timeouts are retried, never a breaker's cause).
     "latency": (["--latency-ms", "1500", "--max-concurrent", "8"], {"max_retries": 1, "timeout_s": 0.3}, 4,
-                {"failed": {"APITimeoutError": 4}, "retries": {"APITimeoutError": 4}, "answered_too_late": 8}),
+                {"exit": 3, "failed": {"APITimeoutError": 4}, "answered_too_late": 8}),
 }
 
 
@@ -38,9 +43,19 @@ KATAN_FAULTS = {
 def test_generate_completes_and_accounts_for_every_request_under_katan_faults(fault, katan, tmp_path):
     flags, teacher, requests, expected = KATAN_FAULTS[fault]
     url = katan(*flags)
-    config = write_config(tmp_path / "faults.yaml", teacher=openai_teacher(url, **teacher),
+    config = write_config(tmp_path / "faults.yaml", teacher=openai_teacher(url, preflight=False, **teacher),
                           generate={"max_requests": requests, "requests_per_shard": 4, "max_tokens": 64})
     result = run_distill("generate", str(config), "--run-dir", str(tmp_path / "run"))
+    if expected.get("exit"):
+        assert result.returncode == expected["exit"], result.stderr[-3000:]
+        assert f"generate: nothing kept: {requests} request(s) to openai:echo@{url} failed" in result.stderr
+        assert not (tmp_path / "run" / "stages" / "generate.json").exists()  # not finished: a rerun runs it
+        entries = {e["key"]: e for e in read_jsonl(tmp_path / "run" / "work" / "generate_requests.jsonl")}
+        assert sorted(entries) == [f"gen-{i:06d}" for i in range(requests)]
+        kinds = [e["attempt_errors"][-1] for e in entries.values() if not e["ok"]]
+        assert {kind: kinds.count(kind) for kind in kinds} == expected["failed"]
+        assert katan_answered(url) == expected["answered_too_late"]
+        return
     assert result.returncode == 0, result.stderr[-3000:]
     summary, entries = check_generate_accounting(tmp_path / "run", requests)
     faults = summary["faults"]
@@ -70,7 +85,7 @@ def test_dropped_and_cut_replies_from_the_real_teacher_are_retried_listed_and_re
             # seed_requests always: no /models question to the server (seed_requests auto asks
             # it once), which would take a connection of the proxy's schedule.
             teacher=openai_teacher(proxy.base_url, model="smollm2-135m-instruct", max_retries=1, max_in_flight=1,
-                                   seed_requests="always"),
+                                   preflight=False, seed_requests="always"),
             generate={"max_requests": 5, "requests_per_shard": 5, "max_tokens": 48})
         command = ("generate", str(config), "--run-dir", str(tmp_path / "run"))
         result = run_distill(*command)

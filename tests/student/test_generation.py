@@ -40,3 +40,18 @@ def test_batched_greedy_answers_equal_one_at_a_time(embedded_student, tmp_path, 
     for answer in batched:
         assert 0 < answer["ttft_s"] <= answer["latency_s"]
         assert 1 <= answer["completion_tokens"] <= 20
+
+
+def test_continuous_batching_gives_the_same_greedy_answers(embedded_student, tmp_path):
+    """transformers' continuous batching (`evaluate.continuous_batching`): paged KV cache, prompts of
+    different lengths decoding together, fewer requests at once than prompts so that finished ones
+    are replaced; float32 on the CPU, so the answers are exactly the padded path's."""
+    model, tokenizer = embedded_student
+    items = load_eval_set("vicuna_80", tmp_path / "none")[:3] + load_eval_set("self_instruct_252", tmp_path / "none")[:2]
+    padded = answer_prompts(model, tokenizer, items, "alpaca", max_new_tokens=12, batch_size=5)
+    continuous = answer_prompts(model, tokenizer, items, "alpaca", max_new_tokens=12, batch_size=2, continuous=True)
+    assert [a["id"] for a in continuous] == [item["id"] for item in items]
+    assert [a["answer"] for a in continuous] == [a["answer"] for a in padded]
+    assert [a["completion_tokens"] for a in continuous] == [a["completion_tokens"] for a in padded]
+    for answer in continuous:
+        assert 0 < answer["ttft_s"] <= answer["latency_s"]

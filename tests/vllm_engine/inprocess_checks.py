@@ -15,7 +15,8 @@ Two engines, one after the other:
 - the student alone through the chat API with chunked prefill on (a 256-token step budget that
   splits every generation prompt) under `seed_requests: auto`: seeds are left out, so the same
   seeded requests leave the engine alive; a rating request held to the judge's JSON schema; then
-  the engine-core process is killed while the request runner is mid-run.
+  the engine-core process is killed while the request runner (with the pipeline's circuit
+  breaker) is mid-run.
 """
 
 from __future__ import annotations
@@ -40,11 +41,13 @@ def engine_core_pids() -> list[int]:
 
 
 async def send(backend, requests, journal_path: Path, window: int, on_outcome=None) -> list[dict]:
+    from backends.breaker import CircuitBreaker
     from backends.runner import run_requests_async
     from core.records import Journal
 
+    # The pipeline's request path: a circuit breaker per endpoint (a window of 16 attempts).
     outcomes, _ = await run_requests_async(backend, requests, Journal(journal_path), max_in_flight=window,
-                                           on_outcome=on_outcome)
+                                           on_outcome=on_outcome, breaker=CircuitBreaker(16, backend.identity))
     return [outcome.to_journal() for outcome in outcomes]
 
 
@@ -82,7 +85,8 @@ def student_engine(job: dict, work: Path) -> dict:
 
 
 def chunked_engine(job: dict, work: Path) -> dict:
-    from backends.base import BackendError, ChatRequest
+    from backends.base import ChatRequest
+    from core.errors import EndpointError
     from backends.vllm_inprocess import VLLMInProcessBackend
 
     began = time.monotonic()
@@ -109,11 +113,11 @@ def chunked_engine(job: dict, work: Path) -> dict:
         started = time.monotonic()
         try:
             await send(backend, generation, work / "killed.jsonl", 1, on_outcome=kill_engine_core)
-        except BackendError as exc:
-            seen["death"] = {"message": str(exc), "fatal": exc.fatal, "retryable": exc.retryable,
-                             "seconds": round(time.monotonic() - started, 1)}
+        except EndpointError as exc:  # the breaker tripped on the dead engine's first failure
+            seen["death"] = {"message": str(exc), "seconds": round(time.monotonic() - started, 1)}
         journal = work / "killed.jsonl"
-        seen["journal_after_death"] = [json.loads(line)["key"] for line in journal.read_text().splitlines()]
+        seen["journal_after_death"] = [(entry["key"], entry["ok"], entry.get("error"))
+                                       for entry in map(json.loads, journal.read_text().splitlines())]
 
     run_then_shut_down(backend, work_through)
     return seen

@@ -6,7 +6,8 @@ requests in flight get HTTP 500 "EngineCore encountered an issue" and the server
 code 0). That reproduces an engine's death on demand. Here a server whose per-step token budget
 holds the first five generation prompts whole but not the sixth answers five requests sent one
 at a time with their seeds (`seed_requests: always`) and dies on the sixth: `distill generate`
-stops at once with an error naming the endpoint, and the five replies stay in the journal.
+stops at once (the circuit breaker trips on the dead engine's first reply) with an error naming
+the endpoint and a non-zero exit, and the five replies stay in the journal.
 """
 
 from __future__ import annotations
@@ -51,13 +52,14 @@ def test_an_engine_that_dies_mid_run_stops_the_run_with_an_error_naming_the_endp
                 break
             time.sleep(0.5)
         exit_code = server.returncode
-    assert done.returncode != 0
+    assert done.returncode == 3, done.stderr[-3000:]
     last_line = done.stderr.strip().splitlines()[-1]
     assert server.base_url in last_line and "vLLM engine" in last_line and "died" in last_line, done.stderr[-3000:]
     assert exit_code == 0  # vLLM's server exits "cleanly" when its engine dies
     assert "CPU Generator does not use offset" in (tmp_path / "vllm.log").read_text(errors="replace")
     entries = [entry for _, entry in iter_jsonl(tmp_path / "run" / "work" / "generate_requests.jsonl")]
-    assert [e["key"] for e in entries] == [f"gen-{i:06d}" for i in range(5)] and all(e["ok"] for e in entries)
+    assert [e["key"] for e in entries] == [f"gen-{i:06d}" for i in range(6)]
+    assert [e["ok"] for e in entries] == [True] * 5 + [False] and "died" in entries[5]["error"]
     # No retries against a dead server: the run stops once the engine's death is seen. (The
     # five replies take about 20 s on two cores; retrying would add minutes of backoff.)
     assert took < 600

@@ -71,9 +71,12 @@ def test_the_in_process_engine_answers_keeps_seeds_safe_and_dies_loudly(vllm_py,
     assert all(e["ok"] for e in chunked["generation"]) and chunked["errored_after_seeded_generation"] is False
     (rated,) = chunked["rating"]
     assert rated["ok"] and rated["text"].lstrip().startswith('{"score"')
-    # The engine core killed after the first reply of a run: the runner stops with a fatal error.
+    # The engine core killed after the first reply of a run: the next request fails with the
+    # engine's death, which trips the circuit breaker at once: the run stops, naming the engine.
     assert chunked["killed"], "no engine-core process found to kill"
     death = chunked["death"]
-    assert death["fatal"] is True and death["retryable"] is False and "died" in death["message"]
+    assert "can answer nothing more" in death["message"] and "died" in death["message"]
     assert str(student_dir) in death["message"]
-    assert chunked["journal_after_death"] == [generation[0].key]
+    (first, second) = chunked["journal_after_death"]
+    assert first[:2] == [generation[0].key, True] and second[:2] == [generation[1].key, False]
+    assert "died" in second[2]
