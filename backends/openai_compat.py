@@ -183,10 +183,9 @@ class OpenAICompatibleBackend:
     def _path(self, request: ChatRequest) -> str:
         return "/completions" if self._completes(request) else "/chat/completions"
 
-    @property
-    def api_path(self) -> str:
-        """The API's path as a batch line names it ("/v1/chat/completions")."""
-        return "/v1" + self._path
+    def api_path(self, request: ChatRequest) -> str:
+        """The API's path for `request` as a batch line names it ("/v1/chat/completions")."""
+        return "/v1" + self._path(request)
 
     @property
     def base_url(self) -> str:
@@ -198,8 +197,9 @@ class OpenAICompatibleBackend:
         return self._body(request)
 
     def reply(self, data, url: str) -> ChatReply:
-        """A reply body read as the API defines it; BackendError when it is not one."""
-        return self._reply(data, url)
+        """A reply body read as the API defines it (chat or completions, by its shape); BackendError
+        when it is not one."""
+        return self._reply(data, url, None)
 
     def sync_client(self, url: str, connect_timeout_s: float = 10.0) -> openai.OpenAI:
         """A blocking client for one URL (preflight checks and the Batch API's files and batches);
@@ -244,7 +244,8 @@ class OpenAICompatibleBackend:
         warning = None
         for attempt in range(1, 4):
             try:
-                self._reply(client.post(self._path, body=self._body(tiny), cast_to=object), url)
+                self._reply(client.post(self._path(tiny), body=self._body(tiny), cast_to=object), url,
+                            self._completes(tiny))
                 break
             except openai.APIStatusError as exc:
                 failure = _status_error(url, exc)
@@ -292,10 +293,13 @@ class OpenAICompatibleBackend:
             body["seed"] = request.seed
         return body
 
-    def _reply(self, data, url: str, completion: bool) -> ChatReply:
-        """The reply's text, finish reason and usage; a reply of another shape is retryable."""
+    def _reply(self, data, url: str, completion: bool | None) -> ChatReply:
+        """The reply's text, finish reason and usage; a reply of another shape is retryable.
+        `completion`: a completions reply (None: whichever the choice's shape says)."""
         try:
             choice = data["choices"][0]
+            if completion is None:
+                completion = "message" not in choice
             text = choice["text"] if completion else choice["message"]["content"]
             usage = data.get("usage") or {}
             if text is not None and not isinstance(text, str):

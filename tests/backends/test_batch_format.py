@@ -87,7 +87,7 @@ def test_batch_input_written_here_is_answered_by_vllm_run_batch_and_read_back(tm
                     temperature=1.0, seed=7),
         *rating_requests([record], prompts.load_template(RATING_TEMPLATE), FilterConfig(max_tokens=48)),
     ]
-    lines = [batch_line(r.key, backend.api_path, backend.body(r)) for r in requests]
+    lines = [batch_line(r.key, backend.api_path(r), backend.body(r)) for r in requests]
     unknown = dict(json.loads(lines[0]), custom_id="wrong-model")
     unknown["body"] = {**unknown["body"], "model": "no-such-model"}
     source = tmp_path / "in.jsonl"
