@@ -251,7 +251,10 @@ class BatchRunner:
 
     def _submit(self, requests: list[ChatRequest], round_number: int) -> list[dict]:
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        url = self.backend.api_path
+        routes = {self.backend.api_path(r) for r in requests}
+        if len(routes) > 1:  # one batch runs one endpoint; each stage's requests share one route
+            raise ValueError(f"{self.name}: requests for several API routes in one batch: {sorted(routes)}")
+        url = routes.pop()
         lines = ((r.key, batch_line(r.key, url, self.backend.body(r))) for r in requests)
         metas = {r.key: r.meta for r in requests}
         entries: list[dict] = []

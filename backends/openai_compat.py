@@ -186,11 +186,11 @@ class OpenAICompatibleBackend:
             raise BackendError(f"{url}: unreadable reply: {type(exc).__name__}", retryable=True) from None
         return self._reply(data, url, self._completes(request))
 
-    def _completes(self, request: ChatRequest | None = None) -> bool:
-        """Whether a request goes to the completions route (the endpoint's api, or a raw prompt)."""
-        return self.api == "completions" or (request is not None and request.raw_prompt is not None)
+    def _completes(self, request: ChatRequest) -> bool:
+        """Whether the request goes to the completions route (the endpoint's api, or a raw prompt)."""
+        return self.api == "completions" or request.raw_prompt is not None
 
-    def _path(self, request: ChatRequest | None = None) -> str:
+    def _path(self, request: ChatRequest) -> str:
         return "/completions" if self._completes(request) else "/chat/completions"
 
     async def _seeds_ok(self, url: str, client: openai.AsyncOpenAI) -> bool:
@@ -225,10 +225,9 @@ class OpenAICompatibleBackend:
             return True
         return False
 
-    @property
-    def api_path(self) -> str:
-        """The API's path as a batch line names it ("/v1/chat/completions")."""
-        return "/v1" + self._path()
+    def api_path(self, request: ChatRequest) -> str:
+        """The API's path for `request` as a batch line names it ("/v1/chat/completions")."""
+        return "/v1" + self._path(request)
 
     @property
     def base_url(self) -> str:
@@ -240,8 +239,9 @@ class OpenAICompatibleBackend:
         return self._body(request)
 
     def reply(self, data, url: str) -> ChatReply:
-        """A reply body read as the API defines it; BackendError when it is not one."""
-        return self._reply(data, url, self._completes())
+        """A reply body read as the API defines it (chat or completions, by its shape); BackendError
+        when it is not one."""
+        return self._reply(data, url, None)
 
     def sync_client(self, url: str, connect_timeout_s: float = 10.0) -> openai.OpenAI:
         """A blocking client for one URL (preflight checks and the Batch API's files and batches);
@@ -335,10 +335,13 @@ class OpenAICompatibleBackend:
             body["seed"] = request.seed
         return body
 
-    def _reply(self, data, url: str, completion: bool) -> ChatReply:
-        """The reply's text, finish reason and usage; a reply of another shape is retryable."""
+    def _reply(self, data, url: str, completion: bool | None) -> ChatReply:
+        """The reply's text, finish reason and usage; a reply of another shape is retryable.
+        `completion`: a completions reply (None: whichever the choice's shape says)."""
         try:
             choice = data["choices"][0]
+            if completion is None:
+                completion = "message" not in choice
             text = choice["text"] if completion else choice["message"]["content"]
             usage = data.get("usage") or {}
             if text is not None and not isinstance(text, str):

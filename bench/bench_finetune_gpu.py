@@ -129,6 +129,8 @@ SETTINGS: dict[str, tuple[dict, dict]] = {
     "best-fused-b7": (dict(BEST, optimizer="adamw_torch_fused", batch_size=7), LONG),
     "best-fp8-b7": (dict(BEST, base_precision="fp8", batch_size=7), LONG),
     "best-fp8-b8": (dict(BEST, base_precision="fp8", batch_size=8), LONG),
+    "best-fp8-b10": (dict(BEST, base_precision="fp8", batch_size=10), LONG),  # H200: 141 GB
+    "best-fp8-b12": (dict(BEST, base_precision="fp8", batch_size=12), LONG),
     "best-fp8-fused-b8": (dict(BEST, base_precision="fp8", optimizer="adamw_torch_fused", batch_size=8), LONG),
     # loss curves on real text (Alpaca's records, tokens by a word hash), every step logged:
     # bf16 against fp8, same data and seed (--steps 197 --warmup 3 makes 200 steps)
@@ -152,6 +154,11 @@ SETTINGS: dict[str, tuple[dict, dict]] = {
                             use_liger_kernel=True, batch_size=1), LONG),
     "qlora-liger-b2": (dict(BF16, method="qlora", gradient_checkpointing=False, lora_dropout=0.0,
                             use_liger_kernel=True, batch_size=2), LONG),
+    # the same with the recommended setting's levers (compiled layers, 2 loader workers, fewer logs)
+    "qlora-liger-w2-b1": (dict(BF16, method="qlora", gradient_checkpointing=False, lora_dropout=0.0,
+                               use_liger_kernel=True, batch_size=1, dataloader_num_workers=2, logging_steps=10), LONG),
+    "qlora-best-b1": (dict(BEST, method="qlora", batch_size=1), LONG),
+    "qlora-best-liger-b1": (dict(BEST, method="qlora", use_liger_kernel=True, batch_size=1), LONG),
     "qlora-gc-b16": (dict(BF16, method="qlora", lora_dropout=0.0, batch_size=16), LONG),
     # reference: no Trainer, plain transformers + peft (peft's defaults), bf16 weights, autocast
     "plain-loop-b2": (dict(BF16, gradient_checkpointing=False, batch_size=2), {"loop": True}),

@@ -78,23 +78,28 @@ def _headline(head: dict, recommendation: str | None = None) -> str:
 
 
 def _models_table(rows: list[dict], front: list[str]) -> str:
-    cells = []
+    """Two tables of the same models, so that each fits the page: quality (the judge's verdicts
+    and fidelity to the teacher), then size and cost."""
+    quality_cells, cost_cells = [], []
     for row in rows:
         eff, quality, fidelity = row["efficiency"], row.get("quality") or {}, row.get("fidelity") or {}
         low, high = quality.get("win_rate_ci95") or [None, None]
-        cells.append([
-            escape(row["label"]) + (" ★" if row["label"] in front else ""),
-            f'<span class="ident">{_text(eff.get("identity"))}</span>',
+        name = escape(row["label"]) + (" ★" if row["label"] in front else "")
+        quality_cells.append([
+            name, f'<span class="ident">{_text(eff.get("identity"))}</span>',
             _text(row.get("win_rate")), f"{_text(low)} – {_text(high)}" if quality else "(reference)",
             _text(quality.get("lc_win_rate")), *(_text(fidelity.get(key)) for key in FIDELITY_KEYS),
-            _text(eff.get("parameters")), _megabytes(eff.get("size_on_disk_bytes")),
+        ])
+        cost_cells.append([
+            name, _text(eff.get("parameters")), _megabytes(eff.get("size_on_disk_bytes")),
             _megabytes(eff.get("peak_memory_bytes")),
             f"{_text(eff.get('p50_latency_s'))} / {_text(eff.get('p95_latency_s'))}", _text(eff.get("p50_ttft_s")),
             _text(eff.get("tokens_per_s")), _text(eff.get("cost_per_1k_answers_usd"), 4),
         ])
-    return _table(["model", "identity", "win rate", "95% CI", "length-controlled", "NLL of the teacher's answers",
-                   "answer similarity", "ROUGE-L", "parameters", "size on disk (MB)", "peak memory (MB)",
-                   "p50 / p95 latency (s)", "p50 first token (s)", "tokens/s", "USD per 1,000 answers"], cells)
+    return (_table(["model", "identity", "win rate", "95% CI", "length-controlled", "NLL of the teacher's answers",
+                    "answer similarity", "ROUGE-L"], quality_cells)
+            + _table(["model", "parameters", "size on disk (MB)", "peak memory (MB)", "p50 / p95 latency (s)",
+                      "p50 first token (s)", "tokens/s", "USD per 1,000 answers"], cost_cells))
 
 
 def _diagnostics(diagnostics: dict | None) -> str:

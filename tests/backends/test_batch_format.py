@@ -5,8 +5,8 @@ and writes the output file OpenAI's service writes; here it runs the embedded st
 (SmolLM2-135M, a plain Hugging Face copy) on the CPU. Our writer makes the input, run_batch
 answers it, our reader maps every output line back to its request. vLLM lives in an environment
 of its own (`./setup.sh --vllm` makes `.venv-vllm`, or DISTILL_VLLM_PYTHON names one:
-backends.vllm_env); without one the test (marked `vllm`) is skipped and says so. The HTTP lifecycle (files, batches, expiry, cancel) is tested in
-test_batch_lifecycle.py.
+backends.vllm_env); without one the test (marked `vllm`) is skipped and says so. The HTTP
+lifecycle (files, batches, expiry, cancel) is tested in test_batch_lifecycle.py.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def test_batch_input_written_here_is_answered_by_vllm_run_batch_and_read_back(tm
                     temperature=1.0, seed=7),
         *rating_requests([record], prompts.load_template(RATING_TEMPLATE), FilterConfig(max_tokens=48)),
     ]
-    lines = [batch_line(r.key, backend.api_path, backend.body(r)) for r in requests]
+    lines = [batch_line(r.key, backend.api_path(r), backend.body(r)) for r in requests]
     unknown = dict(json.loads(lines[0]), custom_id="wrong-model")
     unknown["body"] = {**unknown["body"], "model": "no-such-model"}
     source = tmp_path / "in.jsonl"
