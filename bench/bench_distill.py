@@ -61,6 +61,7 @@ def build_student(teacher_dir: Path, drop: tuple[int, ...]) -> Path:
     if getattr(model.config, "layer_types", None):
         model.config.layer_types = [t for i, t in enumerate(model.config.layer_types) if i not in drop]
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=CACHE))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the finished model is an ordinary directory
     model.save_pretrained(tmp)
     AutoTokenizer.from_pretrained(teacher_dir).save_pretrained(tmp)
     tmp.rename(target)

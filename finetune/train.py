@@ -407,6 +407,8 @@ def build_distill_config(checkpoints_dir: Path, settings: FinetuneConfig, *, sav
                          temperature=distill.temperature, max_new_tokens=distill.max_new_tokens)
     from trl import DistillationConfig
 
+    # Its batches are prompts, sampled from inside the step: the Trainer cannot count their tokens.
+    common["include_num_input_tokens_seen"] = "no"
     return DistillationConfig(**common, beta=distill.beta, temperature=distill.temperature,
                               max_completion_length=distill.max_new_tokens)
 

@@ -135,6 +135,8 @@ def test_gkd_on_the_embedded_pair_through_the_finetune_stage(student_cache_dir, 
     assert summary.distill_teacher == str(student_dir.resolve())  # the embedded teacher's transformers copy
     assert summary.adapter and (Path(summary.adapter) / "adapter_model.safetensors").is_file()
     assert summary.base_model == str(student_dir) and math.isfinite(summary.train_loss)
+    card = (Path(summary.adapter) / "README.md").read_text(encoding="utf-8")
+    assert "logit-level knowledge distillation with trl's GKDTrainer" in card and student_dir.name in card
     training = json.loads((rundir.root / "finetune" / "training_summary.json").read_text())
     assert training["settings"]["distill"]["teacher_model"] == str(student_dir.resolve())
 
