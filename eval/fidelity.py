@@ -27,6 +27,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+from student.prompt_format import common_prefix_length
+
 NLL_METHOD = ("mean NLL per token (nats) of the teacher's answers under the model, teacher-forced, answer tokens "
               "only, in the student's training prompt template")
 
@@ -51,14 +53,6 @@ def answer_sequences(tokenizer: Any, items: Sequence[dict], teacher_answers: dic
     return sequences
 
 
-def common_prefix_length(ids: Sequence[int], other: Sequence[int]) -> int:
-    """How many leading tokens two sequences share (the answer starts after them)."""
-    length = 0
-    for a, b in zip(ids, other):
-        if a != b:
-            break
-        length += 1
-    return length
 
 
 def mean_nll(scored: Sequence[tuple[float, int]]) -> dict:

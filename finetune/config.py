@@ -10,8 +10,51 @@ from core.settings import Settings
 from student.embedded import EMBEDDED_STUDENTS
 
 
+class DistillSettings(Settings):
+    """Logit-level knowledge distillation (``finetune.method: distill``): the student learns the
+    teacher's next-token distributions through trl's own trainers, not only the teacher's text."""
+
+    trainer: Literal["gkd", "distillation"] = Field(
+        "gkd",
+        description="gkd: trl's experimental GKDTrainer, a generalized JSD between student and teacher on "
+        "sequences that are the training records (the teacher's text) or, with probability lmbda, the "
+        "student's own samples; distillation: trl's DistillationTrainer, fully on-policy (the student samples "
+        "max_new_tokens tokens for every prompt of every step and matches the teacher on them; slower on CPU).",
+    )
+    teacher_model: str | None = Field(
+        None,
+        description="The teacher whose distributions are learned: a local Hugging Face model directory, or an "
+        "embedded model's name (embedded: the transformers copy of the embedded teacher's GGUF). Empty: the "
+        "pipeline's teacher, when its weights are here (backend embedded started by the pipeline: its "
+        "transformers copy; backend vllm with a local model directory: that directory). It must share the "
+        "student's tokenizer; an API teacher cannot be distilled from at the logit level.",
+    )
+    weights: Literal["lora", "full"] = Field(
+        "lora", description="What is trained: lora, a LoRA adapter (finetune.lora_* settings); full, every weight.",
+    )
+    beta: float = Field(
+        0.5, ge=0, le=1,
+        description="Interpolation of trl's generalized Jensen-Shannon divergence: 0 is the forward KL "
+        "(teacher to student, mode-covering), 1 the reverse KL (mode-seeking), 0.5 the symmetric JSD.",
+    )
+    lmbda: float = Field(
+        0.0, ge=0, le=1,
+        description="trainer gkd: the share of steps on the student's own samples (on-policy) instead of the "
+        "records' teacher text. 0: never (cheapest: no generation during training); GKD's paper uses 0.5-1.",
+    )
+    temperature: float = Field(
+        1.0, gt=0, le=10,
+        description="Sampling temperature of the on-policy samples (trainer distillation also divides both "
+        "models' logits by it in the loss).",
+    )
+    max_new_tokens: int = Field(
+        64, ge=1, le=4096, description="Longest on-policy sample, in tokens (lmbda > 0, or trainer distillation).",
+    )
+
+
 class FinetuneConfig(Settings):
-    """Fine-tuning of the student with trl's SFTTrainer: LoRA, QLoRA or full."""
+    """Fine-tuning of the student with trl: SFT on the teacher's text (LoRA, QLoRA or full) or logit-level
+    knowledge distillation from a local teacher (distill)."""
 
     base_model: str = Field(
         "embedded",
@@ -97,11 +140,17 @@ class FinetuneConfig(Settings):
         "precision. Hopper GPUs only (refused elsewhere); method lora with model_dtype bfloat16.",
     )
     # What is trained, how the trained weights are delivered, and on how many processes.
-    method: Literal["lora", "qlora", "full"] = Field(
+    method: Literal["lora", "qlora", "full", "distill"] = Field(
         "lora",
         description="lora: a LoRA adapter on the frozen base. qlora: the same on a 4-bit (NF4, double-"
         "quantized) base through bitsandbytes; needs a CUDA GPU. full: every weight trained, no adapter "
-        "(for small students; the whole model is saved).",
+        "(for small students; the whole model is saved). lora, qlora and full learn the teacher's text "
+        "(trl's SFTTrainer). distill: the student learns the teacher's token distributions (trl's GKD or "
+        "Distillation trainer; the distill section), with a LoRA adapter or all weights (distill.weights).",
+    )
+    distill: DistillSettings = Field(
+        default_factory=DistillSettings,
+        description="method distill only: the local teacher, the trl trainer and its divergence settings.",
     )
     optimizer: Literal["adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"] | None = Field(
         None,
@@ -122,10 +171,18 @@ class FinetuneConfig(Settings):
         "gradients and optimizer states over the processes, for students that do not fit one GPU.",
     )
 
+    @property
+    def trained_weights(self) -> Literal["lora", "qlora", "full"]:
+        """What training changes: a LoRA adapter (lora, qlora) or the whole model (full)."""
+        return self.distill.weights if self.method == "distill" else self.method
+
     @model_validator(mode="after")
     def _method_settings_agree(self) -> "FinetuneConfig":
-        if self.merge and self.method == "full":
-            raise ValueError("merge applies to lora/qlora: method full already saves the whole model")
+        if self.method == "distill":
+            self._distill_settings_agree()
+        if self.merge and self.trained_weights == "full":
+            raise ValueError("merge applies to lora/qlora (and distill with distill.weights lora): full weights "
+                             "already save the whole model")
         if self.method == "qlora" and self.model_dtype != "bfloat16":
             raise ValueError("method qlora computes in bfloat16: set finetune.model_dtype: bfloat16")
         if self.base_precision == "fp8" and (self.method != "lora" or self.model_dtype != "bfloat16"):
@@ -134,6 +191,17 @@ class FinetuneConfig(Settings):
         if self.method == "qlora" and self.num_processes > 1 and self.distributed == "fsdp":
             raise ValueError("method qlora with distributed fsdp is not supported; use ddp")
         return self
+
+    def _distill_settings_agree(self) -> None:
+        if self.packing:
+            raise ValueError("method distill trains on padded rows (trl's GKD/Distillation collators): "
+                             "set finetune.packing: false")
+        if self.use_liger_kernel:
+            raise ValueError("method distill computes the teacher's and student's full logits: "
+                             "finetune.use_liger_kernel applies to the SFT methods only")
+        if self.num_processes > 1 and self.distributed == "fsdp":
+            raise ValueError("method distill with distributed fsdp is not supported (the teacher is not "
+                             "sharded); use ddp")
 
 
 class ExportConfig(Settings):

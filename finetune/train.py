@@ -1,4 +1,5 @@
-"""Fine-tuning of the student on instruction records with trl's SFTTrainer: LoRA, QLoRA or full.
+"""Fine-tuning of the student on instruction records with trl: SFT (LoRA, QLoRA or full) on the
+teacher's text, or logit-level distillation from a local teacher (``method: distill``).
 
 Reading order: :func:`train_student` is the entry point; it
 
@@ -27,7 +28,13 @@ Reading order: :func:`train_student` is the entry point; it
 Methods: ``lora`` wraps the base in a peft LoRA adapter; ``qlora`` loads the base in 4 bits
 (NF4, double quantization, bf16 compute) through bitsandbytes, prepares it for k-bit training
 (peft's ``prepare_model_for_kbit_training``) and adds the same adapter; ``full`` trains every
-weight (no peft).
+weight (no peft). ``distill`` is logit-level knowledge distillation: the teacher model
+(``settings.distill.teacher_model``, a local directory that must share the student's tokenizer:
+:func:`check_distill_pair`) is loaded next to the student, and trl's own trainer matches the
+student's next-token distributions to the teacher's (:func:`build_distill_trainer`: the
+experimental ``GKDTrainer`` on the records' teacher text, mixed with on-policy samples by
+``lmbda``, or the fully on-policy ``DistillationTrainer``; trl's generalized JSD with ``beta``),
+training a LoRA adapter or every weight (``distill.weights``, :attr:`FinetuneConfig.trained_weights`).
 """
 
 from __future__ import annotations
@@ -85,6 +92,7 @@ _SPEED_SETTINGS = (
     "optimizer",
     "num_processes",
     "distributed",
+    "distill",
 )
 BITSANDBYTES_OPTIMIZERS = ("adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit")
 SDPA_VARLEN = "sdpa_varlen"
@@ -115,6 +123,7 @@ class TrainResult:
     dropped_records: int = 0  # records whose prompt + completion exceed max_length
     resumed_from: str | None = None  # checkpoint this call resumed from, if any
     method: str = "lora"
+    teacher_model_dir: str | None = None  # method distill: the teacher whose distributions were learned
     processes: int = 1  # training processes (accelerate launch when more than one)
     parallelism: str = "none"  # how the processes shared the work: none, ddp or fsdp
 
@@ -210,6 +219,66 @@ def check_hardware(settings: FinetuneConfig) -> None:
                 f"finetune.num_processes={settings.num_processes} but this machine has "
                 f"{torch.cuda.device_count()} GPU(s): one process per GPU"
             )
+
+
+def with_distill_teacher(settings: FinetuneConfig, teacher_model_dir: Path | None) -> FinetuneConfig:
+    """``settings`` with ``distill.teacher_model`` set to the teacher's directory, resolved (so that
+    the launched processes and the run's fingerprint name it); a :class:`TrainingSetupError` when
+    there is none."""
+    given = teacher_model_dir if teacher_model_dir is not None else settings.distill.teacher_model
+    if given is None or not Path(given).is_dir():
+        raise TrainingSetupError(
+            "finetune.distill.teacher_model: method distill needs the teacher's weights in a local Hugging Face "
+            f"directory, and {'none was given' if given is None else f'{given} is not a directory'}"
+        )
+    teacher = str(Path(given).resolve())
+    return settings.model_copy(update={"distill": settings.distill.model_copy(update={"teacher_model": teacher})})
+
+
+def tokenizer_difference(student_dir: Path, teacher_dir: Path, trust_remote_code: bool = False) -> str | None:
+    """Why the two models' tokenizers differ (vocabulary, special tokens, or the models' vocabulary
+    sizes), or None when they are the same: logit-level distillation compares the two models'
+    distributions token id by token id, so the ids must mean the same text."""
+    from transformers import AutoTokenizer
+
+    student = AutoTokenizer.from_pretrained(student_dir, trust_remote_code=trust_remote_code)
+    teacher = AutoTokenizer.from_pretrained(teacher_dir, trust_remote_code=trust_remote_code)
+    if student.get_vocab() != teacher.get_vocab():
+        return (f"their vocabularies differ ({len(student.get_vocab())} tokens in the student's, "
+                f"{len(teacher.get_vocab())} in the teacher's)")
+    for name in ("eos_token", "bos_token", "unk_token"):
+        if getattr(student, name) != getattr(teacher, name):
+            return f"their {name} differ ({getattr(student, name)!r} against {getattr(teacher, name)!r})"
+    sizes = []
+    for directory in (student_dir, teacher_dir):
+        config = json.loads((Path(directory) / "config.json").read_text(encoding="utf-8"))
+        sizes.append(config.get("vocab_size", (config.get("text_config") or {}).get("vocab_size")))
+    if sizes[0] != sizes[1]:
+        return f"the models' vocab_size differ ({sizes[0]} against {sizes[1]})"
+    return None
+
+
+def distill_pair_problem(student_dir: Path, teacher_dir: Path, settings: FinetuneConfig) -> str | None:
+    """Why the teacher in ``teacher_dir`` cannot be distilled into the student in ``student_dir`` at
+    the logit level (not a model directory, or another tokenizer), or None when it can."""
+    try:
+        _check_base_model_dir(teacher_dir)
+    except FileNotFoundError as exc:
+        return str(exc)
+    why = tokenizer_difference(student_dir, teacher_dir, settings.trust_remote_code)
+    if why:
+        return (f"the teacher ({teacher_dir}) does not share the student's tokenizer (finetune.base_model, "
+                f"{student_dir}): {why}. Logit-level distillation needs one tokenizer; use method lora or full "
+                "(SFT on the teacher's text) for this pair")
+    return None
+
+
+def check_distill_pair(student_dir: Path, teacher_dir: Path, settings: FinetuneConfig) -> None:
+    """A :class:`TrainingSetupError` naming ``finetune.distill.teacher_model`` unless the teacher in
+    ``teacher_dir`` is a model directory sharing the student's tokenizer."""
+    problem = distill_pair_problem(student_dir, teacher_dir, settings)
+    if problem:
+        raise TrainingSetupError(f"finetune.distill.teacher_model: {problem}")
 
 
 # --------------------------------------------------------------------------- data
@@ -323,9 +392,46 @@ def build_sft_config(checkpoints_dir: Path, settings: FinetuneConfig, *, save_st
     """trl ``SFTConfig`` for ``settings``: CPU-friendly by default, with the GPU speed settings applied."""
     from trl import SFTConfig
 
+    return SFTConfig(**_sft_arguments(settings), **_trainer_arguments(checkpoints_dir, settings, save_steps, progress))
+
+
+def build_distill_config(checkpoints_dir: Path, settings: FinetuneConfig, *, save_steps: int, progress: bool):
+    """trl's config for ``method: distill``: ``GKDConfig`` (an ``SFTConfig``) or ``DistillationConfig``,
+    with the same optimisation, hardware and checkpoint settings as SFT and ``settings.distill``'s
+    divergence and sampling settings."""
+    distill = settings.distill
+    common = _trainer_arguments(checkpoints_dir, settings, save_steps, progress)
+    if distill.trainer == "gkd":
+        GKDConfig, _ = _gkd_classes()
+        return GKDConfig(**_sft_arguments(settings), **common, beta=distill.beta, lmbda=distill.lmbda,
+                         temperature=distill.temperature, max_new_tokens=distill.max_new_tokens)
+    from trl import DistillationConfig
+
+    # Its batches are prompts, sampled from inside the step: the Trainer cannot count their tokens.
+    common["include_num_input_tokens_seen"] = "no"
+    return DistillationConfig(**common, beta=distill.beta, temperature=distill.temperature,
+                              max_completion_length=distill.max_new_tokens)
+
+
+def _sft_arguments(settings: FinetuneConfig) -> dict[str, Any]:
+    """SFTConfig's own data settings: prompt/completion pairs, loss on the completion only. Packing
+    (off by default) uses trl's best-fit-decreasing strategy, which turns on padding-free batches by itself."""
+    return {
+        "max_length": settings.max_length,
+        "completion_only_loss": True,
+        "packing": settings.packing,
+        "padding_free": False,
+        "dataset_num_proc": None,
+        "use_liger_kernel": settings.use_liger_kernel,
+    }
+
+
+def _trainer_arguments(checkpoints_dir: Path, settings: FinetuneConfig, save_steps: int, progress: bool) -> dict[str, Any]:
+    """The training arguments every trl trainer here takes: CPU-friendly by default, with the GPU
+    speed settings applied."""
     cuda = _use_cuda()
     checkpointing = cuda if settings.gradient_checkpointing is None else settings.gradient_checkpointing
-    return SFTConfig(
+    return dict(
         output_dir=str(checkpoints_dir),
         # Optimisation
         learning_rate=settings.learning_rate,
@@ -336,13 +442,6 @@ def build_sft_config(checkpoints_dir: Path, settings: FinetuneConfig, *, save_st
         seed=settings.seed,
         data_seed=settings.seed,
         **({"optim": settings.optimizer} if settings.optimizer else {}),
-        # Data: prompt/completion pairs, loss on the completion only. Packing (off by default) uses
-        # trl's best-fit-decreasing strategy, which turns on padding-free batches by itself.
-        max_length=settings.max_length,
-        completion_only_loss=True,
-        packing=settings.packing,
-        padding_free=False,
-        dataset_num_proc=None,
         # Hardware: trl defaults to bf16 and gradient checkpointing, both unwanted on CPU.
         # (transformers 5 renamed gradient_checkpointing to activation_checkpointing.)
         use_cpu=not cuda,
@@ -350,7 +449,6 @@ def build_sft_config(checkpoints_dir: Path, settings: FinetuneConfig, *, save_st
         fp16=False,
         # (under FSDP, FSDP's own checkpointing instead: see _distributed_arguments)
         activation_checkpointing=checkpointing and not _fsdp(settings),
-        use_liger_kernel=settings.use_liger_kernel,
         dataloader_num_workers=settings.dataloader_num_workers,
         dataloader_pin_memory=cuda,
         # Checkpoints for crash recovery (peft models save only the adapter, as safetensors).
@@ -581,11 +679,16 @@ def build_trainer(
     *,
     save_steps: int = DEFAULT_SAVE_STEPS,
     progress: bool = True,
+    teacher: Any = None,
 ):
     """An ``SFTTrainer`` over the prompt/completion ``pairs``: ``model`` in a fresh LoRA adapter, or
-    the whole model for ``method: full``."""
+    the whole model for ``method: full``; for ``method: distill``, trl's GKD or Distillation trainer
+    that matches ``model`` to the ``teacher`` model's token distributions."""
     from datasets import Dataset
 
+    if settings.method == "distill":
+        return build_distill_trainer(pairs, model, teacher, tokenizer, checkpoints_dir, settings,
+                                     save_steps=save_steps, progress=progress)
     return build_trainer_for_dataset(
         Dataset.from_list(pairs), model, tokenizer, checkpoints_dir, settings, save_steps=save_steps, progress=progress
     )
@@ -606,7 +709,6 @@ def build_trainer_for_dataset(
     (an ``input_ids`` column, as the GPU benchmark feeds it). Applies the speed settings that act
     on the wrapped model: no input casting in the LoRA layers under bf16 autocast, and regional
     ``torch.compile``. A 4-bit model (``method: qlora``) is prepared for k-bit training first."""
-    from transformers import PrinterCallback, ProgressCallback
     from trl import SFTTrainer
 
     args = build_sft_config(checkpoints_dir, settings, save_steps=save_steps, progress=progress)
@@ -624,9 +726,84 @@ def build_trainer_for_dataset(
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
-        peft_config=None if settings.method == "full" else build_lora_config(settings),
+        peft_config=None if settings.trained_weights == "full" else build_lora_config(settings),
         callbacks=[_log_progress_callback(), *(callbacks or [])],
     )
+    return _finish_trainer(trainer, settings, progress)
+
+
+def distill_rows(pairs: list[dict[str, str]], tokenizer: Any) -> list[dict[str, list[int]]]:
+    """Tokenized rows for trl's GKD collator: prompt + completion + end token tokenized whole (as
+    SFT tokenizes them), the completion being the tokens after the common prefix with the prompt
+    tokenized alone (``completion_mask``: the positions whose next-token distributions are matched;
+    the prompt text rides along, as the collator wants one)."""
+    from student.prompt_format import common_prefix_length
+
+    eos = tokenizer.eos_token or ""
+    rows = []
+    for pair in pairs:
+        prompt_ids = list(tokenizer(text=pair["prompt"])["input_ids"])
+        ids = list(tokenizer(text=pair["prompt"] + pair["completion"] + eos)["input_ids"])
+        start = max(1, min(common_prefix_length(prompt_ids, ids), len(ids) - 1))
+        rows.append({"prompt": pair["prompt"], "input_ids": ids, "attention_mask": [1] * len(ids),
+                     "completion_mask": [0] * start + [1] * (len(ids) - start)})
+    return rows
+
+
+def build_distill_trainer(
+    pairs: list[dict[str, str]],
+    model: Any,
+    teacher: Any,
+    tokenizer: Any,
+    checkpoints_dir: Path,
+    settings: FinetuneConfig,
+    *,
+    save_steps: int = DEFAULT_SAVE_STEPS,
+    progress: bool = True,
+):
+    """trl's trainer for ``method: distill``. ``gkd``: ``trl.experimental.gkd.GKDTrainer`` over the
+    tokenized pairs (the teacher's text; with probability ``lmbda`` a step's completions are sampled
+    from the student instead), loss trl's generalized JSD (``beta``) between the student's and the
+    teacher's next-token distributions on the completion tokens. ``distillation``: ``trl.DistillationTrainer``
+    over the prompts alone, fully on-policy. ``model`` is wrapped in a fresh LoRA adapter unless
+    ``distill.weights`` is full; the teacher stays frozen."""
+    from datasets import Dataset
+
+    if teacher is None:
+        raise TrainingSetupError("finetune.method distill needs a teacher model (finetune.distill.teacher_model)")
+    args = build_distill_config(checkpoints_dir, settings, save_steps=save_steps, progress=progress)
+    peft_config = None if settings.trained_weights == "full" else build_lora_config(settings)
+    common = {"model": model, "teacher_model": teacher, "args": args, "processing_class": tokenizer,
+              "peft_config": peft_config, "callbacks": [_log_progress_callback()]}
+    if settings.distill.trainer == "gkd":
+        _, GKDTrainer = _gkd_classes()
+        trainer = GKDTrainer(train_dataset=Dataset.from_list(distill_rows(pairs, tokenizer)), **common)
+    else:
+        from trl import DistillationTrainer
+
+        trainer = DistillationTrainer(train_dataset=Dataset.from_list([{"prompt": p["prompt"]} for p in pairs]),
+                                      **common)
+    return _finish_trainer(trainer, settings, progress)
+
+
+def _gkd_classes():
+    """trl's experimental GKDConfig and GKDTrainer, without the warning that experimental APIs may change
+    (the installed trl is the one the tests run)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*trl.experimental.*")
+        from trl.experimental.gkd import GKDConfig, GKDTrainer
+    return GKDConfig, GKDTrainer
+
+
+def _finish_trainer(trainer: Any, settings: FinetuneConfig, progress: bool):
+    """What every trainer here gets after construction: progress reported through logging instead of
+    printed dictionaries, and the speed settings that act on the wrapped model (no input casting
+    in the LoRA layers under bf16 autocast, FP8 base layers, regional ``torch.compile``)."""
+    from transformers import PrinterCallback, ProgressCallback
+
+    args = trainer.args
     if progress:  # the bar stays; its print of every log dictionary goes (LogProgress logs the loss)
         trainer.remove_callback(ProgressCallback)
         trainer.add_callback(_quiet_progress_callback())
@@ -708,7 +885,7 @@ def _losses(log_history: list[dict]) -> list[float]:
     return [entry["loss"] for entry in log_history if "loss" in entry]
 
 
-def _save_trained(trainer: Any, trained_dir: Path, method: str) -> None:
+def _save_trained(trainer: Any, trained_dir: Path, weights: str) -> None:
     """Write the adapter (or, for ``full``, the whole model) and the tokenizer to ``trained_dir``,
     replacing an older one only when done. Every process calls it (FSDP gathers the weights
     from all); the main process alone writes."""
@@ -722,7 +899,7 @@ def _save_trained(trainer: Any, trained_dir: Path, method: str) -> None:
     if not main:
         return
     (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle; the summary has the settings
-    required = ("config.json",) if method == "full" else ("adapter_model.safetensors", "adapter_config.json")
+    required = ("config.json",) if weights == "full" else ("adapter_model.safetensors", "adapter_config.json")
     for name in required:
         if not (tmp / name).is_file():
             raise RuntimeError(f"saving the trained weights did not write {name} in {tmp}")
@@ -735,7 +912,7 @@ def _save_trained(trainer: Any, trained_dir: Path, method: str) -> None:
 
 def trained_dir_for(output_dir: Path, settings: FinetuneConfig) -> Path:
     """Where the trained weights go: ``adapter/`` for lora and qlora, ``model/`` for full."""
-    return Path(output_dir) / (FULL_MODEL_DIR if settings.method == "full" else ADAPTER_DIR)
+    return Path(output_dir) / (FULL_MODEL_DIR if settings.trained_weights == "full" else ADAPTER_DIR)
 
 
 # --------------------------------------------------------------------------- entry point
@@ -749,6 +926,7 @@ def train_student(
     progress: bool = True,
     *,
     save_steps: int = DEFAULT_SAVE_STEPS,
+    teacher_model_dir: Path | None = None,
 ) -> TrainResult:
     """Fine-tune the model in ``base_model_dir`` on ``records`` (``settings.method``); save the result under ``output_dir``.
 
@@ -765,10 +943,18 @@ def train_student(
     ``max_steps`` and bookkeeping settings may differ. With ``num_processes > 1`` the
     training runs in that many processes under ``accelerate launch``, with the same outputs.
     ``progress`` shows progress bars; per-step losses always go to this module's logger.
+
+    ``method: distill`` learns from the teacher model in ``teacher_model_dir`` (default: the
+    directory ``settings.distill.teacher_model``), which must share the student's tokenizer
+    (:func:`check_distill_pair`, a :class:`TrainingSetupError` naming the field otherwise, before
+    any training).
     """
     validate_records(records)
     base_model_dir = _check_base_model_dir(base_model_dir)
     check_hardware(settings)
+    if settings.method == "distill":
+        settings = with_distill_teacher(settings, teacher_model_dir)
+        check_distill_pair(base_model_dir, Path(settings.distill.teacher_model), settings)
     if save_steps < 1:
         raise ValueError(f"save_steps must be at least 1, got {save_steps}")
     output_dir = Path(output_dir)
@@ -818,8 +1004,10 @@ def run_training(
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(base_model_dir, settings)
     with _library_progress_bars(progress):
         model = load_model(base_model_dir, settings)
+        teacher = load_model(Path(settings.distill.teacher_model), settings) if settings.method == "distill" else None
         trainer = build_trainer(
-            pairs, model, tokenizer, checkpoints_dir, settings, save_steps=save_steps, progress=progress
+            pairs, model, tokenizer, checkpoints_dir, settings, save_steps=save_steps, progress=progress,
+            teacher=teacher,
         )
     if _fsdp(settings) and _parallelism(trainer) != "fsdp":
         raise TrainingSetupError("finetune.distributed is fsdp but the trainer did not enable FSDP")
@@ -836,7 +1024,7 @@ def run_training(
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     runtime = time.monotonic() - started
 
-    _save_trained(trainer, trained_dir, settings.method)
+    _save_trained(trainer, trained_dir, settings.trained_weights)
     losses = _losses(trainer.state.log_history)
     result = TrainResult(
         trained_dir=trained_dir,
@@ -851,6 +1039,7 @@ def run_training(
         dropped_records=dropped_records,
         resumed_from=str(resume_from) if resume_from else None,
         method=settings.method,
+        teacher_model_dir=settings.distill.teacher_model if settings.method == "distill" else None,
         processes=processes,
         parallelism=_parallelism(trainer),
     )

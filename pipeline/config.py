@@ -199,6 +199,11 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
         # whose student is not downloaded yet can still run its generation stages.
         base_path = (path.parent / base).resolve()
         config = config.model_copy(update={"finetune": config.finetune.model_copy(update={"base_model": str(base_path)})})
+    teacher_model = config.finetune.distill.teacher_model
+    if teacher_model and not is_embedded_student(teacher_model) and not Path(teacher_model).is_absolute():
+        # Resolved like base_model; the finetune stage's checks say when it is not there.
+        distill = config.finetune.distill.model_copy(update={"teacher_model": str((path.parent / teacher_model).resolve())})
+        config = config.model_copy(update={"finetune": config.finetune.model_copy(update={"distill": distill})})
     sets = _resolve_sets(config.evaluate.sets, path, "evaluate.sets")
     config = config.model_copy(update={"evaluate": config.evaluate.model_copy(update={"sets": sets})})
     against = config.filter.decontaminate.against

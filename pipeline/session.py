@@ -14,12 +14,11 @@ from backends.registry import endpoint_identity
 from core.errors import StageInputError
 from core.rundir import RunDir
 from pipeline.config import PipelineConfig, config_as_dict
-from pipeline.stage import Stage, StageContext, StageSummary
+from pipeline.stage import DEFAULT_CACHE, Stage, StageContext, StageSummary
 import pipeline.stages as pipeline_stages
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CACHE = Path.home() / ".cache" / "distill"
 # Settings of where and how a run is carried out, not of what it produces: a run may resume
 # on another runner, or with another webhook, without counting as a different config.
 # Nor do the evaluation settings (sets, judges, prompts, contestants): they change no record

@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from pipeline.models import ModelSessions
     from pipeline.requests import RequestPath, SendShard
 
+# Where models built once (the embedded students' transformers copies) live unless a run names another folder.
+DEFAULT_CACHE = Path.home() / ".cache" / "distill"
+
 S = TypeVar("S", bound="StageSummary")
 
 

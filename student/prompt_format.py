@@ -17,7 +17,7 @@ exactly as it was trained.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import prompts
 
@@ -87,3 +87,14 @@ def to_prompt_completion(record: dict, fmt: PromptFormat, tokenizer: Any = None)
     """
     prompt = render_student_prompt(record["instruction"], record.get("input", "") or "", fmt, tokenizer)
     return {"prompt": prompt, "completion": record["output"].strip()}
+
+
+def common_prefix_length(ids: Sequence[int], other: Sequence[int]) -> int:
+    """How many leading tokens two sequences share (where trl's prompt / completion rule starts the
+    completion: the prompt tokenized alone against prompt + completion tokenized whole)."""
+    length = 0
+    for a, b in zip(ids, other):
+        if a != b:
+            break
+        length += 1
+    return length

@@ -1,5 +1,6 @@
-"""The finetune stage: the held-out split, training on the rest (LoRA, QLoRA or full), an optional
-merged model, and a model card beside the trained weights."""
+"""The finetune stage: the held-out split, training on the rest (LoRA, QLoRA or full on the teacher's
+text, or logit-level distillation from a local teacher), an optional merged model, and a model card
+beside the trained weights."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core.errors import StageInputError
-from pipeline.stage import StageContext, StageSummary
+from core.errors import ConfigError, StageInputError
+from pipeline.stage import DEFAULT_CACHE, StageContext, StageSummary
 
 if TYPE_CHECKING:
     from core.rundir import RunDir
@@ -43,6 +44,80 @@ def student_base_dir(config: PipelineConfig, cache_dir: Path) -> Path:
     return resolve_base_model_dir(config.finetune.base_model, cache_dir)
 
 
+def distill_teacher_dir(config: PipelineConfig, cache_dir: Path) -> Path | None:
+    """For ``finetune.method: distill``, the directory of the teacher whose token distributions the
+    student learns (an embedded one is built once into the cache): ``finetune.distill.teacher_model``,
+    else the pipeline's teacher where its weights are here (:func:`distill_teacher_source`). None
+    for the other methods."""
+    from student.embedded import resolve_base_model_dir
+
+    source = distill_teacher_source(config)
+    return None if source is None else resolve_base_model_dir(source, cache_dir)
+
+
+def distill_teacher_source(config: PipelineConfig) -> str | None:
+    """What ``finetune.distill.teacher_model`` names, or stands for when empty: the embedded teacher
+    started here is the embedded model ``embedded`` (the same GGUF, as a transformers copy); a vllm
+    teacher loaded from a local directory is that directory. Any other teacher is a ConfigError
+    naming the field: its weights, and so its token distributions, are not on this machine."""
+    settings = config.finetune
+    if settings.method != "distill":
+        return None
+    if settings.distill.teacher_model:
+        return settings.distill.teacher_model
+    teacher = config.teacher
+    if teacher.backend == "embedded" and not teacher.base_urls:
+        from student.embedded import DEFAULT_STUDENT
+
+        return DEFAULT_STUDENT
+    if teacher.backend == "vllm" and Path(teacher.model).is_dir():
+        return teacher.model
+    where = f"served at {', '.join(teacher.base_urls)}" if teacher.base_urls else "an API model"
+    raise ConfigError(
+        f"key 'finetune.distill.teacher_model': finetune.method distill learns the teacher's token distributions, "
+        f"but the teacher (teacher.backend: {teacher.backend}, teacher.model: {teacher.model}) is {where}, whose "
+        "weights are not on this machine. Set finetune.distill.teacher_model to a local Hugging Face directory of "
+        "the teacher (sharing the student's tokenizer), or use finetune.method lora or full (SFT on its text)")
+
+
+def _prepared_dir(name: str) -> Path | None:
+    """The model directory ``name`` stands for when it is there without any work: a local directory, or
+    an embedded model already built in the default cache; None otherwise."""
+    from student.embedded import MARKER_FILE, embedded_student, is_embedded_student
+
+    if is_embedded_student(name):
+        try:
+            built = DEFAULT_CACHE / embedded_student(name).cache_name()
+        except Exception:  # its package is missing: resolving it later says so
+            return None
+        return built if (built / MARKER_FILE).is_file() else None
+    return Path(name) if Path(name).is_dir() else None
+
+
+def check_distill_teacher(config: PipelineConfig, cache_dir: Path | None = None) -> None:
+    """For ``finetune.method: distill``: a ConfigError naming the field when the teacher is not local
+    (an API model) or is not a model directory, or when its tokenizer differs from the student's.
+    Without ``cache_dir`` (the checks before any work) the tokenizers are compared where both
+    models are there already; with it, they are prepared first."""
+    from finetune.train import distill_pair_problem
+    from student.embedded import is_embedded_student
+
+    source = distill_teacher_source(config)
+    if source is None:
+        return
+    if not is_embedded_student(source) and not Path(source).is_dir():
+        raise ConfigError(f"key 'finetune.distill.teacher_model': directory not found: {source}")
+    if cache_dir is None:
+        teacher, student = _prepared_dir(source), _prepared_dir(config.finetune.base_model)
+    else:
+        teacher, student = distill_teacher_dir(config, cache_dir), student_base_dir(config, cache_dir)
+    if teacher is None or student is None:
+        return
+    problem = distill_pair_problem(student, teacher, config.finetune)
+    if problem:
+        raise ConfigError(f"key 'finetune.distill.teacher_model': {problem}")
+
+
 @dataclasses.dataclass
 class FinetuneSummary(StageSummary):
     """What was trained, on how much, and where the trained weights are."""
@@ -52,6 +127,7 @@ class FinetuneSummary(StageSummary):
     resumed_from: str | None = None
     heldout_records: int = 0
     method: str = "lora"
+    distill_teacher: str | None = None  # method distill: the teacher model whose distributions were learned
     processes: int = 1
     base_model: str | None = None  # the student's base (for method full: the trained model itself)
     adapter: str | None = None
@@ -83,6 +159,7 @@ class FinetuneStage:
         from pipeline.config import check_base_model
 
         check_base_model(config)
+        check_distill_teacher(config)
 
     def run(self, context: StageContext) -> FinetuneSummary:
         from core.records import read_records, write_jsonl
@@ -93,6 +170,7 @@ class FinetuneStage:
         config, rundir = context.config, context.rundir
         check_base_model(config)
         check_hardware(config.finetune)  # QLoRA without a GPU: refused before the split is written
+        check_distill_teacher(config, context.cache_dir)  # an API teacher, another tokenizer: refused too
         started = time.perf_counter()
         try:
             records = read_records(rundir.filtered, required=("instruction", "output"), optional=("input",))
@@ -105,10 +183,11 @@ class FinetuneStage:
         base_dir = student_base_dir(config, context.cache_dir)
         out_dir = rundir.root / "finetune"
         result = train_student(train, base_dir, out_dir, config.finetune, progress=context.progress,
-                               save_steps=config.finetune.save_steps)
+                               save_steps=config.finetune.save_steps,
+                               teacher_model_dir=distill_teacher_dir(config, context.cache_dir))
         training = json.loads((out_dir / "training_summary.json").read_text(encoding="utf-8"))
         provenance = gather_provenance(config, rundir)
-        full = config.finetune.method == "full"
+        full = config.finetune.trained_weights == "full"
         write_model_card(result.trained_dir, render_model_card(provenance, training, "model" if full else "adapter"))
         merged_dir = None
         if config.finetune.merge:
@@ -121,6 +200,7 @@ class FinetuneStage:
             train_records=result.train_records, dropped_too_long=result.dropped_records,
             resumed_from=str(result.resumed_from) if result.resumed_from else None,
             heldout_records=len(heldout), method=result.method, processes=result.processes,
+            distill_teacher=result.teacher_model_dir,
             # Full fine-tuning leaves no adapter: the trained model is the student's base.
             base_model=str(result.trained_dir if full else base_dir),
             adapter=None if full else str(result.trained_dir),
