@@ -125,12 +125,13 @@ def test_selection_settings_choose_the_steps_and_the_judge_only_where_a_score_is
     def names(**settings) -> list[str]:
         return [step.name for step in enabled_filters(FilterConfig(**settings))]
 
-    assert names() == ["judge"]
-    assert names(selection="top_k", top_k=4) == ["judge"]
-    assert names(selection="longest_k", top_k=4) == ["longest_k"]
-    assert names(selection="random_k", top_k=4) == ["random_k"]
-    assert names(selection="complexity_quality", top_k=4) == ["judge", "complexity_quality"]
-    assert names(selection="longest_k", top_k=4, minhash_dedup=True) == ["minhash_dedup", "longest_k"]
+    first = ["decontaminate"]  # on by default, before everything else (filters.decontaminate)
+    assert names() == first + ["judge"]
+    assert names(selection="top_k", top_k=4) == first + ["judge"]
+    assert names(selection="longest_k", top_k=4) == first + ["longest_k"]
+    assert names(selection="random_k", top_k=4) == first + ["random_k"]
+    assert names(selection="complexity_quality", top_k=4) == first + ["judge", "complexity_quality"]
+    assert names(selection="longest_k", top_k=4, minhash_dedup=True) == first + ["minhash_dedup", "longest_k"]
     with pytest.raises(ValidationError, match="selection longest_k needs filter.top_k"):
         FilterConfig(selection="longest_k")
     with pytest.raises(ValidationError, match="complexity_quality needs the judge's scores"):
@@ -172,7 +173,7 @@ def test_judge_free_selections_ask_no_judge_through_the_stage(tmp_path, selectio
     rundir, summary = run_filter(config, tmp_path / "run", records)
 
     assert not rundir.journal("rate").exists() and summary["judge"] is None and summary["rated"] == 0
-    assert summary["prompt_tokens"] == 0 and summary["filters"] == [selection]
+    assert summary["prompt_tokens"] == 0 and summary["filters"] == ["decontaminate", selection]
     filtered = lines(rundir.filtered)
     assert len(filtered) == 6 and summary["kept"] == 6 and summary["selection"] == selection
     assert all(set(r) == {"id", "instruction", "input", "output"} for r in filtered)
@@ -195,7 +196,7 @@ def test_complexity_quality_through_the_stage_with_a_real_judge_server(katan, tm
     rundir, summary = run_filter(config, tmp_path / "run", records)
 
     assert len(lines(rundir.journal("rate"))) == 12 and summary["rated"] == 11
-    assert summary["filters"] == ["judge", "complexity_quality"]
+    assert summary["filters"] == ["decontaminate", "judge", "complexity_quality"]
     rated = lines(rundir.rated)
     scored = [r for r in rated if r["score"] is not None]
     assert [r["score"] for r in scored] == [s for s in planted if s is not None]
