@@ -8,11 +8,12 @@ made or trained on, first as cut, then after the same short fine-tune on the tea
 to seed tasks (full weights, and LoRA for the chosen one, the demo's other settings).
 
 Choices: every other layer (DistilBERT), the first layers, evenly spaced layers, and the layers
-left after greedily dropping, one at a time, the layer whose removal raises the NLL of the
-teacher's answers to a calibration set of seed tasks least (student.layers.greedy_drop_order).
-The greedy order printed here is what `student.embedded.SMOLLM2_DROP_ORDER` holds.
+left after dropping those whose removal alone raises the NLL of the teacher's answers to a
+calibration set of seed tasks least (student.layers.removal_order; with --greedy, re-ranked
+after each removal, student.layers.greedy_drop_order). The order printed here is what
+`student.embedded.SMOLLM2_DROP_ORDER` holds.
 
-Run: python -m bench.bench_student_layers [--train-records 48 --eval-prompts 16 --steps 24]
+Run: python -m bench.bench_student_layers [--train-records 32 --eval-prompts 12 --steps 12]
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,14 +31,14 @@ from bench.harness import REPO, machine_line, markdown_table
 TEACHER_LAYERS = 30
 
 
-def teacher_answers(prompts: list[dict], max_tokens: int) -> dict[str, dict]:
+def teacher_answers(prompts: list[dict], max_tokens: int, threads: int) -> dict[str, dict]:
     """Greedy answers of the embedded teacher (llama.cpp, its chat template) to each prompt."""
     from llama_cpp import Llama
 
     from core.embedded_model import find_embedded_gguf
     from student.prompt_format import chat_user_message
 
-    llm = Llama(model_path=str(find_embedded_gguf()), n_ctx=2048, n_threads=os.cpu_count(), verbose=False)
+    llm = Llama(model_path=str(find_embedded_gguf()), n_ctx=2048, n_threads=threads, verbose=False)
     try:
         answers = {}
         for item in prompts:
@@ -52,11 +54,15 @@ def teacher_answers(prompts: list[dict], max_tokens: int) -> dict[str, dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calibration", type=int, default=8, help="seed tasks the greedy choice is scored on")
-    parser.add_argument("--train-records", type=int, default=48, help="seed tasks with the teacher's answers to train on")
-    parser.add_argument("--eval-prompts", type=int, default=16, help="vicuna_80 prompts the choices are measured on")
-    parser.add_argument("--steps", type=int, default=24, help="optimizer steps of each fine-tune (batch 4)")
-    parser.add_argument("--max-tokens", type=int, default=128, help="token limit of the teacher's answers")
+    parser.add_argument("--calibration", type=int, default=6, help="seed tasks the ranking of layers is scored on")
+    parser.add_argument("--train-records", type=int, default=32, help="seed tasks with the teacher's answers to train on")
+    parser.add_argument("--eval-prompts", type=int, default=12, help="vicuna_80 prompts the choices are measured on")
+    parser.add_argument("--steps", type=int, default=12, help="optimizer steps of each fine-tune (batch 4)")
+    parser.add_argument("--max-tokens", type=int, default=96, help="token limit of the teacher's answers")
+    parser.add_argument("--greedy", action="store_true", help="re-rank the layers after each removal (slow)")
+    parser.add_argument("--no-train", action="store_true", help="measure the choices as cut only (no fine-tunes)")
+    parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads of the teacher (1: no spinning "
+                        "threads on a loaded machine)")
     parser.add_argument("--keep", type=int, default=18, help="layers a student keeps (18 of 30: 68%% of the parameters)")
     args = parser.parse_args()
 
@@ -69,9 +75,10 @@ def main() -> None:
     from finetune.train import train_student
     from student.embedded import ensure_plain_student
     from student.generation import load_student
-    from student.layers import greedy_drop_order, keep_layers, layer_subset, parameter_count
+    from student.layers import greedy_drop_order, keep_layers, layer_subset, parameter_count, removal_order
 
     torch.manual_seed(0)
+    sys.stdout.reconfigure(line_buffering=True)  # progress shows as it happens, also into a file
     print(machine_line(), f"load average {os.getloadavg()[0]:.2f}")
     seeds = [{"id": r["id"], "instruction": r["instruction"], "input": r["instances"][0]["input"]}
              for r in map(json.loads, (REPO / "data" / "seed_tasks.jsonl").read_text().splitlines())]
@@ -79,7 +86,9 @@ def main() -> None:
     training = seeds[args.calibration:args.calibration + args.train_records]
     evaluation = EVAL_SETS["vicuna_80"].prompts()[:args.eval_prompts]
     started = time.perf_counter()
-    answers = teacher_answers(calibration + training + evaluation, args.max_tokens)
+    if args.no_train:
+        training = []
+    answers = teacher_answers(calibration + training + evaluation, args.max_tokens, args.threads)
     print(f"teacher answers: {len(answers)} in {time.perf_counter() - started:.0f} s")
 
     base_dir = ensure_plain_student(Path.home() / ".cache" / "distill")
@@ -91,9 +100,16 @@ def main() -> None:
         return teacher_answer_nll(candidate, tokenizer, items, answers, "alpaca")["teacher_answer_nll"]
 
     started = time.perf_counter()
-    drop_order = greedy_drop_order(model, lambda m: nll(m, calibration), TEACHER_LAYERS - 15,
-                                   progress=lambda layer, score: print(f"  greedy: drop layer {layer} -> {score:.3f}"))
-    print(f"greedy drop order {drop_order} ({time.perf_counter() - started:.0f} s)")
+    def calibrated(candidate) -> float:
+        return nll(candidate, calibration)
+
+    def report(layer: int, score: float) -> None:
+        print(f"  without layer {layer}: NLL {score:.3f}")
+
+    print(f"calibration NLL with all 30 layers: {calibrated(model):.3f}")
+    drop_order = (greedy_drop_order(model, calibrated, TEACHER_LAYERS - 15, progress=report) if args.greedy
+                  else removal_order(model, calibrated, progress=report)[:TEACHER_LAYERS - 15])
+    print(f"drop order {drop_order} ({time.perf_counter() - started:.0f} s)")
 
     def greedy(keep: int) -> list[int]:
         return sorted(set(range(TEACHER_LAYERS)) - set(drop_order[:TEACHER_LAYERS - keep]))
@@ -104,10 +120,10 @@ def main() -> None:
         "every other layer (DistilBERT), 15": list(range(0, TEACHER_LAYERS, 2)),
         f"first {k}": list(range(k)),
         f"evenly spaced {k}": sorted({round(i * (TEACHER_LAYERS - 1) / (k - 1)) for i in range(k)}),
-        f"greedy by NLL, {k}": greedy(k),
-        "greedy by NLL, 15": greedy(15),
+        f"least NLL change, {k}": greedy(k),
+        "least NLL change, 15": greedy(15),
     }
-    trained = {"every other layer (DistilBERT), 15", f"evenly spaced {k}", f"greedy by NLL, {k}", "greedy by NLL, 15"}
+    trained = set() if args.no_train else {"every other layer (DistilBERT), 15", f"evenly spaced {k}", f"least NLL change, {k}", "least NLL change, 15"}
     records = [{"instruction": item["instruction"], "input": item["input"], "output": answers[item["id"]]["answer"]}
                for item in training if answers[item["id"]]["answer"].strip()]
     rows = []
@@ -122,7 +138,7 @@ def main() -> None:
                 cut = keep_layers(AutoModelForCausalLM.from_pretrained(base_dir), keep)
                 cut.save_pretrained(cut_dir)
                 tokenizer.save_pretrained(cut_dir)
-                methods = ("full", "lora") if label == f"greedy by NLL, {k}" else ("full",)
+                methods = ("full", "lora") if label == f"least NLL change, {k}" else ("full",)
                 for method in methods:
                     settings = FinetuneConfig(method=method, max_steps=args.steps, batch_size=4, max_length=512,
                                               learning_rate=2e-4 if method == "lora" else 5e-5, lora_r=8,
@@ -141,7 +157,7 @@ def main() -> None:
     print()
     print(markdown_table(["layers kept", "count", "parameters", "of the teacher's", "NLL as cut",
                           f"NLL after {args.steps} steps, full", f"NLL after {args.steps} steps, LoRA"], rows))
-    print(f"\ngreedy drop order: {drop_order}")
+    print(f"\ndrop order: {drop_order}")
     print(f"calibration {len(calibration)} seed tasks, training {len(records)} records, evaluation "
           f"{len(evaluation)} vicuna_80 prompts; load average {os.getloadavg()[0]:.2f}")
 

@@ -16,6 +16,7 @@ from pipeline.report_words import (
     set_labels,
     tradeoff_cells,
     tradeoff_rows,
+    tradeoff_sentence,
 )
 from pipeline.report_words import fmt as _fmt
 from pipeline.report_select import (
@@ -375,7 +376,8 @@ def render_markdown(report: dict) -> str:
         lines += ["## The trade-off: each model against the teacher", "",
                   "| " + " | ".join(TRADEOFF_HEADER) + " |", "|---|---|---|---|---|---|"]
         lines += ["| " + " | ".join(tradeoff_cells(row)) + " |" for row in report["tradeoff"]]
-        lines += ["", TRADEOFF_NOTE, ""]
+        sentence = tradeoff_sentence(report["tradeoff"])
+        lines += [""] + ([f"**{sentence}**", ""] if sentence else []) + [TRADEOFF_NOTE, ""]
     lines += _headline_lines(report.get("headline") or {})
     if (report.get("quality_vs_cost") or {}).get("recommendation"):
         lines += [report["quality_vs_cost"]["recommendation"], ""]

@@ -17,6 +17,7 @@ from pipeline.report_words import (
     headline_parts,
     set_labels,
     tradeoff_cells,
+    tradeoff_sentence,
 )
 from pipeline.report_plots import outcomes_per_set_png, quality_cost_png
 
@@ -185,7 +186,7 @@ def render_html(report: dict, run_root: Path) -> str:
         sections += ["<h2>The trade-off: each model against the teacher</h2>",
                      _table(list(TRADEOFF_HEADER), [[escape(cell) for cell in tradeoff_cells(row)]
                                                     for row in report["tradeoff"]]),
-                     f"<p>{escape(TRADEOFF_NOTE)}</p>"]
+                     f"<p><b>{escape(tradeoff_sentence(report['tradeoff']) or '')}</b> {escape(TRADEOFF_NOTE)}</p>"]
     sections += [_headline(report.get("headline") or {}, comparison.get("recommendation"))]
     evaluations = report.get("evaluations") or []
     if rows:

@@ -128,3 +128,19 @@ def tradeoff_cells(row: dict, number=fmt) -> list[str]:
             number(memory / 1e6 if memory else None) + times(row["memory_vs_teacher"]),
             number(row["cost_per_1k_answers_usd"], 4) + times(row["cost_vs_teacher"]),
             "(reference)" if row["model"] == "teacher" and nll is None else number(nll)]
+
+
+def tradeoff_sentence(rows: list[dict]) -> str | None:
+    """The student's cost against the teacher's in words: as it was trained (transformers) and in
+    its cheapest form served like the teacher (a llama.cpp GGUF variant), each named."""
+    student = next((row for row in rows if row["model"] == "student"), None)
+    if student is None or student["cost_vs_teacher"] is None:
+        return None
+    served = [row for row in rows if row["runtime"].startswith("llama.cpp (") and row["cost_vs_teacher"] is not None]
+    words = (f"Per answer, the student costs {student['cost_vs_teacher']:.0%} of the teacher in transformers "
+             f"(float32, as trained)")
+    if served:
+        best = min(served, key=lambda row: row["cost_vs_teacher"])
+        words += (f" and {best['cost_vs_teacher']:.0%} served by llama.cpp like the teacher ({best['model']}, "
+                  f"{fmt(best['teacher_answer_nll'])} nats/token of the teacher's answers)")
+    return words + "."

@@ -6,8 +6,11 @@ removal changes the output least). The kept layers are trained on the teacher's 
   final norm and the output head stay).
 * :func:`layer_subset`: the same, only while a ``with`` block runs (for trying many choices on
   one loaded model).
-* :func:`greedy_drop_order`: the order in which to drop layers, each time the one whose removal
-  raises a score (the teacher's answers' NLL) least; ``bench/bench_student_layers.py`` measures it.
+* :func:`removal_order`: the layers ranked by how little removing each one alone raises a score
+  (the NLL of the teacher's answers): one trial per layer. :func:`greedy_drop_order` re-ranks
+  after every removal (a trial per remaining layer per step: about 15 times the work for 15
+  layers, too slow on a 2-core CPU for the bench's default). ``bench/bench_student_layers.py``
+  measures the choices.
 """
 
 from __future__ import annotations
@@ -77,6 +80,20 @@ def layer_subset(model: Any, keep: Sequence[int]):
     finally:
         _apply(model, layers)
         model.config.num_hidden_layers = count
+
+
+def removal_order(model: Any, score: Callable[[Any], float],
+                  progress: Callable[[int, float], None] | None = None) -> list[int]:
+    """Every layer, ranked by ``score(model)`` with that layer alone removed, lowest first (the
+    layer whose removal changes the output least comes first); ties by index."""
+    count = len(decoder_layers(model))
+    trials = {}
+    for candidate in range(count):
+        with layer_subset(model, [index for index in range(count) if index != candidate]):
+            trials[candidate] = score(model)
+        if progress:
+            progress(candidate, trials[candidate])
+    return sorted(trials, key=lambda index: (trials[index], index))
 
 
 def greedy_drop_order(model: Any, score: Callable[[Any], float], drop: int,

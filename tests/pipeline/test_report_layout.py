@@ -125,3 +125,5 @@ def test_the_report_leads_with_the_trade_off_against_the_teacher(tmp_path):
     assert "| gguf_q8_0 | llama.cpp (GGUF) | 92,120,000 (68%) | 300 (0.43x) | 0.1 (0.50x) | 1.5 |" in markdown
     page = (rundir.root / "report.html").read_text()
     assert page.index("The trade-off") < page.index("Quality, fidelity and cost per model")
+    assert ("**Per answer, the student costs 150% of the teacher in transformers (float32, as trained) and 50% "
+            "served by llama.cpp like the teacher (gguf_q8_0, 1.5 nats/token of the teacher's answers).**") in markdown
