@@ -269,19 +269,7 @@ def build_report(rundir: RunDir) -> dict:
     from pipeline.estimate import cost_against_estimate
 
     report["cost"] = cost_against_estimate(rundir)
-    evaluate = evaluate.to_json() if ran.get("evaluate") else {}
-    rows = model_rows(evaluate)
-    student, teacher = (next((r["efficiency"] for r in rows if r["label"] == label), {}) for label in ("student", "teacher"))
-    report["models"] = rows
-    report["quality_vs_cost"] = quality_against_cost(rows) if rows else None
-    report["headline"] = {
-        "win_rate": evaluate.get("win_rate"), "win_rate_ci95": evaluate.get("win_rate_ci95"),
-        "cost_ratio_student_teacher": _ratio(student.get("cost_per_1k_answers_usd"),
-                                             teacher.get("cost_per_1k_answers_usd")),
-        "memory_ratio_student_teacher": _ratio(student.get("peak_memory_bytes"), teacher.get("peak_memory_bytes")),
-    }
     report["tradeoff"] = tradeoff_rows(report["models"]) if report.get("models") else []
-    report["examples"] = load_examples(rundir)
     report["select_compare"] = load_select_compare(rundir)
     return report
 
