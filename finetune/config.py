@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from core.settings import Settings
-from student.embedded import EMBEDDED_STUDENTS
+from student.embedded import EMBEDDED_STUDENTS, PRUNED_LAYERS, PRUNED_PREFIX, EmbeddedStudentError, embedded_student
 
 
 class DistillSettings(Settings):
@@ -60,7 +60,9 @@ class FinetuneConfig(Settings):
         "embedded",
         description="An embedded student, built once into the cache from the GGUF its package ships ("
         + "; ".join(f"{name}: {student.title}, from {student.package}" for name, student in EMBEDDED_STUDENTS.items())
-        + "), or a local Hugging Face model directory.",
+        + f"; {PRUNED_PREFIX}N, N from {PRUNED_LAYERS.start} to {PRUNED_LAYERS.stop - 1}: SmolLM2-135M-Instruct "
+        "keeping N of its 30 decoder layers, those whose removal changes its answers most (a student smaller and "
+        "cheaper than the embedded teacher, initialized from its weights)), or a local Hugging Face model directory.",
     )
     prompt_format: Literal["alpaca", "chat"] = Field(
         "alpaca", description="alpaca: Alpaca's instruction / input / response template (base models); chat: the "
@@ -175,6 +177,16 @@ class FinetuneConfig(Settings):
     def trained_weights(self) -> Literal["lora", "qlora", "full"]:
         """What training changes: a LoRA adapter (lora, qlora) or the whole model (full)."""
         return self.distill.weights if self.method == "distill" else self.method
+
+    @field_validator("base_model")
+    @classmethod
+    def _pruned_count_exists(cls, value: str) -> str:
+        if value.startswith(PRUNED_PREFIX):
+            try:
+                embedded_student(value)
+            except EmbeddedStudentError as exc:
+                raise ValueError(str(exc)) from None
+        return value
 
     @model_validator(mode="after")
     def _method_settings_agree(self) -> "FinetuneConfig":

@@ -7,7 +7,17 @@ import json
 from core.records import write_atomic, write_json
 from core.rundir import RunDir
 from eval.efficiency import pareto_front
-from pipeline.report_words import FIDELITY_KEYS, fidelity_sentence, headline_parts, set_labels
+from pipeline.report_words import (
+    FIDELITY_KEYS,
+    TRADEOFF_HEADER,
+    TRADEOFF_NOTE,
+    fidelity_sentence,
+    headline_parts,
+    set_labels,
+    tradeoff_cells,
+    tradeoff_rows,
+    tradeoff_sentence,
+)
 from pipeline.report_words import fmt as _fmt
 from pipeline.report_select import (
     COMPARE_PLOT,
@@ -259,6 +269,7 @@ def build_report(rundir: RunDir) -> dict:
     from pipeline.estimate import cost_against_estimate
 
     report["cost"] = cost_against_estimate(rundir)
+    report["tradeoff"] = tradeoff_rows(report["models"]) if report.get("models") else []
     report["select_compare"] = load_select_compare(rundir)
     return report
 
@@ -349,6 +360,12 @@ def render_markdown(report: dict) -> str:
     """The report as a page a person reads."""
     counts = report["counts"]
     lines = ["# Distillation run report", "", f"Run directory: `{report['run_dir']}`", ""]
+    if report.get("tradeoff"):
+        lines += ["## The trade-off: each model against the teacher", "",
+                  "| " + " | ".join(TRADEOFF_HEADER) + " |", "|---|---|---|---|---|---|"]
+        lines += ["| " + " | ".join(tradeoff_cells(row)) + " |" for row in report["tradeoff"]]
+        sentence = tradeoff_sentence(report["tradeoff"])
+        lines += [""] + ([f"**{sentence}**", ""] if sentence else []) + [TRADEOFF_NOTE, ""]
     lines += _headline_lines(report.get("headline") or {})
     if (report.get("quality_vs_cost") or {}).get("recommendation"):
         lines += [report["quality_vs_cost"]["recommendation"], ""]

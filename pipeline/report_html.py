@@ -10,7 +10,15 @@ import base64
 from html import escape
 from pathlib import Path
 
-from pipeline.report_words import FIDELITY_KEYS, headline_parts, set_labels
+from pipeline.report_words import (
+    FIDELITY_KEYS,
+    TRADEOFF_HEADER,
+    TRADEOFF_NOTE,
+    headline_parts,
+    set_labels,
+    tradeoff_cells,
+    tradeoff_sentence,
+)
 from pipeline.report_plots import outcomes_per_set_png, quality_cost_png
 
 STYLE = """
@@ -178,8 +186,13 @@ def render_html(report: dict, run_root: Path) -> str:
     rows = report.get("models") or []
     comparison = report.get("quality_vs_cost") or {}
     front = comparison.get("pareto_front") or []
-    sections = [f"<h1>Distillation run report</h1><p>Run directory: <code>{escape(report['run_dir'])}</code></p>",
-                _headline(report.get("headline") or {}, comparison.get("recommendation"))]
+    sections = [f"<h1>Distillation run report</h1><p>Run directory: <code>{escape(report['run_dir'])}</code></p>"]
+    if report.get("tradeoff"):
+        sections += ["<h2>The trade-off: each model against the teacher</h2>",
+                     _table(list(TRADEOFF_HEADER), [[escape(cell) for cell in tradeoff_cells(row)]
+                                                    for row in report["tradeoff"]]),
+                     f"<p><b>{escape(tradeoff_sentence(report['tradeoff']) or '')}</b> {escape(TRADEOFF_NOTE)}</p>"]
+    sections += [_headline(report.get("headline") or {}, comparison.get("recommendation"))]
     evaluations = report.get("evaluations") or []
     if rows:
         sections += ["<h2>Quality, fidelity and cost per model</h2>",

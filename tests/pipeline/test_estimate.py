@@ -65,7 +65,7 @@ def test_the_estimate_says_where_a_budget_would_stop_the_run(tmp_path):
 def test_a_pilot_measures_replies_and_the_prompt_count_matches_the_teachers_own(tmp_path):
     """The embedded teacher: its prompts are counted by its own tokenizer, and a pilot of two real
     requests per part measures the replies; the server's own prompt counts agree with the estimate's."""
-    small = ["--set", "generate.max_tokens=32", "--set", "filter.max_tokens=16", "--set",
+    small = ["--set", "generate.strategy=self_instruct", "--set", "generate.max_tokens=32", "--set", "filter.max_tokens=16", "--set",
              "evaluate.max_new_tokens=16", "--set", "evaluate.judge_max_tokens=16"]
     result = estimate("configs/demo.yaml", "--pilot", "2", *small, "--json", str(tmp_path / "pilot.json"))
     assert result.returncode == 0, result.stderr[-3000:]

@@ -88,3 +88,42 @@ def test_the_model_table_fits_the_page_in_a_real_browser(report_page):
     # A narrower window: the page still does not scroll sideways (a table may, inside its box).
     *_, (page_width, window) = measured_widths(report_page, 800)
     assert page_width <= window
+
+
+def test_the_report_leads_with_the_trade_off_against_the_teacher(tmp_path):
+    """report.md and report.html open with each model's runtime, parameters, peak memory, cost per
+    1,000 answers (and each as a multiple of the teacher's) and fidelity; report.json holds them."""
+    import json
+
+    rundir = RunDir(tmp_path / "run").create()
+    sizes = {"teacher": (134_515_008, 700e6, 0.2), "student": (92_120_000, 900e6, 0.3),
+             "base_student": (92_120_000, 900e6, 0.3), "gguf_q8_0": (92_120_000, 300e6, 0.1),
+             "torch_int8": (92_120_000, 500e6, 0.25)}
+
+    def eff(label):
+        params, memory, cost = sizes[label]
+        return {**efficiency(label), "parameters": params, "peak_memory_bytes": int(memory),
+                "cost_per_1k_answers_usd": cost}
+
+    contestants = {label: {"kind": "variant" if label.startswith(("gguf", "torch")) else "student",
+                           "quality": quality(), "efficiency": eff(label),
+                           "fidelity": {"teacher_answer_nll": 1.5, "nll_runtime": "llama.cpp"
+                                        if label.startswith("gguf") else "transformers"}}
+                   for label in IDENTITIES if label != "teacher"}
+    rundir.mark_done("evaluate", {**quality(), "teacher": eff("teacher"), "student": eff("student"),
+                                  "contestants": contestants})
+    write_report(rundir)
+    rows = {row["model"]: row for row in json.loads((rundir.root / "report.json").read_text())["tradeoff"]}
+    assert list(rows) == ["teacher", "student", "base_student", "gguf_q8_0", "torch_int8"]
+    assert rows["gguf_q8_0"]["cost_vs_teacher"] == 0.5 and rows["gguf_q8_0"]["runtime"] == "llama.cpp (GGUF)"
+    assert rows["student"]["parameters_vs_teacher"] == pytest.approx(0.6848, abs=1e-4)
+    assert rows["student"]["runtime"] == "transformers, float32"
+    assert rows["teacher"]["runtime"] == "llama.cpp server (GGUF)"
+    assert rows["torch_int8"]["runtime"] == "PyTorch dynamic int8"
+    markdown = (rundir.root / "report.md").read_text()
+    assert markdown.index("## The trade-off") < markdown.index("## Quality and fidelity")
+    assert "| gguf_q8_0 | llama.cpp (GGUF) | 92,120,000 (68%) | 300 (0.43x) | 0.1 (0.50x) | 1.5 |" in markdown
+    page = (rundir.root / "report.html").read_text()
+    assert page.index("The trade-off") < page.index("Quality, fidelity and cost per model")
+    assert ("**Per answer, the student costs 150% of the teacher in transformers (float32, as trained) and 50% "
+            "served by llama.cpp like the teacher (gguf_q8_0, 1.5 nats/token of the teacher's answers).**") in markdown
