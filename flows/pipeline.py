@@ -22,7 +22,7 @@ from prefect.utilities.annotations import quote
 
 from core.rundir import RunDir
 from flows.artifacts import publish_report_artifacts
-from flows.scale_out import shard_runner
+from flows.scale_out import check_concurrency_limit, shard_runner
 from pipeline.config import PipelineConfig, load_config
 from pipeline.progress import stage_done_line, stage_started_line
 from pipeline.report import headline, write_report
@@ -156,6 +156,9 @@ def distill_pipeline(config_path: str, run_dir: str | None = None, overrides: li
     logger = get_run_logger()
     config = load_config(config_path, overrides)
     selected = stages_to_run(stages)
+    if config.orchestration.task_runner != "default" and config.orchestration.concurrency_limit:
+        # Before the endpoints' preflight, which sends a request: a missing limit stops the run first.
+        check_concurrency_limit(config.orchestration.concurrency_limit)
     rundir = check_before_work(config, run_dir_of(config, run_dir, runs_root, flow_run.name, flow_run.id), selected)
     cache = Path(cache_dir) if cache_dir else DEFAULT_CACHE
     logger.info("run directory: %s; stages: %s; task runner: %s", rundir.root,
