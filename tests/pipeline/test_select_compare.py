@@ -137,11 +137,12 @@ def test_select_compare_on_the_embedded_default(compared):
         [len(r["output"].split()) for r in pool if r not in longest_kept], default=0)
     for row in rows.values():
         assert row["win_rate"] is not None and row["judged"] == 1 and row["train_records"] == row["kept"]
-        assert row["fidelity"] is None  # this branch's evaluate stage measures no fidelity
+        # The evaluate stage measures every local student's fidelity to the teacher.
+        assert row["fidelity"] is not None and row["fidelity"]["teacher_answer_nll"] > 0
 
-    # The report: a section with the table (fidelity "not measured") and the plot.
+    # The report: a section with the table (fidelity columns filled) and the plot.
     markdown = (run_dir / "report.md").read_text()
-    assert "## Data selection strategies compared" in markdown and "not measured" in markdown
+    assert "## Data selection strategies compared" in markdown and "teacher-answer NLL" in markdown
     assert all(f"| {name} | {rows[name]['kept']} |" in markdown for name in STRATEGIES)
     assert (run_dir / "select" / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (run_dir / "report.html").read_text()
