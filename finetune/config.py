@@ -129,6 +129,12 @@ class FinetuneConfig(Settings):
         50, ge=1, description="Save a checkpoint every this many optimizer steps (a killed run resumes from "
         "the last complete one; each save writes the adapter and optimizer state).",
     )
+    keep_checkpoints: bool = Field(
+        True,
+        description="Keep checkpoints/ once training has finished, so that a rerun with more epochs or max_steps "
+        "goes on from the last one. false: delete them after the trained weights are saved (a full fine-tune's "
+        "checkpoint holds the whole model and twice its size in optimizer state).",
+    )
     logging_steps: int = Field(
         1, ge=1,
         description="Log the loss every this many optimizer steps. Each log waits for the GPU; 10 "

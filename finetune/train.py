@@ -73,7 +73,7 @@ FINGERPRINT_FILE = "run_fingerprint.json"
 # do not change what is learned (how often to log, how many loader processes).
 _NOT_FINGERPRINTED = {
     "epochs", "max_steps", "heldout_records", "base_model", "logging_steps", "dataloader_num_workers", "merge",
-    "save_steps",
+    "save_steps", "keep_checkpoints",
 }
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 # GPU speed settings added after the first release: fingerprinted only when set to something
@@ -1025,6 +1025,8 @@ def run_training(
     runtime = time.monotonic() - started
 
     _save_trained(trainer, trained_dir, settings.trained_weights)
+    if not settings.keep_checkpoints and trainer.is_world_process_zero():
+        shutil.rmtree(checkpoints_dir, ignore_errors=True)
     losses = _losses(trainer.state.log_history)
     result = TrainResult(
         trained_dir=trained_dir,

@@ -145,7 +145,8 @@ def test_on_policy_distillation_with_full_weights(student_dir, short_records, tm
     """trl's DistillationTrainer (the student samples, then matches the teacher on its samples),
     every weight trained: one step, short samples."""
     settings = distill_settings(max_steps=1, distill={"trainer": "distillation", "weights": "full",
-                                                      "max_new_tokens": 8})
+                                                      "max_new_tokens": 8},
+                                keep_checkpoints=False)
     result = train_student(short_records[:2], student_dir, tmp_path / "out", settings, progress=False,
                            save_steps=100, teacher_model_dir=student_dir)
     assert result.steps == 1 and result.method == "distill" and math.isfinite(result.final_loss)

@@ -70,8 +70,10 @@ def test_full_finetuning_trains_and_saves_every_weight(student_dir, short_record
     from safetensors import safe_open
 
     out = tmp_path / "full"
-    result = train_student(short_records[:4], student_dir, out, settings(method="full"), progress=False, save_steps=100)
+    result = train_student(short_records[:4], student_dir, out, settings(method="full", keep_checkpoints=False),
+                           progress=False, save_steps=100)
     model_dir = out / "model"
+    assert not (out / "checkpoints").exists()  # keep_checkpoints: false deletes them once the model is saved
     assert result.trained_dir == model_dir and result.method == "full"
     assert result.steps == 2 and math.isfinite(result.final_loss)
     assert result.trainable_params == result.total_params  # no adapter: everything trains
