@@ -67,6 +67,15 @@ class ModelEndpoint(Settings):
         "lists the model (where the server lists models) and answers one one-token request (not charged to "
         "the budget). Not needed for the embedded teacher started here.")
     context_length: int = Field(4096, ge=256, description="Context window of the embedded server.")
+    threads: int | None = Field(
+        None, ge=1, le=512,
+        description="Threads of the embedded llama.cpp server (prompts and decoding), and of the llama.cpp servers "
+        "that answer for GGUF variants in the evaluate stage, so both are costed alike. Default: one per core "
+        "less one, left to the pipeline (llama.cpp's threads spin while they wait; with one per core and other "
+        "work on the machine it ran ten times slower; in the demo's own generate stage on 2 cores, 2 threads "
+        "were 1.45x slower than 1, docs/benchmarks.md). For machines where that rule is wrong: many cores, or "
+        "nothing else on them.",
+    )
     seed_requests: Literal["auto", "always", "never"] = Field(
         "auto",
         description="Whether requests carry their per-request seed. auto: yes, except to vLLM (a server whose "

@@ -69,7 +69,8 @@ class EmbeddedKind:
                 yield backend
             return
         log_path = log_dir / "embedded_server.log" if log_dir else None
-        with EmbeddedServer(context_length=endpoint.context_length, log_path=log_path) as server:
+        with EmbeddedServer(context_length=endpoint.context_length, log_path=log_path,
+                            threads=endpoint.threads) as server:
             backend = OpenAICompatibleBackend(
                 EMBEDDED_MODEL_ALIAS, [server.base_url], timeout_s=endpoint.timeout_s,
                 max_connections=endpoint.max_in_flight, api=endpoint.api, schema_style="llama.cpp",

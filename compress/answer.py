@@ -72,15 +72,20 @@ def answer_with_gguf(variant: dict, items: list[dict], prompt_format: str, max_n
     path = Path(variant["path"])
     answers = []
     started = time.perf_counter()
-    with EmbeddedServer(path, context_length=variant.get("context_length", 2048)) as server:
+    # server_threads: the teacher's llama.cpp threads, set by the evaluate stage, so both are costed alike
+    with EmbeddedServer(path, context_length=variant.get("context_length", 2048),
+                        threads=variant.get("server_threads")) as server:
         load_s = time.perf_counter() - started
+        answering = time.perf_counter()
         for item, prompt in zip(items, prompts):
             reply = complete_streamed(server.base_url, prompt, max_new_tokens)
             answers.append({"id": item["id"], "answer": reply["text"].strip(), "completion_tokens": reply["tokens"],
                             "latency_s": round(reply["latency_s"], 4),
                             "ttft_s": round(reply["ttft_s"], 4) if reply["ttft_s"] is not None else None})
+        answer_wall_s = time.perf_counter() - answering  # the server's start and stop are not answering time
         peak = process_peak_memory(server.pid)
     return answers, {"parameters": gguf_parameter_count(path), "peak_memory_bytes": peak, "load_s": round(load_s, 3),
+                     "answer_wall_s": round(answer_wall_s, 4),
                      "peak_memory_method": "VmHWM of the llama.cpp server process serving this file",
                      "server_threads": server.threads}
 
@@ -103,7 +108,9 @@ def answer_in_process(variant: dict, items: list[dict], prompt_format: str, max_
         torch.cuda.reset_peak_memory_stats()
         model, tokenizer = load_bnb(Path(variant["path"]), variant["bits"])
     load_s = time.perf_counter() - started
+    answering = time.perf_counter()
     answers = answer_prompts(model, tokenizer, items, prompt_format, max_new_tokens)
+    answer_wall_s = time.perf_counter() - answering
     parameters = sum(p.numel() for p in model.parameters())
     if variant["kind"] == "bnb":
         from compress.bnb import parameter_count
@@ -115,7 +122,8 @@ def answer_in_process(variant: dict, items: list[dict], prompt_format: str, max_
         tied = getattr(model.config, "tie_word_embeddings", False)  # lm_head is then a copy of the embeddings
         parameters += sum(module.weight().numel() for name, module in int8_linears(model).items()
                           if not (tied and name == "lm_head"))
-    efficiency = {"parameters": parameters, "load_s": round(load_s, 3), "peak_memory_bytes": process_peak_memory(),
+    efficiency = {"parameters": parameters, "load_s": round(load_s, 3), "answer_wall_s": round(answer_wall_s, 4),
+                  "peak_memory_bytes": process_peak_memory(),
                   "peak_memory_method": ("VmHWM of this process, reset before loading the variant" if reset
                                          else "VmHWM of this process over its lifetime (reset not allowed)")}
     if variant["kind"] == "bnb":

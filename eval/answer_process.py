@@ -164,8 +164,9 @@ def _answer_with_variant(job: AnswerJob) -> tuple[list[dict], dict, Fidelity]:
     started = time.perf_counter()
     answers, efficiency = answer_with_variant(job.variant, job.items, job.prompt_format, job.max_new_tokens,
                                               Path(job.cache_dir))
-    # Loading (a llama.cpp server's start, say) is not answering time.
-    wall_s = time.perf_counter() - started - (efficiency.get("load_s") or 0)
+    # Loading (a llama.cpp server's start and stop, say) is not answering time: a variant's own
+    # answering loop is timed where it runs; otherwise the whole call less its loading.
+    wall_s = efficiency.get("answer_wall_s", time.perf_counter() - started - (efficiency.get("load_s") or 0))
     return answers, {**efficiency, "answer_wall_s": round(wall_s, 4)}, lambda: _variant_nll(job)
 
 

@@ -158,7 +158,9 @@ def answer_job(contestant: Contestant, items: list[dict], config: PipelineConfig
     return AnswerJob(label=contestant.label, kind=contestant.kind, items=items,
                      prompt_format=config.finetune.prompt_format, max_new_tokens=settings.max_new_tokens,
                      cache_dir=str(cache_dir), base_model=contestant.base_model, adapter=contestant.adapter,
-                     variant=contestant.variant, student_backend=settings.student_backend,
+                     variant=({**contestant.variant, "server_threads": config.teacher.threads}
+                              if contestant.variant else contestant.variant),
+                     student_backend=settings.student_backend,
                      vllm_engine_args=settings.vllm_engine_args, teacher_answers=teacher_answers,
                      **({"trust_remote_code": config.finetune.trust_remote_code, "batch_size": settings.batch_size,
                          "static_cache": settings.static_cache, "continuous": settings.continuous_batching}

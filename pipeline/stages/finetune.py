@@ -145,7 +145,7 @@ class FinetuneStage:
     merge on request, and write model cards."""
 
     name = "finetune"
-    description = "LoRA fine-tune the student"
+    description = "fine-tune the student (finetune.method: LoRA, QLoRA, full or logit distillation)"
     reads = ("filtered.jsonl",)
     writes = ("train.jsonl", "heldout.jsonl", "finetune/")
     sends_requests = False

@@ -33,3 +33,21 @@ def test_a_failing_child_says_why(tmp_path):
                     cache_dir=str(tmp_path))
     with pytest.raises(RuntimeError, match=r"answering with student failed \(exit 1\)"):
         answer_in_child(job, tmp_path / "work")
+
+
+@pytest.mark.server
+def test_a_gguf_variant_is_timed_on_its_answers_alone(tmp_path):
+    """The embedded teacher's own GGUF file as a variant, in a child: its answering time is its
+    answering loop's (not the llama.cpp server's start or stop), and the server runs with the
+    threads the evaluate stage passes on (the teacher's)."""
+    from core.embedded_model import find_embedded_gguf
+
+    items = load_eval_set("vicuna_80", tmp_path / "none")[:2]
+    variant = {"kind": "gguf", "label": "gguf_teacher", "path": str(find_embedded_gguf()), "server_threads": 1}
+    job = AnswerJob(kind="variant", label="gguf_teacher", variant=variant, items=items, prompt_format="alpaca",
+                    max_new_tokens=8, cache_dir=str(tmp_path))
+    answers, measured = answer_in_child(job, tmp_path / "work")
+    assert [a["id"] for a in answers] == [item["id"] for item in items]
+    assert measured["server_threads"] == 1 and measured["load_s"] > 0
+    latencies = sum(a["latency_s"] for a in answers)
+    assert latencies <= measured["answer_wall_s"] < latencies + 0.5, (measured, latencies)

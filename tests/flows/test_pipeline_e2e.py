@@ -36,7 +36,7 @@ VARIANTS = ["gguf_q8_0", "gguf_q4_0"]
 
 def distill(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     command = [str(Path(sys.executable).parent / "distill"), *args]
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=1500, env=os.environ.copy())
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=2400, env=os.environ.copy())
 
 
 def lines(path: Path) -> list[dict]:
