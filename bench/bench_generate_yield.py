@@ -5,7 +5,8 @@ SmolLM2-135M-Instruct served by llama.cpp, two requests in flight) with the same
 and one generation setting changed: self-instruct with Alpaca's numbered reply, self-instruct
 with `reply_format: json` (the reply constrained to the tasks' JSON schema through llama.cpp's
 response_format), and Magpie (the teacher completes its own chat template's user-turn prefix
-into a query, then answers it). Kept = records that passed the generation filters.
+into a query, then answers it). Kept = records that passed the generation filters; their mean
+output length in words says how much each one teaches.
 
 Run: python -m bench.bench_generate_yield [--requests 16] [--only magpie,json]
 """
@@ -42,7 +43,10 @@ def run_generate(name: str, requests: int, run_dir: Path) -> dict:
     if result.returncode:
         raise RuntimeError(f"{name}: distill exited {result.returncode}: {result.stderr[-2000:]}")
     summary = json.loads((run_dir / "stages" / "generate.json").read_text())
-    return {**summary, "wall_s": wall, "load": (load + os.getloadavg()[0]) / 2}
+    records = [json.loads(line) for line in (run_dir / "generated.jsonl").read_text().splitlines() if line.strip()]
+    words = [len(record["output"].split()) for record in records]
+    return {**summary, "wall_s": wall, "load": (load + os.getloadavg()[0]) / 2,
+            "output_words": sum(words) / len(words) if words else 0.0}
 
 
 def main() -> None:
@@ -57,10 +61,11 @@ def main() -> None:
             summary = run_generate(name, args.requests, Path(scratch) / name)
             requests, kept, minutes = summary["requests"], summary["kept"], summary["wall_s"] / 60
             rows.append([name, requests, summary.get("tasks_parsed"), kept, f"{kept / max(1, requests):.2f}",
-                         f"{summary['wall_s']:.0f}", f"{kept / minutes:.1f}", f"{summary['load']:.1f}"])
+                         f"{summary['output_words']:.0f}", f"{summary['wall_s']:.0f}", f"{kept / minutes:.1f}",
+                         f"{summary['load']:.1f}"])
             print(rows[-1], flush=True)
-    print(markdown_table(["setting", "requests", "tasks parsed", "kept", "kept per request", "wall s",
-                          "kept per minute", "load average"], rows))
+    print(markdown_table(["setting", "requests", "tasks parsed", "kept", "kept per request", "output words (mean)",
+                          "wall s", "kept per minute", "load average"], rows))
 
 
 if __name__ == "__main__":
