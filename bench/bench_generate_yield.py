@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from bench.harness import REPO, machine_line, markdown_table
+from core.records import iter_jsonl
 
 SETTINGS = {
     "numbered": ["generate.strategy=self_instruct", "generate.reply_format=numbered"],
@@ -43,8 +44,7 @@ def run_generate(name: str, requests: int, run_dir: Path) -> dict:
     if result.returncode:
         raise RuntimeError(f"{name}: distill exited {result.returncode}: {result.stderr[-2000:]}")
     summary = json.loads((run_dir / "stages" / "generate.json").read_text())
-    records = [json.loads(line) for line in (run_dir / "generated.jsonl").read_text().splitlines() if line.strip()]
-    words = [len(record["output"].split()) for record in records]
+    words = [len(record["output"].split()) for _, record in iter_jsonl(run_dir / "generated.jsonl")]
     return {**summary, "wall_s": wall, "load": (load + os.getloadavg()[0]) / 2,
             "output_words": sum(words) / len(words) if words else 0.0}
 

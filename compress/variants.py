@@ -33,7 +33,8 @@ class CompressedVariant(Protocol):
         ...
 
     def answer(self, variant: dict, items: list[dict], prompt_format: str, max_new_tokens: int) -> tuple[list[dict], dict]:
-        """Greedy answers to `items` and the variant's measured cost (see compress.answer)."""
+        """Greedy answers to `items` and the variant's measured cost (see compress.answer), which
+        includes ``answer_wall_s``: the answering loop's own wall time, loading left out."""
         ...
 
 

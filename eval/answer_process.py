@@ -161,13 +161,11 @@ def _variant_nll(job: AnswerJob) -> dict:
 def _answer_with_variant(job: AnswerJob) -> tuple[list[dict], dict, Fidelity]:
     from compress.variants import answer_with_variant
 
-    started = time.perf_counter()
+    # Each variant times its own answering loop (answer_wall_s): loading, a llama.cpp server's
+    # start and stop among it, is not answering time.
     answers, efficiency = answer_with_variant(job.variant, job.items, job.prompt_format, job.max_new_tokens,
                                               Path(job.cache_dir))
-    # Loading (a llama.cpp server's start and stop, say) is not answering time: a variant's own
-    # answering loop is timed where it runs; otherwise the whole call less its loading.
-    wall_s = efficiency.get("answer_wall_s", time.perf_counter() - started - (efficiency.get("load_s") or 0))
-    return answers, {**efficiency, "answer_wall_s": round(wall_s, 4)}, lambda: _variant_nll(job)
+    return answers, efficiency, lambda: _variant_nll(job)
 
 
 def main(job_path: str) -> None:
