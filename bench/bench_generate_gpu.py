@@ -17,6 +17,8 @@ wall time of the batches measured. Settings:
     static-bN           static KV cache: transformers compiles the decoding step (its default
                         CompileConfig: reduce-overhead, i.e. CUDA graphs)
     static-fullgraph-bN the same with CompileConfig(fullgraph=True, dynamic=False)
+    filled-bN           the static cache read only as far as the batch has filled it, rounded up to
+                        64 tokens (`evaluate.static_cache_bucket: 64`); filledK-bN rounds to K
     cb-bN               continuous batching (`evaluate.continuous_batching: true`: transformers'
                         generate_batch, a paged KV cache read only as far as each request has
                         filled it, chunked prefill, finished requests replaced at once), up to N
@@ -50,6 +52,7 @@ import json
 import logging
 import os
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -97,8 +100,9 @@ def run_setting(name: str, args) -> dict:
 
     from student.generation import answer_prompts, answer_prompts_continuous
 
-    kind, variant, batch = re.fullmatch(r"(plain|static|cb)(-fullgraph)?-b(\d+)", name).groups()
+    kind, bucket, variant, batch = re.fullmatch(r"(plain|static|cb|filled)(\d+)?(-fullgraph)?-b(\d+)", name).groups()
     batch = int(batch)
+    bucket = (int(bucket or 64) if kind == "filled" else 0)
     cuda = torch.cuda.is_available() and not args.tiny
     device = "cuda" if cuda else "cpu"
     torch.manual_seed(0)
@@ -113,7 +117,8 @@ def run_setting(name: str, args) -> dict:
         model.generation_config.compile_config = CompileConfig(fullgraph=True, dynamic=False)
     items = evaluation_items(batch * args.batches)
     tokenizer = word_level_tokenizer([i["instruction"] + " " + i.get("input", "") for i in items], 32000)
-    result = {"setting": name, "batch_size": batch, "static_cache": kind == "static", "prompts": len(items),
+    result = {"setting": name, "batch_size": batch, "static_cache": kind in ("static", "filled"),
+              "cache_bucket": bucket, "prompts": len(items),
               "max_new_tokens": args.max_new_tokens}
 
     def answer(chunk: list[dict]) -> tuple[float, list[dict]]:
@@ -125,12 +130,12 @@ def run_setting(name: str, args) -> dict:
                                                 max_requests=batch, persistent=True)
         else:
             answers = answer_prompts(model, tokenizer, chunk, "alpaca", args.max_new_tokens, batch_size=batch,
-                                     static_cache=kind == "static")
+                                     static_cache=kind in ("static", "filled"), cache_bucket=bucket)
         if cuda:
             torch.cuda.synchronize()
         return time.perf_counter() - started, answers
 
-    if kind in ("static", "cb"):
+    if kind in ("static", "filled", "cb"):
         # The same prompts once before, so the shapes match: compilation is timed apart.
         seconds, answers = answer(items)
         result["warmup_s"] = round(seconds, 2)
@@ -148,6 +153,8 @@ def run_setting(name: str, args) -> dict:
                               for i in items),
     )
     result["answer_hashes"] = [hashlib.sha256(a["answer"].encode("utf-8")).hexdigest()[:16] for a in answers]
+    # Where two settings' answers part: each answer's first 64 words, compared word by word.
+    result["answer_heads"] = [a["answer"].split()[:64] for a in answers]
     from student.generation import encode_prompts
 
     prompt_lengths = [len(ids) for ids in encode_prompts(tokenizer, items, "alpaca")]
@@ -190,8 +197,23 @@ def agreement(results: list[dict]) -> None:
             continue
         pairs = list(zip(reference["answer_hashes"], result["answer_hashes"]))
         same = sum(a == b for a, b in pairs)
-        print(f"{result['setting']}: {same} of {len(pairs)} answers identical to {reference['setting']}'s", flush=True)
+        shared = [common_prefix(a, b) for a, b in zip(reference.get("answer_heads", []), result.get("answer_heads", []))]
+        heads = f"; the first {statistics.median(shared):.0f} words equal (median of the first 64)" if shared else ""
+        print(f"{result['setting']}: {same} of {len(pairs)} answers identical to {reference['setting']}'s{heads}",
+              flush=True)
         result["identical_to_first"] = [same, len(pairs)]
+        if shared:
+            result["equal_leading_words_median"] = statistics.median(shared)
+
+
+def common_prefix(a: list[str], b: list[str]) -> int:
+    """How many leading words two answers share."""
+    count = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        count += 1
+    return count
 
 
 def main() -> None:
@@ -225,7 +247,7 @@ def main() -> None:
             result = {"setting": name, "error": " | ".join(tail)}
         result["process_s"] = round(time.perf_counter() - started, 1)
         results.append(result)
-        print(json.dumps(result), flush=True)
+        print(json.dumps({k: v for k, v in result.items() if k not in ("answer_hashes", "answer_heads")}), flush=True)
     agreement(results)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)

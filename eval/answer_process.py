@@ -69,7 +69,8 @@ def _answer_with_student(job: AnswerJob) -> tuple[list[dict], dict, Fidelity]:
     model, tokenizer = load_student(Path(job.base_model), adapter, job.trust_remote_code)
     started = time.perf_counter()
     answers = answer_prompts(model, tokenizer, job.items, job.prompt_format, job.max_new_tokens,
-                             batch_size=job.batch_size, static_cache=job.static_cache, continuous=job.continuous)
+                             batch_size=job.batch_size, static_cache=job.static_cache, continuous=job.continuous,
+                             cache_bucket=job.cache_bucket)
     efficiency = {"answer_wall_s": round(time.perf_counter() - started, 4),
                   "parameters": sum(p.numel() for p in model.parameters()), "batch_size": job.batch_size}
     if torch.cuda.is_available():

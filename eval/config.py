@@ -34,6 +34,12 @@ class EvaluateConfig(Settings):
         False, description="Static KV cache for local students; on a GPU transformers then compiles the "
         "decoding step into CUDA graphs (see docs/benchmarks.md).",
     )
+    static_cache_bucket: int = Field(
+        0, ge=0, description="With static_cache: each decoding step's attention reads the cache only as far as "
+        "the batch has filled it, rounded up to a multiple of this many tokens, instead of the whole cache "
+        "(sized for the longest prompt plus max_new_tokens); the same answers. 0: off. 64 is a good value on a "
+        "GPU at large batches (docs/benchmarks.md).",
+    )
     continuous_batching: bool = Field(
         False, description="Local students answer through transformers' continuous batching (a paged KV cache "
         "read only as far as each request has filled it, chunked prefill, a finished request replaced at once; "
@@ -79,4 +85,10 @@ class EvaluateConfig(Settings):
     def _engine_args_need_vllm(self) -> "EvaluateConfig":
         if self.vllm_engine_args and self.student_backend != "vllm":
             raise ValueError("vllm_engine_args is for student_backend vllm only")
+        return self
+
+    @model_validator(mode="after")
+    def _bucket_needs_static_cache(self) -> "EvaluateConfig":
+        if self.static_cache_bucket and not self.static_cache:
+            raise ValueError("static_cache_bucket applies to the static cache: set static_cache: true as well")
         return self

@@ -46,6 +46,7 @@ class AnswerJob:
     trust_remote_code: bool = False
     batch_size: int = 1
     static_cache: bool = False
+    cache_bucket: int = 0
     continuous: bool = False
     student_backend: str = "transformers"
     vllm_engine_args: dict = dataclasses.field(default_factory=dict)

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 
 import torch
+from transformers import StaticCache
+from transformers.cache_utils import StaticLayer
 from transformers.generation.streamers import BaseStreamer
 
 from student.prompt_format import render_student_prompt
@@ -107,15 +109,74 @@ def answer_record(item: dict, tokenizer, tokens: list[int], latency_s: float, tt
             "ttft_s": None if ttft_s is None else round(ttft_s, 4)}
 
 
+class _FilledLayer(StaticLayer):
+    """A full-attention static cache layer whose attention reads only its first `read_length`
+    positions (set by `FilledStaticCache` before each forward pass)."""
+
+    def __init__(self, max_cache_len: int, **kwargs):
+        super().__init__(max_cache_len=max_cache_len, **kwargs)
+        self.read_length = max_cache_len
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        keys, values = super().update(key_states, value_states, *args, **kwargs)
+        return keys[:, :, : self.read_length], values[:, :, : self.read_length]
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.read_length, 0
+
+
+class FilledStaticCache(StaticCache):
+    """A static KV cache (one shape, fixed addresses: the decoding step compiles into CUDA graphs)
+    whose attention reads only the part the batch has filled, rounded up to `bucket` tokens.
+
+    A plain static cache is sized for the longest prompt plus the answer, and every decoding step
+    of every batch reads all of it, for every row: at a batch of 256 on a 7B model that is most of
+    the bytes a step moves. Here the read length follows the fill (the batch's padded prompt width,
+    then one more position per step), so a batch of short prompts reads a short cache and a step
+    early in an answer reads less than one late in it. The positions skipped are ones the mask
+    hides anyway, so the answers are the same. The read length is a plain number known before each
+    forward pass: transformers builds the attention mask outside the compiled step, asking the cache
+    for the mask's size (`get_mask_sizes`) once per forward pass, with that pass's query length;
+    the fill is counted there. torch.compile first specialises on the read length, then compiles
+    one graph with it symbolic (plus one for a read of the whole cache), and CUDA graphs are
+    recorded per length: rounding to `bucket` bounds how many.
+    """
+
+    def __init__(self, config, max_cache_len: int, bucket: int):
+        if bucket < 1:
+            raise ValueError(f"cache bucket must be a positive number of tokens, got {bucket}")
+        super().__init__(config=config, max_cache_len=max_cache_len)
+        self.layers = [_FilledLayer(max_cache_len) if type(layer) is StaticLayer else layer for layer in self.layers]
+        self.capacity, self.bucket = max_cache_len, bucket
+        self.filled = 0
+        # The full-attention layer whose mask transformers builds (the first one): one call a pass.
+        self.counted_layer = next((i for i, layer in enumerate(self.layers) if isinstance(layer, _FilledLayer)), None)
+
+    def get_mask_sizes(self, query_length: int, layer_idx: int) -> tuple[int, int]:
+        if layer_idx == self.counted_layer:
+            self.filled += query_length
+            read = min(self.capacity, -(-self.filled // self.bucket) * self.bucket)
+            for layer in self.layers:
+                if isinstance(layer, _FilledLayer):
+                    layer.read_length = read
+        return super().get_mask_sizes(query_length, layer_idx)
+
+    def reset(self) -> None:
+        super().reset()
+        self.filled = 0
+
+
 @torch.inference_mode()
 def answer_prompts(model, tokenizer, items: list[dict], prompt_format: str, max_new_tokens: int,
                    batch_size: int = 1, static_cache: bool = False, pad_to_multiple_of: int | None = None,
-                   continuous: bool = False) -> list[dict]:
+                   continuous: bool = False, cache_bucket: int = 0) -> list[dict]:
     """Greedy answers, one dict per item in the items' order: id, answer, completion_tokens,
     latency_s (batch start to the answer's last token) and ttft_s (to its first token).
 
     `static_cache` preallocates the KV cache; on CUDA, transformers then compiles the
-    decoding step (CUDA graphs). `pad_to_multiple_of` bounds how many prompt shapes occur.
+    decoding step (CUDA graphs). `cache_bucket` (with `static_cache`; 0: off) has each step's
+    attention read that cache only as far as the batch has filled it, rounded up to a multiple of
+    `cache_bucket` tokens (`FilledStaticCache`). `pad_to_multiple_of` bounds how many prompt shapes occur.
     `continuous` answers through transformers' continuous batching instead (see
     `answer_prompts_continuous`); `batch_size` then bounds the requests decoded together.
     """
@@ -129,10 +190,9 @@ def answer_prompts(model, tokenizer, items: list[dict], prompt_format: str, max_
     if static_cache:
         # One KV cache for every batch, sized for the longest prompt: one shape and fixed
         # addresses, so the compiled decoding step (a CUDA graph on a GPU) is built once.
-        from transformers import StaticCache
-
         longest = len(left_pad([max(encoded, key=len)], pad_id, pad_to_multiple_of)[0][0])
-        cache = StaticCache(config=model.config, max_cache_len=longest + max_new_tokens)
+        cache = (FilledStaticCache(model.config, longest + max_new_tokens, cache_bucket) if cache_bucket
+                 else StaticCache(config=model.config, max_cache_len=longest + max_new_tokens))
     answers: list[dict | None] = [None] * len(items)
     for rows in length_sorted_batches([len(ids) for ids in encoded], batch_size):
         # With a static cache the last, smaller batch is filled up with repeats of its last
@@ -147,7 +207,7 @@ def answer_prompts(model, tokenizer, items: list[dict], prompt_format: str, max_
         output = model.generate(
             input_ids=input_ids, attention_mask=torch.tensor(masks, device=device), max_new_tokens=max_new_tokens,
             do_sample=False, pad_token_id=pad_id, streamer=clock,
-            **({"past_key_values": cache} if cache is not None else {}),
+            **({"cache": cache} if cache is not None else {}),
         )
         finished = time.perf_counter()
         new_tokens = output[:, input_ids.shape[1]:].tolist()

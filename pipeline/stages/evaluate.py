@@ -163,7 +163,8 @@ def answer_job(contestant: Contestant, items: list[dict], config: PipelineConfig
                      student_backend=settings.student_backend,
                      vllm_engine_args=settings.vllm_engine_args, teacher_answers=teacher_answers,
                      **({"trust_remote_code": config.finetune.trust_remote_code, "batch_size": settings.batch_size,
-                         "static_cache": settings.static_cache, "continuous": settings.continuous_batching}
+                         "static_cache": settings.static_cache, "cache_bucket": settings.static_cache_bucket,
+                         "continuous": settings.continuous_batching}
                         if contestant.kind == "student" else {}))
 
 

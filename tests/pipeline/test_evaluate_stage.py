@@ -30,6 +30,10 @@ def test_evaluation_contestants_are_student_base_and_each_variant(tmp_path, conf
     assert [c.label for c in contestants] == ["student", "base_student", "int8_dynamic", "variant_student"]
     assert contestants[2].kind == "variant" and contestants[2].variant["kind"] == "torch_int8"
     assert answer_job(contestants[0], [], config, tmp_path).batch_size == config.evaluate.batch_size
+    gpu = config.model_copy(update={"evaluate": config.evaluate.model_copy(
+        update={"static_cache": True, "static_cache_bucket": 64})})
+    job = answer_job(contestants[0], [], gpu, tmp_path)
+    assert (job.static_cache, job.cache_bucket) == (True, 64)
     assert contestants[1].adapter is None
 
 
@@ -140,3 +144,11 @@ def test_a_remote_teachers_cost_comes_from_its_prices(repo_root):
         "teacher.backend=openai", "teacher.base_urls=[http://10.0.0.7:8000/v1]"])
     costs = teacher_costs(unpriced, teacher, answers, wall_s=6.0)
     assert costs["cost_per_1k_answers_usd"] is None and "no price" in costs["cost_basis"]
+
+
+def test_a_cache_bucket_needs_the_static_cache():
+    from eval.config import EvaluateConfig
+
+    with pytest.raises(ValueError, match="static_cache_bucket applies to the static cache"):
+        EvaluateConfig(static_cache_bucket=64)
+    assert EvaluateConfig(static_cache=True, static_cache_bucket=64).static_cache_bucket == 64

@@ -55,3 +55,68 @@ def test_continuous_batching_gives_the_same_greedy_answers(embedded_student, tmp
     assert [a["completion_tokens"] for a in continuous] == [a["completion_tokens"] for a in padded]
     for answer in continuous:
         assert 0 < answer["ttft_s"] <= answer["latency_s"]
+
+
+def test_a_filled_static_cache_reads_only_the_filled_part_and_answers_the_same(embedded_student, tmp_path,
+                                                                               monkeypatch):
+    """`evaluate.static_cache_bucket`: each forward pass's attention reads the static cache only as far
+    as the batch has filled it (rounded up to the bucket), and the greedy answers are those of the
+    plain static cache, which reads all of it every step."""
+    from student import generation
+
+    model, tokenizer = embedded_student
+    items = load_eval_set("vicuna_80", tmp_path / "none")[:3] + load_eval_set("self_instruct_252", tmp_path / "none")[:2]
+    static = answer_prompts(model, tokenizer, items, "alpaca", max_new_tokens=20, batch_size=2, static_cache=True)
+    reads: list[tuple[int, int, int]] = []  # (positions filled, read length, cache length) per forward pass
+    counted = generation.FilledStaticCache.get_mask_sizes
+
+    def recording(cache, query_length, layer_idx):
+        sizes = counted(cache, query_length, layer_idx)
+        if layer_idx == cache.counted_layer:
+            reads.append((cache.filled, sizes[0], cache.capacity))
+        return sizes
+
+    monkeypatch.setattr(generation.FilledStaticCache, "get_mask_sizes", recording)
+    filled = answer_prompts(model, tokenizer, items, "alpaca", max_new_tokens=20, batch_size=2, static_cache=True,
+                            cache_bucket=8)
+    assert [a["answer"] for a in filled] == [a["answer"] for a in static]
+    assert [a["completion_tokens"] for a in filled] == [a["completion_tokens"] for a in static]
+    assert all(read == min(capacity, -(-done // 8) * 8) for done, read, capacity in reads)
+    # The batches of shorter prompts read well short of the cache, which is sized for the longest.
+    capacity = reads[0][2]
+    assert min(read for _, read, _ in reads) < capacity // 2
+    assert sum(read for _, read, _ in reads) < 0.8 * capacity * len(reads)
+
+
+def test_a_filled_static_cache_compiles_one_graph_for_every_read_length(embedded_student, tmp_path):
+    """The compiled decoding step (what a GPU runs, forced onto the CPU here): torch.compile
+    specialises on the first read length, then compiles one graph with the length symbolic and one
+    for a read of the whole cache, whatever the number of lengths; the answers match the plain
+    static cache's under the same compilation. A 2-layer random model with the embedded student's
+    tokenizer keeps the compilation short."""
+    from torch._dynamo.utils import counters
+    from transformers import AutoModelForCausalLM, LlamaConfig
+    from transformers.generation.configuration_utils import CompileConfig
+
+    _, tokenizer = embedded_student
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(LlamaConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+        vocab_size=len(tokenizer))).eval()
+    compile_config = CompileConfig()
+    compile_config._compile_all_devices = True  # transformers compiles the decoding step on GPUs only
+    model.generation_config.compile_config = compile_config
+    items = load_eval_set("vicuna_80", tmp_path / "none")[:3] + load_eval_set("self_instruct_252", tmp_path / "none")[:3]
+    try:
+        torch._dynamo.reset()
+        static = answer_prompts(model, tokenizer, items, "alpaca", max_new_tokens=24, batch_size=2,
+                                static_cache=True)
+        torch._dynamo.reset()
+        counters.clear()
+        filled = answer_prompts(model, tokenizer, items, "alpaca", max_new_tokens=24, batch_size=2,
+                                static_cache=True, cache_bucket=8)
+        graphs = counters["stats"]["unique_graphs"]
+    finally:
+        torch._dynamo.reset()
+    assert [a["answer"] for a in filled] == [a["answer"] for a in static]
+    assert 1 <= graphs <= 3
