@@ -19,6 +19,8 @@ wall time of the batches measured. Settings:
     static-fullgraph-bN the same with CompileConfig(fullgraph=True, dynamic=False)
     filled-bN           the static cache read only as far as the batch has filled it, rounded up to
                         64 tokens (`evaluate.static_cache_bucket: 64`); filledK-bN rounds to K
+    static-pR-bN,       with the prompts prefilled R rows at a time, each group padded to its own
+    filled-pR-bN        longest prompt (`evaluate.static_cache_prefill_rows: R`)
     cb-bN               continuous batching (`evaluate.continuous_batching: true`: transformers'
                         generate_batch, a paged KV cache read only as far as each request has
                         filled it, chunked prefill, finished requests replaced at once), up to N
@@ -100,8 +102,9 @@ def run_setting(name: str, args) -> dict:
 
     from student.generation import answer_prompts, answer_prompts_continuous
 
-    kind, bucket, variant, batch = re.fullmatch(r"(plain|static|cb|filled)(\d+)?(-fullgraph)?-b(\d+)", name).groups()
-    batch = int(batch)
+    kind, bucket, variant, prefill_rows, batch = re.fullmatch(
+        r"(plain|static|cb|filled)(\d+)?(-fullgraph)?(?:-p(\d+))?-b(\d+)", name).groups()
+    batch, prefill_rows = int(batch), int(prefill_rows or 0)
     bucket = (int(bucket or 64) if kind == "filled" else 0)
     cuda = torch.cuda.is_available() and not args.tiny
     device = "cuda" if cuda else "cpu"
@@ -118,7 +121,7 @@ def run_setting(name: str, args) -> dict:
     items = evaluation_items(batch * args.batches)
     tokenizer = word_level_tokenizer([i["instruction"] + " " + i.get("input", "") for i in items], 32000)
     result = {"setting": name, "batch_size": batch, "static_cache": kind in ("static", "filled"),
-              "cache_bucket": bucket, "prompts": len(items),
+              "cache_bucket": bucket, "prefill_rows": prefill_rows, "prompts": len(items),
               "max_new_tokens": args.max_new_tokens}
 
     def answer(chunk: list[dict]) -> tuple[float, list[dict]]:
@@ -130,7 +133,8 @@ def run_setting(name: str, args) -> dict:
                                                 max_requests=batch, persistent=True)
         else:
             answers = answer_prompts(model, tokenizer, chunk, "alpaca", args.max_new_tokens, batch_size=batch,
-                                     static_cache=kind in ("static", "filled"), cache_bucket=bucket)
+                                     static_cache=kind in ("static", "filled"), cache_bucket=bucket,
+                                     prefill_rows=prefill_rows)
         if cuda:
             torch.cuda.synchronize()
         return time.perf_counter() - started, answers

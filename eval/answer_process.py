@@ -70,7 +70,7 @@ def _answer_with_student(job: AnswerJob) -> tuple[list[dict], dict, Fidelity]:
     started = time.perf_counter()
     answers = answer_prompts(model, tokenizer, job.items, job.prompt_format, job.max_new_tokens,
                              batch_size=job.batch_size, static_cache=job.static_cache, continuous=job.continuous,
-                             cache_bucket=job.cache_bucket)
+                             cache_bucket=job.cache_bucket, prefill_rows=job.prefill_rows)
     efficiency = {"answer_wall_s": round(time.perf_counter() - started, 4),
                   "parameters": sum(p.numel() for p in model.parameters()), "batch_size": job.batch_size}
     if torch.cuda.is_available():

@@ -40,6 +40,11 @@ class EvaluateConfig(Settings):
         "(sized for the longest prompt plus max_new_tokens); the same answers. 0: off. 64 is a good value on a "
         "GPU at large batches (docs/benchmarks.md).",
     )
+    static_cache_prefill_rows: int = Field(
+        0, ge=0, description="With static_cache: prompts are put into the cache this many rows at a time, each "
+        "group padded only to its own longest prompt, instead of the whole batch at once padded to its longest; "
+        "the same answers. Pays when one long prompt shares a batch with short ones. 0: off.",
+    )
     continuous_batching: bool = Field(
         False, description="Local students answer through transformers' continuous batching (a paged KV cache "
         "read only as far as each request has filled it, chunked prefill, a finished request replaced at once; "
@@ -88,7 +93,8 @@ class EvaluateConfig(Settings):
         return self
 
     @model_validator(mode="after")
-    def _bucket_needs_static_cache(self) -> "EvaluateConfig":
-        if self.static_cache_bucket and not self.static_cache:
-            raise ValueError("static_cache_bucket applies to the static cache: set static_cache: true as well")
+    def _cache_options_need_static_cache(self) -> "EvaluateConfig":
+        for name in ("static_cache_bucket", "static_cache_prefill_rows"):
+            if getattr(self, name) and not self.static_cache:
+                raise ValueError(f"{name} applies to the static cache: set static_cache: true as well")
         return self

@@ -47,6 +47,7 @@ class AnswerJob:
     batch_size: int = 1
     static_cache: bool = False
     cache_bucket: int = 0
+    prefill_rows: int = 0
     continuous: bool = False
     student_backend: str = "transformers"
     vllm_engine_args: dict = dataclasses.field(default_factory=dict)

@@ -166,17 +166,61 @@ class FilledStaticCache(StaticCache):
         self.filled = 0
 
 
+def prefill_by_rows(model, cache: StaticCache, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    rows_at_once: int) -> None:
+    """Put every prompt token but the last into `cache`, `rows_at_once` rows at a time; `generate`
+    then starts from the filled cache with the last prompt token.
+
+    A batch is left-padded to its longest prompt, and prefilling it whole computes every padding
+    position of every row; when one long prompt shares a batch with short ones, most of that work
+    is padding. A group of consecutive rows (the batch is sorted by length) is padded only to its
+    own longest prompt, run through the model into a cache of its own, and its keys and values are
+    copied into the static cache at the positions the whole batch's padding puts them; positions
+    count from each row's first real token either way. Only caches of full-attention static layers
+    are filled this way (a sliding-window layer keeps another layout); others are left to `generate`.
+    """
+    from transformers import DynamicCache
+
+    if not all(isinstance(layer, StaticLayer) and not layer.is_sliding for layer in cache.layers):
+        return
+    batch, width = input_ids.shape
+    end = width - 1  # the last prompt token goes through generate
+    lengths = attention_mask[:, :end].sum(-1).tolist()
+    for start in range(0, batch, rows_at_once):
+        stop = min(batch, start + rows_at_once)
+        span = max(lengths[start:stop])
+        if not span:
+            continue
+        mask = attention_mask[start:stop, end - span:end]
+        positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        group = DynamicCache()
+        model(input_ids=input_ids[start:stop, end - span:end], attention_mask=mask, position_ids=positions,
+              cache=group, use_cache=True, logits_to_keep=1)
+        for layer, part in zip(cache.layers, group.layers):
+            if not layer.is_initialized:
+                shape = (batch, *part.keys.shape[1:2], 1, part.keys.shape[-1])
+                layer.lazy_initialization(part.keys.new_empty(shape), part.values.new_empty(shape))
+            layer.keys[start:stop, :, end - span:end] = part.keys
+            layer.values[start:stop, :, end - span:end] = part.values
+    for layer in cache.layers:
+        layer.cumulative_length.fill_(end)
+    if isinstance(cache, FilledStaticCache):
+        cache.filled = end
+
+
 @torch.inference_mode()
 def answer_prompts(model, tokenizer, items: list[dict], prompt_format: str, max_new_tokens: int,
                    batch_size: int = 1, static_cache: bool = False, pad_to_multiple_of: int | None = None,
-                   continuous: bool = False, cache_bucket: int = 0) -> list[dict]:
+                   continuous: bool = False, cache_bucket: int = 0, prefill_rows: int = 0) -> list[dict]:
     """Greedy answers, one dict per item in the items' order: id, answer, completion_tokens,
     latency_s (batch start to the answer's last token) and ttft_s (to its first token).
 
     `static_cache` preallocates the KV cache; on CUDA, transformers then compiles the
     decoding step (CUDA graphs). `cache_bucket` (with `static_cache`; 0: off) has each step's
     attention read that cache only as far as the batch has filled it, rounded up to a multiple of
-    `cache_bucket` tokens (`FilledStaticCache`). `pad_to_multiple_of` bounds how many prompt shapes occur.
+    `cache_bucket` tokens (`FilledStaticCache`); `prefill_rows` (with `static_cache`; 0: off) fills
+    it `prefill_rows` prompts at a time, each group padded only to its own longest prompt
+    (`prefill_by_rows`). `pad_to_multiple_of` bounds how many prompt shapes occur.
     `continuous` answers through transformers' continuous batching instead (see
     `answer_prompts_continuous`); `batch_size` then bounds the requests decoded together.
     """
@@ -199,13 +243,15 @@ def answer_prompts(model, tokenizer, items: list[dict], prompt_format: str, max_
         # prompt (their answers are dropped), so its shape is that of every other batch.
         filled = rows + [rows[-1]] * (batch_size - len(rows)) if cache is not None else rows
         ids, masks = left_pad([encoded[i] for i in filled], pad_id, pad_to_multiple_of)
-        input_ids = torch.tensor(ids, device=device)
+        input_ids, attention_mask = torch.tensor(ids, device=device), torch.tensor(masks, device=device)
         if cache is not None:
             cache.reset()
         clock = StepClock()
         started = time.perf_counter()
+        if cache is not None and prefill_rows:
+            prefill_by_rows(model, cache, input_ids, attention_mask, prefill_rows)
         output = model.generate(
-            input_ids=input_ids, attention_mask=torch.tensor(masks, device=device), max_new_tokens=max_new_tokens,
+            input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
             do_sample=False, pad_token_id=pad_id, streamer=clock,
             **({"cache": cache} if cache is not None else {}),
         )

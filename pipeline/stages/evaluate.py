@@ -164,6 +164,7 @@ def answer_job(contestant: Contestant, items: list[dict], config: PipelineConfig
                      vllm_engine_args=settings.vllm_engine_args, teacher_answers=teacher_answers,
                      **({"trust_remote_code": config.finetune.trust_remote_code, "batch_size": settings.batch_size,
                          "static_cache": settings.static_cache, "cache_bucket": settings.static_cache_bucket,
+                         "prefill_rows": settings.static_cache_prefill_rows,
                          "continuous": settings.continuous_batching}
                         if contestant.kind == "student" else {}))
 

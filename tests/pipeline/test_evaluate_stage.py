@@ -31,9 +31,9 @@ def test_evaluation_contestants_are_student_base_and_each_variant(tmp_path, conf
     assert contestants[2].kind == "variant" and contestants[2].variant["kind"] == "torch_int8"
     assert answer_job(contestants[0], [], config, tmp_path).batch_size == config.evaluate.batch_size
     gpu = config.model_copy(update={"evaluate": config.evaluate.model_copy(
-        update={"static_cache": True, "static_cache_bucket": 64})})
+        update={"static_cache": True, "static_cache_bucket": 64, "static_cache_prefill_rows": 32})})
     job = answer_job(contestants[0], [], gpu, tmp_path)
-    assert (job.static_cache, job.cache_bucket) == (True, 64)
+    assert (job.static_cache, job.cache_bucket, job.prefill_rows) == (True, 64, 32)
     assert contestants[1].adapter is None
 
 
@@ -151,4 +151,6 @@ def test_a_cache_bucket_needs_the_static_cache():
 
     with pytest.raises(ValueError, match="static_cache_bucket applies to the static cache"):
         EvaluateConfig(static_cache_bucket=64)
+    with pytest.raises(ValueError, match="static_cache_prefill_rows applies to the static cache"):
+        EvaluateConfig(static_cache_prefill_rows=32)
     assert EvaluateConfig(static_cache=True, static_cache_bucket=64).static_cache_bucket == 64

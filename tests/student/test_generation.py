@@ -120,3 +120,17 @@ def test_a_filled_static_cache_compiles_one_graph_for_every_read_length(embedded
         torch._dynamo.reset()
     assert [a["answer"] for a in filled] == [a["answer"] for a in static]
     assert 1 <= graphs <= 3
+
+
+@pytest.mark.parametrize("cache_bucket", [0, 8])
+def test_prefilling_by_rows_answers_the_same(embedded_student, tmp_path, cache_bucket):
+    """`evaluate.static_cache_prefill_rows`: the prompts go into the static cache a few rows at a time,
+    each group padded to its own longest prompt, and the answers are the whole-batch prefill's."""
+    model, tokenizer = embedded_student
+    items = load_eval_set("vicuna_80", tmp_path / "none")[:3] + load_eval_set("self_instruct_252", tmp_path / "none")[:3]
+    whole = answer_prompts(model, tokenizer, items, "alpaca", max_new_tokens=16, batch_size=6, static_cache=True,
+                           cache_bucket=cache_bucket)
+    by_rows = answer_prompts(model, tokenizer, items, "alpaca", max_new_tokens=16, batch_size=6, static_cache=True,
+                             cache_bucket=cache_bucket, prefill_rows=2)
+    assert [a["answer"] for a in by_rows] == [a["answer"] for a in whole]
+    assert [a["completion_tokens"] for a in by_rows] == [a["completion_tokens"] for a in whole]
