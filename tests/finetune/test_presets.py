@@ -17,6 +17,8 @@ def test_alpaca_preset_is_lora_on_a_base_model():
     finetune = load_config(CONFIGS / "alpaca.yaml").finetune
     assert finetune.method == "lora" and finetune.prompt_format == "alpaca"
     assert finetune.base_model.endswith("/models/llama-7b")
+    evaluate = load_config(CONFIGS / "alpaca.yaml").evaluate  # the measured GPU answering levers
+    assert evaluate.static_cache and evaluate.static_cache_bucket == 64 and evaluate.static_cache_prefill_rows == 32
 
 
 def test_chat_student_preset_is_qlora_with_the_chat_template():
