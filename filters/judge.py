@@ -33,6 +33,26 @@ RATING_FIELDS = ("score", "explanation", "rating_problem", "judge_reply", "ifd")
 # the judge's own (threshold, top_k) need no judge: it is not asked and not paid.
 SCORES_FOR_A_LATER_STEP = ("complexity_quality",)
 JUDGED_SELECTIONS = ("threshold", "top_k", *SCORES_FOR_A_LATER_STEP)
+# The judge barely ranks the records when at least this share of the scored ones got one and the
+# same score (with at least SPREAD_MIN_SCORED scored): top K then keeps a near-random subset.
+SAME_SCORE_SHARE = 0.8
+SPREAD_MIN_SCORED = 10
+
+
+def score_spread(scores: Iterable[float]) -> dict | None:
+    """How far the judge's scores rank the records: how many were scored, how many distinct
+    scores it gave, its most common score and that score's share, and whether the ratings are
+    informative (False when one score covers SAME_SCORE_SHARE or more of SPREAD_MIN_SCORED or
+    more records). None when nothing was scored."""
+    counts = Counter(score for score in scores if not math.isnan(score))
+    scored = sum(counts.values())
+    if not scored:
+        return None
+    score, most = max(counts.items(), key=lambda item: (item[1], -item[0]))
+    share = most / scored
+    return {"scored": scored, "distinct_scores": len(counts), "most_common_score": score,
+            "most_common_share": round(share, 4),
+            "informative": not (scored >= SPREAD_MIN_SCORED and share >= SAME_SCORE_SHARE)}
 
 
 def chunked(items: Iterable, size: int) -> Iterator[list]:
@@ -162,7 +182,12 @@ class JudgeFilter:
         score_histogram_png(tally.scores, histogram,
                             threshold=settings.threshold if settings.selection == "threshold" else None)
         write_json(context.out_dir / "score_examples.json", tally.examples.examples())
-        context.summary.update(rated=tally.scored, selection=settings.selection,
+        spread = score_spread(tally.scores)
+        if spread and not spread["informative"]:
+            log.warning("filter: the judge gave %d of %d scored records the score %g: its ratings barely rank "
+                        "them (a stronger judge, `judge:`, would)", round(spread["most_common_share"] * spread["scored"]),
+                        spread["scored"], spread["most_common_score"])
+        context.summary.update(rated=tally.scored, score_spread=spread, selection=settings.selection,
                                counts=dict(sorted(tally.counts.items())), histogram=str(histogram),
                                judge=context.judge_identity() if context.judge_identity else None, **tally.tokens)
         return Reiterable(lambda: kept_rated(context.rated_path, decide))

@@ -13,6 +13,7 @@ from pipeline.report_words import (
     TRADEOFF_NOTE,
     fidelity_sentence,
     headline_parts,
+    score_spread_warning,
     set_labels,
     tradeoff_cells,
     tradeoff_rows,
@@ -246,7 +247,7 @@ def build_report(rundir: RunDir) -> dict:
                        "teacher": evaluate.teacher},
         "training": {key: getattr(finetune, key) for key in ("steps", "train_loss", "tokens_seen", "trainable_params")},
         "filter": {key: getattr(filtered, key) if ran.get("filter") else None
-                   for key in ("selection", "threshold", "top_k", "histogram", "filters")},
+                   for key in ("selection", "threshold", "top_k", "histogram", "filters", "score_spread")},
         "diversity": generate.diversity,
         "decontamination": filtered.decontamination if ran.get("filter") else None,
         "stages_finished": [name for name, summary in stages.items() if summary is not None],
@@ -345,6 +346,11 @@ def _section_lines(section: dict, title_level: str = "##") -> list[str]:
     return lines
 
 
+def _score_spread_lines(spread: dict | None) -> list[str]:
+    sentence = score_spread_warning(spread)
+    return ["", f"**Warning:** {sentence}"] if sentence else []
+
+
 def _decontamination_lines(decontamination: dict | None) -> list[str]:
     if not decontamination:
         return []
@@ -407,6 +413,7 @@ def render_markdown(report: dict) -> str:
         if counts.get(key):
             lines += ["", f"### {title}", "", f"| {column} | count |", "|---|---|"]
             lines += [f"| {reason} | {n} |" for reason, n in counts[key].items()]
+    lines += _score_spread_lines((report.get("filter") or {}).get("score_spread"))
     steps = (report.get("filter") or {}).get("filters")
     if steps:
         lines += ["", f"Filter steps, in order: {' → '.join(steps)}."]

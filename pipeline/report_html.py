@@ -15,6 +15,7 @@ from pipeline.report_words import (
     TRADEOFF_HEADER,
     TRADEOFF_NOTE,
     headline_parts,
+    score_spread_warning,
     set_labels,
     tradeoff_cells,
     tradeoff_sentence,
@@ -221,8 +222,10 @@ def render_html(report: dict, run_root: Path) -> str:
     sections += ["<h2>Counts at every stage</h2>", _counts(report.get("counts") or {}),
                  _decontamination(report.get("decontamination"))]
     histogram = _run_image(run_root, "score_histogram.png", "judge score histogram")
-    if histogram:
-        sections += ["<h2>Filter: judge scores</h2>", histogram]
+    spread = score_spread_warning((report.get("filter") or {}).get("score_spread"))
+    if histogram or spread:
+        sections += ["<h2>Filter: judge scores</h2>", f"<p><b>Warning:</b> {escape(spread)}</p>" if spread else "",
+                     histogram or ""]
     diversity = _run_image(run_root, "diversity.png", "diversity of the generated set")
     if diversity:
         sections += ["<h2>Diversity of the generated set</h2>", diversity]

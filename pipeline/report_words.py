@@ -144,3 +144,15 @@ def tradeoff_sentence(rows: list[dict]) -> str | None:
         words += (f" and {best['cost_vs_teacher']:.0%} served by llama.cpp like the teacher ({best['model']}, "
                   f"{fmt(best['teacher_answer_nll'])} nats/token of the teacher's answers)")
     return words + "."
+
+
+def score_spread_warning(spread: dict | None) -> str | None:
+    """The sentence for a filter judge that gave nearly every record the same score
+    (`filters.judge.score_spread`); None when its scores do rank the records."""
+    if not spread or spread.get("informative", True):
+        return None
+    same = round(spread["most_common_share"] * spread["scored"])
+    return (f"the filter's judge barely ranks the records: it gave {same} of {spread['scored']} scored records the "
+            f"score {spread['most_common_score']:g} ({spread['distinct_scores']} distinct scores), so top K keeps a "
+            "near-random subset and a threshold keeps nearly all of them or none. A stronger judge (`judge:`) "
+            "would rank them.")

@@ -50,6 +50,7 @@ class FilterSummary(StageSummary):
     filters: list = dataclasses.field(default_factory=list)  # the steps applied, in order
     decontamination: dict | None = None  # sets checked against, drops per set (filters.decontaminate)
     selected: dict | None = None  # a budget selection step's numbers (longest_k, random_k, complexity_quality)
+    score_spread: dict | None = None  # how far the judge's scores rank the records (filters.judge.score_spread)
 
 
 def iter_generated(path: Path) -> Iterator[dict]:
@@ -207,5 +208,5 @@ class FilterStage:
             completion_tokens=reported.get("completion_tokens", 0), judge=reported.get("judge"),
             exports=export_filtered(config, rundir), filters=[step.name for step in steps],
             decontamination=reported.get("decontamination"),
-            selected=reported.get("selected"),
+            selected=reported.get("selected"), score_spread=reported.get("score_spread"),
             seconds=round(time.perf_counter() - started, 2))

@@ -103,6 +103,25 @@ def test_streaming_stage_writes_what_whole_list_selection_does(katan, tmp_path, 
     assert summary["counts"]["unscored:no_score"] == 1 and sum(summary["dropped"].values()) == len(PLANTED) - len(kept_ids)
     examples = json.loads((rundir.root / "score_examples.json").read_text(encoding="utf-8"))
     assert set(examples) == {"1", "2", "3", "4", "4.5", "5", "unscored"}
+    assert summary["score_spread"] == {"scored": 10, "distinct_scores": 6, "most_common_score": 4.5,
+                                       "most_common_share": 0.3, "informative": True}
+
+
+def test_a_judge_that_gives_nearly_every_record_one_score_is_reported(katan, tmp_path):
+    """11 of 12 records rated 4.5: the ratings barely rank them, which the stage's summary and
+    the report both say (top K would keep a near-random subset)."""
+    from pipeline.report import write_report
+
+    records = [{**r, "output": r["output"] + "\n" + json.dumps({"score": 2 if i == 3 else 4.5})}
+               for i, r in enumerate(alpaca(12, start=200))]
+    rundir, summary = run_filter(make_config(katan(), selection="top_k", top_k=4), tmp_path / "run", records)
+    assert summary["score_spread"] == {"scored": 12, "distinct_scores": 2, "most_common_score": 4.5,
+                                       "most_common_share": 0.9167, "informative": False}
+    report = write_report(rundir)
+    assert report["filter"]["score_spread"]["informative"] is False
+    warning = "the filter's judge barely ranks the records: it gave 11 of 12 scored records the score 4.5"
+    assert warning in (rundir.root / "report.md").read_text()
+    assert warning.replace("'", "&#x27;") in (rundir.root / "report.html").read_text()
 
 
 def test_stage_errors_name_file_and_line_and_leave_outputs_alone(katan, tmp_path):
