@@ -195,29 +195,23 @@ def bandwidth_share(model, answers: list[dict], batch: int, seconds: float, mean
 
 def agreement(results: list[dict]) -> None:
     """Print how many answers of each setting equal the first setting's, prompt by prompt."""
+    from student.prompt_format import common_prefix_length
+
     reference = next((r for r in results if r.get("answer_hashes")), None)
     for result in results:
         if reference is None or result is reference or not result.get("answer_hashes"):
             continue
         pairs = list(zip(reference["answer_hashes"], result["answer_hashes"]))
         same = sum(a == b for a, b in pairs)
-        shared = [common_prefix(a, b) for a, b in zip(reference.get("answer_heads", []), result.get("answer_heads", []))]
-        heads = f"; the first {statistics.median(shared):.0f} words equal (median of the first 64)" if shared else ""
+        shared = [common_prefix_length(a, b)
+                  for a, b in zip(reference.get("answer_heads", []), result.get("answer_heads", []))]
+        heads = ""
+        if shared:
+            result["equal_leading_words_median"] = statistics.median(shared)
+            heads = f"; the first {result['equal_leading_words_median']:.0f} words equal (median of the first 64)"
         print(f"{result['setting']}: {same} of {len(pairs)} answers identical to {reference['setting']}'s{heads}",
               flush=True)
         result["identical_to_first"] = [same, len(pairs)]
-        if shared:
-            result["equal_leading_words_median"] = statistics.median(shared)
-
-
-def common_prefix(a: list[str], b: list[str]) -> int:
-    """How many leading words two answers share."""
-    count = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        count += 1
-    return count
 
 
 def main() -> None:
