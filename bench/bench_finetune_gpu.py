@@ -131,12 +131,18 @@ SETTINGS: dict[str, tuple[dict, dict]] = {
     "best-fp8-b8": (dict(BEST, base_precision="fp8", batch_size=8), LONG),
     "best-fp8-b10": (dict(BEST, base_precision="fp8", batch_size=10), LONG),  # H200: 141 GB
     "best-fp8-b12": (dict(BEST, base_precision="fp8", batch_size=12), LONG),
+    # one scale per tensor (cuBLAS's FP8 GEMM) instead of one per row (torch's CUTLASS rowwise kernel)
+    "best-fp8tw-b7": (dict(BEST, base_precision="fp8", fp8_scaling="tensorwise", batch_size=7), LONG),
+    "best-fp8tw-b8": (dict(BEST, base_precision="fp8", fp8_scaling="tensorwise", batch_size=8), LONG),
+    "best-fp8tw-b10": (dict(BEST, base_precision="fp8", fp8_scaling="tensorwise", batch_size=10), LONG),
     "best-fp8-fused-b8": (dict(BEST, base_precision="fp8", optimizer="adamw_torch_fused", batch_size=8), LONG),
     # loss curves on real text (Alpaca's records, tokens by a word hash), every step logged:
     # bf16 against fp8, same data and seed (--steps 197 --warmup 3 makes 200 steps)
     "curve-bf16-b4": (dict(BEST, batch_size=4, logging_steps=1), {**LONG, "data": "text", "losses": True}),
     "curve-fp8-b4": (dict(BEST, base_precision="fp8", batch_size=4, logging_steps=1),
                      {**LONG, "data": "text", "losses": True}),
+    "curve-fp8tw-b4": (dict(BEST, base_precision="fp8", fp8_scaling="tensorwise", batch_size=4, logging_steps=1),
+                       {**LONG, "data": "text", "losses": True}),
     "best-b6": (dict(BEST, batch_size=6), LONG),
     "best-nocompile-liger-b6": (dict(BEST, torch_compile=False, use_liger_kernel=True, batch_size=6), {}),
     # variable-length documents: padded batches vs packed rows
