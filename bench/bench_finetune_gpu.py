@@ -129,6 +129,9 @@ SETTINGS: dict[str, tuple[dict, dict]] = {
     "best-fused-b7": (dict(BEST, optimizer="adamw_torch_fused", batch_size=7), LONG),
     "best-fp8-b7": (dict(BEST, base_precision="fp8", batch_size=7), LONG),
     "best-fp8-b8": (dict(BEST, base_precision="fp8", batch_size=8), LONG),
+    # rows quantized by the compiled torch expression instead of the one-read Triton kernel
+    "best-fp8-torchq-b7": (dict(BEST, base_precision="fp8", batch_size=7), {**LONG, "torch_quantize": True}),
+    "best-fp8-torchq-b8": (dict(BEST, base_precision="fp8", batch_size=8), {**LONG, "torch_quantize": True}),
     "best-fp8-b10": (dict(BEST, base_precision="fp8", batch_size=10), LONG),  # H200: 141 GB
     "best-fp8-b12": (dict(BEST, base_precision="fp8", batch_size=12), LONG),
     # one scale per tensor (cuBLAS's FP8 GEMM) instead of one per row (torch's CUTLASS rowwise kernel)
@@ -311,6 +314,10 @@ def run_setting(name: str, args) -> dict:
         from finetune.train import check_hardware
 
         check_hardware(settings)
+    if opts.get("torch_quantize"):  # the baseline of the Triton row quantizer: the compiled torch expression
+        import finetune.fp8 as fp8
+
+        fp8.SCALINGS["rowwise"] = (fp8.quantize_rows, fp8.quantize_rows)
 
     if opts.get("loop"):
         return {**result, **plain_loop(model, settings, rows, args, cfg)}

@@ -53,6 +53,49 @@ def quantize_rows(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return quantized, scale
 
 
+def _row_quantizer_kernel():
+    """A Triton kernel that quantizes each row in one read (the row stays in registers between its
+    maximum and its scaling), or None where Triton is missing. Compiled, the torch expression above
+    reads rows as wide as the MLP's (11,008) twice, at about a third of the memory bandwidth."""
+    try:
+        import triton
+        import triton.language as tl
+    except ImportError:
+        return None
+
+    @triton.jit
+    def quantize_rows_kernel(x_ptr, q_ptr, scale_ptr, columns, x_stride, q_stride, LARGEST: tl.constexpr,
+                             BLOCK: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        offsets = tl.arange(0, BLOCK)
+        inside = offsets < columns
+        values = tl.load(x_ptr + row * x_stride + offsets, mask=inside, other=0.0).to(tl.float32)
+        amax = tl.maximum(tl.max(tl.abs(values), axis=0), 1e-12)
+        scale = tl.math.div_rn(amax, LARGEST)
+        scaled = tl.clamp(tl.math.div_rn(values, scale), -LARGEST, LARGEST)
+        tl.store(q_ptr + row * q_stride + offsets, scaled.to(tl.float8e4nv), mask=inside)
+        tl.store(scale_ptr + row, scale)
+
+    return quantize_rows_kernel
+
+
+_ROW_KERNEL = _row_quantizer_kernel()
+
+
+def quantize_rows_fused(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same numbers as `quantize_rows` (IEEE division, the same clamps and rounding), on a CUDA
+    tensor of 2-D rows through the one-read Triton kernel; elsewhere `quantize_rows` itself."""
+    if _ROW_KERNEL is None or not tensor.is_cuda or tensor.dim() != 2 or tensor.stride(-1) != 1:
+        return quantize_rows(tensor)
+    rows, columns = tensor.shape
+    quantized = torch.empty((rows, columns), dtype=FP8, device=tensor.device)
+    scale = torch.empty((rows, 1), dtype=torch.float32, device=tensor.device)
+    block = 1 << max(columns - 1, 1).bit_length()
+    _ROW_KERNEL[(rows,)](tensor, quantized, scale, columns, tensor.stride(0), quantized.stride(0), LARGEST=FP8_MAX,
+                         BLOCK=block, num_warps=16 if block >= 8192 else 8)
+    return quantized, scale
+
+
 def quantize_tensor(tensor: torch.Tensor, fmt: torch.dtype = FP8) -> tuple[torch.Tensor, torch.Tensor]:
     """`tensor` as `fmt` (e4m3, or e5m2 for gradients) with one float32 scale for the whole tensor (0-d)."""
     largest = FP8_MAX if fmt == FP8 else FP8_GRADIENT_MAX
@@ -67,7 +110,8 @@ def quantize_gradient_tensor(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.
 
 
 # scaling -> (quantizer of weights and activations, quantizer of incoming gradients)
-SCALINGS = {"rowwise": (quantize_rows, quantize_rows), "tensorwise": (quantize_tensor, quantize_gradient_tensor)}
+SCALINGS = {"rowwise": (quantize_rows_fused, quantize_rows_fused),
+            "tensorwise": (quantize_tensor, quantize_gradient_tensor)}
 
 
 def fp8_matmul(a: torch.Tensor, a_scale: torch.Tensor, b_t: torch.Tensor, b_scale: torch.Tensor,
