@@ -129,23 +129,14 @@ SETTINGS: dict[str, tuple[dict, dict]] = {
     "best-fused-b7": (dict(BEST, optimizer="adamw_torch_fused", batch_size=7), LONG),
     "best-fp8-b7": (dict(BEST, base_precision="fp8", batch_size=7), LONG),
     "best-fp8-b8": (dict(BEST, base_precision="fp8", batch_size=8), LONG),
-    # rows quantized by the compiled torch expression instead of the one-read Triton kernel
-    "best-fp8-torchq-b7": (dict(BEST, base_precision="fp8", batch_size=7), {**LONG, "torch_quantize": True}),
-    "best-fp8-torchq-b8": (dict(BEST, base_precision="fp8", batch_size=8), {**LONG, "torch_quantize": True}),
     "best-fp8-b10": (dict(BEST, base_precision="fp8", batch_size=10), LONG),  # H200: 141 GB
     "best-fp8-b12": (dict(BEST, base_precision="fp8", batch_size=12), LONG),
-    # one scale per tensor (cuBLAS's FP8 GEMM) instead of one per row (torch's CUTLASS rowwise kernel)
-    "best-fp8tw-b7": (dict(BEST, base_precision="fp8", fp8_scaling="tensorwise", batch_size=7), LONG),
-    "best-fp8tw-b8": (dict(BEST, base_precision="fp8", fp8_scaling="tensorwise", batch_size=8), LONG),
-    "best-fp8tw-b10": (dict(BEST, base_precision="fp8", fp8_scaling="tensorwise", batch_size=10), LONG),
     "best-fp8-fused-b8": (dict(BEST, base_precision="fp8", optimizer="adamw_torch_fused", batch_size=8), LONG),
     # loss curves on real text (Alpaca's records, tokens by a word hash), every step logged:
     # bf16 against fp8, same data and seed (--steps 197 --warmup 3 makes 200 steps)
     "curve-bf16-b4": (dict(BEST, batch_size=4, logging_steps=1), {**LONG, "data": "text", "losses": True}),
     "curve-fp8-b4": (dict(BEST, base_precision="fp8", batch_size=4, logging_steps=1),
                      {**LONG, "data": "text", "losses": True}),
-    "curve-fp8tw-b4": (dict(BEST, base_precision="fp8", fp8_scaling="tensorwise", batch_size=4, logging_steps=1),
-                       {**LONG, "data": "text", "losses": True}),
     "best-b6": (dict(BEST, batch_size=6), LONG),
     "best-nocompile-liger-b6": (dict(BEST, torch_compile=False, use_liger_kernel=True, batch_size=6), {}),
     # variable-length documents: padded batches vs packed rows
@@ -314,10 +305,6 @@ def run_setting(name: str, args) -> dict:
         from finetune.train import check_hardware
 
         check_hardware(settings)
-    if opts.get("torch_quantize"):  # the baseline of the Triton row quantizer: the compiled torch expression
-        import finetune.fp8 as fp8
-
-        fp8.SCALINGS["rowwise"] = (fp8.quantize_rows, fp8.quantize_rows)
 
     if opts.get("loop"):
         return {**result, **plain_loop(model, settings, rows, args, cfg)}

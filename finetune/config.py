@@ -143,16 +143,9 @@ class FinetuneConfig(Settings):
     base_precision: Literal["default", "fp8"] = Field(
         "default",
         description="Precision of the frozen base layers' matmuls. default: model_dtype (with bf16 autocast where "
-        "on); fp8: each LoRA-wrapped base layer's weight is quantized once to float8 (e4m3, scaled as "
-        "fp8_scaling says) and "
+        "on); fp8: each LoRA-wrapped base layer's weight is quantized once to float8 (e4m3, per-row scales) and "
         "its forward and input-gradient matmuls run on FP8 tensor cores, the adapters staying in higher "
         "precision. Hopper GPUs only (refused elsewhere); method lora with model_dtype bfloat16.",
-    )
-    fp8_scaling: Literal["rowwise", "tensorwise"] = Field(
-        "rowwise",
-        description="With base_precision fp8: rowwise keeps one scale per row of every FP8 operand (per token for "
-        "the activations: an outlier token costs only its own row's precision); tensorwise one scale per tensor, "
-        "which runs through cuBLAS's faster FP8 GEMM (docs/benchmarks.md has both, speed and loss curves).",
     )
     # What is trained, how the trained weights are delivered, and on how many processes.
     method: Literal["lora", "qlora", "full", "distill"] = Field(
@@ -213,8 +206,6 @@ class FinetuneConfig(Settings):
         if self.base_precision == "fp8" and (self.method != "lora" or self.model_dtype != "bfloat16"):
             raise ValueError("base_precision fp8 is for method lora with model_dtype bfloat16 (the frozen base "
                              "layers run in FP8, the adapters train in higher precision)")
-        if self.fp8_scaling != "rowwise" and self.base_precision != "fp8":
-            raise ValueError(f"fp8_scaling {self.fp8_scaling} applies with base_precision fp8 only")
         if self.method == "qlora" and self.num_processes > 1 and self.distributed == "fsdp":
             raise ValueError("method qlora with distributed fsdp is not supported; use ddp")
         return self

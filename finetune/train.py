@@ -814,9 +814,8 @@ def _finish_trainer(trainer: Any, settings: FinetuneConfig, progress: bool):
     if settings.base_precision == "fp8":
         from finetune.fp8 import convert_lora_bases_to_fp8
 
-        swapped = convert_lora_bases_to_fp8(trainer.model, settings.fp8_scaling)
-        logger.info("base_precision fp8: %d frozen base layers run their matmuls in FP8 (%s scales)", swapped,
-                    settings.fp8_scaling)
+        swapped = convert_lora_bases_to_fp8(trainer.model)
+        logger.info("base_precision fp8: %d frozen base layers run their matmuls in FP8", swapped)
     if settings.torch_compile:
         _compile_decoder_layers(trainer.model)
     return trainer

@@ -9,13 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from finetune.config import FinetuneConfig  # noqa: E402
-from finetune.fp8 import (  # noqa: E402
-    FrozenFp8Linear,
-    convert_lora_bases_to_fp8,
-    quantize_gradient_tensor,
-    quantize_rows,
-    quantize_tensor,
-)
+from finetune.fp8 import FrozenFp8Linear, convert_lora_bases_to_fp8, quantize_rows  # noqa: E402
 
 
 def test_rows_quantize_within_e4m3_precision():
@@ -29,29 +23,11 @@ def test_rows_quantize_within_e4m3_precision():
     assert error < 0.07
 
 
-def test_a_tensor_quantizes_with_one_scale_and_rows_of_small_values_lose_more():
-    torch.manual_seed(0)
-    tensor = torch.randn(64, 256) * torch.logspace(-3, 2, 64).unsqueeze(1)
-    quantized, scale = quantize_tensor(tensor)
-    assert quantized.dtype == torch.float8_e4m3fn and scale.dim() == 0
-    back = quantized.float() * scale
-    assert ((back - tensor).abs().max() / tensor.abs().max()) < 0.07
-    # one scale for all: the rows of smallest values fall below e4m3's range (what rowwise avoids)
-    assert (back[0] == 0).float().mean() > 0.5
-    assert (quantize_rows(tensor)[0][0].float() == 0).float().mean() < 0.05
-    # gradients scaled as a whole go to e5m2: more range, so fewer small values vanish
-    gradient, gradient_scale = quantize_gradient_tensor(tensor)
-    assert gradient.dtype == torch.float8_e5m2
-    assert ((gradient.float() * gradient_scale)[0] == 0).float().mean() < (back[0] == 0).float().mean()
-
-
-@pytest.mark.parametrize("scaling", ["rowwise", "tensorwise"])
-def test_frozen_fp8_linear_matches_the_linear_layer_and_gives_no_weight_gradient(scaling):
+def test_frozen_fp8_linear_matches_the_linear_layer_and_gives_no_weight_gradient():
     torch.manual_seed(0)
     linear = torch.nn.Linear(128, 64, bias=False).requires_grad_(False)
-    fp8 = FrozenFp8Linear(linear, scaling)
+    fp8 = FrozenFp8Linear(linear)
     assert not list(fp8.parameters()) and fp8.w.dtype == torch.float8_e4m3fn
-    assert fp8.w_scale.numel() == (64 if scaling == "rowwise" else 1)
     x = torch.randn(4, 10, 128, requires_grad=True)
     x_ref = x.detach().clone().requires_grad_(True)
     out, ref = fp8(x), linear(x_ref)
@@ -63,8 +39,7 @@ def test_frozen_fp8_linear_matches_the_linear_layer_and_gives_no_weight_gradient
     assert torch.nn.functional.cosine_similarity(x.grad.flatten(), x_ref.grad.flatten(), dim=0) > 0.99
 
 
-@pytest.mark.parametrize("scaling", ["rowwise", "tensorwise"])
-def test_lora_adapters_train_through_fp8_bases_as_through_the_originals(scaling):
+def test_lora_adapters_train_through_fp8_bases_as_through_the_originals():
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, LlamaConfig
 
@@ -75,7 +50,7 @@ def test_lora_adapters_train_through_fp8_bases_as_through_the_originals(scaling)
     reference = get_peft_model(AutoModelForCausalLM.from_config(config), lora)
     quantized = get_peft_model(AutoModelForCausalLM.from_config(config), lora)
     quantized.load_state_dict(reference.state_dict())
-    swapped = convert_lora_bases_to_fp8(quantized, scaling)
+    swapped = convert_lora_bases_to_fp8(quantized)
     assert swapped == 2 * 7  # q, k, v, o, gate, up, down in each layer; the LM head is not LoRA-wrapped
     tokens = torch.randint(0, 256, (2, 24))
     grads = []
@@ -93,11 +68,7 @@ def test_fp8_settings_are_validated_and_refused_without_a_hopper_gpu(tmp_path):
         FinetuneConfig(base_precision="fp8")
     with pytest.raises(ValueError, match="base_precision fp8 is for method lora"):
         FinetuneConfig(base_precision="fp8", model_dtype="bfloat16", method="full")
-    with pytest.raises(ValueError, match="fp8_scaling tensorwise applies with base_precision fp8 only"):
-        FinetuneConfig(fp8_scaling="tensorwise", model_dtype="bfloat16")
-    with pytest.raises(ValueError, match="fp8 scaling must be one of"):
-        FrozenFp8Linear(torch.nn.Linear(16, 16), "blockwise")
-    settings = FinetuneConfig(base_precision="fp8", model_dtype="bfloat16", fp8_scaling="tensorwise")
+    settings = FinetuneConfig(base_precision="fp8", model_dtype="bfloat16")
     if torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9:
         pytest.skip("this machine has a Hopper GPU: fp8 is allowed here")
     with pytest.raises(TrainingSetupError, match="needs a Hopper GPU"):
