@@ -41,9 +41,9 @@ SPREAD_MIN_SCORED = 10
 
 def score_spread(scores: Iterable[float]) -> dict | None:
     """How far the judge's scores rank the records: how many were scored, how many distinct
-    scores it gave, its most common score and that score's share, and whether the ratings are
-    informative (False when one score covers SAME_SCORE_SHARE or more of SPREAD_MIN_SCORED or
-    more records). None when nothing was scored."""
+    scores it gave, its most common score with that score's count and share, and whether the
+    ratings are informative (False when one score covers SAME_SCORE_SHARE or more of
+    SPREAD_MIN_SCORED or more records). None when nothing was scored."""
     counts = Counter(score for score in scores if not math.isnan(score))
     scored = sum(counts.values())
     if not scored:
@@ -51,7 +51,7 @@ def score_spread(scores: Iterable[float]) -> dict | None:
     score, most = max(counts.items(), key=lambda item: (item[1], -item[0]))
     share = most / scored
     return {"scored": scored, "distinct_scores": len(counts), "most_common_score": score,
-            "most_common_share": round(share, 4),
+            "most_common_count": most, "most_common_share": round(share, 4),
             "informative": not (scored >= SPREAD_MIN_SCORED and share >= SAME_SCORE_SHARE)}
 
 
@@ -185,8 +185,8 @@ class JudgeFilter:
         spread = score_spread(tally.scores)
         if spread and not spread["informative"]:
             log.warning("filter: the judge gave %d of %d scored records the score %g: its ratings barely rank "
-                        "them (a stronger judge, `judge:`, would)", round(spread["most_common_share"] * spread["scored"]),
-                        spread["scored"], spread["most_common_score"])
+                        "them (a stronger judge, `judge:`, would)", spread["most_common_count"], spread["scored"],
+                        spread["most_common_score"])
         context.summary.update(rated=tally.scored, score_spread=spread, selection=settings.selection,
                                counts=dict(sorted(tally.counts.items())), histogram=str(histogram),
                                judge=context.judge_identity() if context.judge_identity else None, **tally.tokens)

@@ -151,8 +151,7 @@ def score_spread_warning(spread: dict | None) -> str | None:
     (`filters.judge.score_spread`); None when its scores do rank the records."""
     if not spread or spread.get("informative", True):
         return None
-    same = round(spread["most_common_share"] * spread["scored"])
-    return (f"the filter's judge barely ranks the records: it gave {same} of {spread['scored']} scored records the "
-            f"score {spread['most_common_score']:g} ({spread['distinct_scores']} distinct scores), so top K keeps a "
+    return (f"the filter's judge barely ranks the records: it gave {spread['most_common_count']} of "
+            f"{spread['scored']} scored records the score {spread['most_common_score']:g} ({spread['distinct_scores']} distinct scores), so top K keeps a "
             "near-random subset and a threshold keeps nearly all of them or none. A stronger judge (`judge:`) "
             "would rank them.")

@@ -7,7 +7,8 @@ from filters.judge import score_spread
 
 def test_one_score_for_nearly_every_record_is_not_informative():
     spread = score_spread([0.5] * 40 + [1.0] * 5 + [math.nan] * 3 + [4.0] * 3)
-    assert spread == {"scored": 48, "distinct_scores": 3, "most_common_score": 0.5, "most_common_share": 0.8333,
+    assert spread == {"scored": 48, "distinct_scores": 3, "most_common_score": 0.5,
+                      "most_common_count": 40, "most_common_share": 0.8333,
                       "informative": False}
 
 

@@ -104,7 +104,7 @@ def test_streaming_stage_writes_what_whole_list_selection_does(katan, tmp_path, 
     examples = json.loads((rundir.root / "score_examples.json").read_text(encoding="utf-8"))
     assert set(examples) == {"1", "2", "3", "4", "4.5", "5", "unscored"}
     assert summary["score_spread"] == {"scored": 10, "distinct_scores": 6, "most_common_score": 4.5,
-                                       "most_common_share": 0.3, "informative": True}
+                                       "most_common_count": 3, "most_common_share": 0.3, "informative": True}
 
 
 def test_a_judge_that_gives_nearly_every_record_one_score_is_reported(katan, tmp_path):
@@ -116,7 +116,7 @@ def test_a_judge_that_gives_nearly_every_record_one_score_is_reported(katan, tmp
                for i, r in enumerate(alpaca(12, start=200))]
     rundir, summary = run_filter(make_config(katan(), selection="top_k", top_k=4), tmp_path / "run", records)
     assert summary["score_spread"] == {"scored": 12, "distinct_scores": 2, "most_common_score": 4.5,
-                                       "most_common_share": 0.9167, "informative": False}
+                                       "most_common_count": 11, "most_common_share": 0.9167, "informative": False}
     report = write_report(rundir)
     assert report["filter"]["score_spread"]["informative"] is False
     warning = "the filter's judge barely ranks the records: it gave 11 of 12 scored records the score 4.5"
